@@ -1,0 +1,1 @@
+"""Shared logic behind the three DDPM/DDIM-on-MNIST scripts."""

@@ -1,0 +1,211 @@
+"""MNIST as IDX files, as torchvision downloads, and as the PNG folder the library's Trainer reads."""
+import csv
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .utils import UserError, read_json, write_json
+
+IDX_NAMES = {
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
+}
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'tiff')  # what the library's Dataset globs for
+MIN_TRAIN_IMAGES = 100                       # the library's Trainer asserts this
+MANIFEST, INFO = 'labels.csv', 'dataset.json'
+DOWNLOAD_HELP = ('download the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
+                 't10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror on a machine with '
+                 'internet, copy them into a folder, and rerun with --raw-dir FOLDER')
+
+
+# ---------------------------------------------------------------- IDX files
+
+def _find_idx(raw_dir, name):
+    for candidate in (raw_dir / name, raw_dir / f'{name}.gz'):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f'{raw_dir} has no {name} or {name}.gz; {DOWNLOAD_HELP}')
+
+
+def read_idx(path, magic):
+    """Read one IDX file (optionally gzipped), check its structure and return a uint8 array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == '.gz' else open
+    try:
+        with opener(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise UserError(f'{path} is damaged or truncated ({err}); download it again') from None
+    ndim = {IMAGE_MAGIC: 3, LABEL_MAGIC: 1}[magic]
+    header_len = 4 * (1 + ndim)
+    if len(raw) < header_len:
+        raise UserError(f'{path} is truncated: {len(raw)} bytes is shorter than the IDX header')
+    found = int.from_bytes(raw[:4], 'big')
+    if found != magic:
+        raise UserError(f'{path} is not an MNIST IDX {"image" if ndim == 3 else "label"} file '
+                        f'(magic 0x{found:08x}, expected 0x{magic:08x})')
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [28, 28]:
+        raise UserError(f'{path} holds {dims[1]}x{dims[2]} images; MNIST images are 28x28')
+    expected = int(np.prod(dims))
+    body = raw[header_len:]
+    if len(body) != expected:
+        kind = 'truncated' if len(body) < expected else 'longer than its header says'
+        raise UserError(f'{path} is {kind}: header promises {expected} bytes of data, file has {len(body)}; '
+                        'download it again')
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def read_raw_split(raw_dir, split):
+    """Images (N, 28, 28) and labels (N,) of one split from a folder of IDX files; N comes from the header."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise UserError(f'raw folder {raw_dir} does not exist; {DOWNLOAD_HELP}')
+    image_name, label_name = IDX_NAMES[split]
+    images = read_idx(_find_idx(raw_dir, image_name), IMAGE_MAGIC)
+    labels = read_idx(_find_idx(raw_dir, label_name), LABEL_MAGIC)
+    if len(images) != len(labels):
+        raise UserError(f'{raw_dir}: {split} split has {len(images)} images but {len(labels)} labels; '
+                        'the files do not belong together')
+    if labels.size and labels.max() > 9:
+        raise UserError(f'{raw_dir}: {split} labels contain {labels.max()}; MNIST labels are 0-9')
+    return images, labels
+
+
+def download_split(root, split):
+    """Fetch one split through torchvision (official mirrors, official MD5 checksums)."""
+    from torchvision.datasets import MNIST
+    try:
+        ds = MNIST(root=str(root), train=(split == 'train'), download=True)
+    except (RuntimeError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f'could not download MNIST ({first_line}); no internet? Then {DOWNLOAD_HELP}') from None
+    return ds.data.numpy(), ds.targets.numpy().astype(np.uint8)
+
+
+# ---------------------------------------------------------------- PNG folder
+
+def image_name(split, index):
+    return f'mnist_{split}_{index:05d}.png'
+
+
+def folder_is_complete(folder):
+    """A folder is complete when its dataset.json exists and the PNG count matches it."""
+    folder = Path(folder)
+    info_path = folder / INFO
+    if not info_path.is_file():
+        return False
+    info = read_json(info_path)
+    return sum(1 for _ in folder.glob('*.png')) == info.get('num_images')
+
+
+def _remove_stale_partials(output):
+    for stale in output.parent.glob(f'.{output.name}.partial-*'):
+        pid = stale.name.rsplit('-', 1)[-1]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def write_image_folder(output, splits, source, force=False):
+    """Write {split: (images, labels)} as PNGs plus labels.csv and dataset.json, atomically.
+
+    The folder is built under a hidden temporary name and renamed into place only when complete,
+    so an interrupted run never leaves a folder that looks finished.
+    """
+    output = Path(output)
+    if output.exists() and not force:
+        raise UserError(f'{output} exists but is not a complete folder made by this script; '
+                        'rerun with --force to rebuild it')
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(output)
+        partial = output.parent / f'.{output.name}.partial-{os.getpid()}'
+        partial.mkdir()
+    except OSError as err:
+        raise UserError(f'cannot write to {output.parent}: {err.strerror or err}') from None
+    try:
+        total = sum(len(labels) for _, labels in splits.values())
+        rows = []
+        with tqdm(total=total, desc=f'writing {output.name}', unit='img') as bar:
+            for split, (images, labels) in splits.items():
+                for i, (image, label) in enumerate(zip(images, labels)):
+                    name = image_name(split, i)
+                    Image.fromarray(image, mode='L').save(partial / name)
+                    rows.append((name, int(label), split, i))
+                    bar.update(1)
+        with open(partial / MANIFEST, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['file', 'label', 'split', 'index'])
+            writer.writerows(rows)
+        write_json(partial / INFO, {
+            'num_images': total,
+            'splits': {split: int(len(labels)) for split, (_, labels) in splits.items()},
+            'source': source,
+            'image_size': [28, 28],
+        })
+        if output.exists():
+            old = output.parent / f'.{output.name}.old-{os.getpid()}'
+            output.rename(old)
+            partial.rename(output)
+            shutil.rmtree(old)
+        else:
+            partial.rename(output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return total
+
+
+def list_images(folder):
+    """Image files the library's Dataset would train on (same extensions, recursive)."""
+    folder = Path(folder)
+    return sorted(p for ext in IMAGE_EXTS for p in folder.glob(f'**/*.{ext}'))
+
+
+def check_training_folder(folder):
+    """Return the number of training images, or raise a one-line error naming what to do."""
+    folder = Path(folder)
+    hint = 'create it with: python3 get_mnist_data.py (offline: --raw-dir ../shared/data/mnist)'
+    if not folder.is_dir():
+        raise UserError(f'data folder {folder} does not exist; {hint}')
+    count = len(list_images(folder))
+    if count == 0:
+        raise UserError(f'data folder {folder} holds no images ({", ".join(IMAGE_EXTS)}); {hint}')
+    if count < MIN_TRAIN_IMAGES:
+        raise UserError(f'data folder {folder} holds only {count} images; at least {MIN_TRAIN_IMAGES} are needed')
+    return count
+
+
+def folder_info(folder):
+    """What dataset.json says about a folder made by get_mnist_data.py (empty dict otherwise)."""
+    path = Path(folder) / INFO
+    return read_json(path) if path.is_file() else {}
+
+
+def load_folder(folder, limit=None):
+    """Images (N, 28, 28) uint8 and labels (N,) (-1 where unknown) of a PNG folder, in file order."""
+    folder = Path(folder)
+    labels = {}
+    if (folder / MANIFEST).is_file():
+        with open(folder / MANIFEST, newline='') as f:
+            labels = {row['file']: int(row['label']) for row in csv.DictReader(f)}
+    paths = list_images(folder)[:limit]
+    images = np.stack([np.asarray(Image.open(p).convert('L').resize((28, 28))) for p in paths])
+    return images, np.array([labels.get(p.name, -1) for p in paths])

@@ -1,0 +1,155 @@
+"""Train a DDPM on a folder of MNIST PNGs with denoising-diffusion-pytorch (Unet, GaussianDiffusion, Trainer).
+
+Writes config.json, milestone checkpoints model-N.pt and sample grids sample-N.png into --results_folder.
+Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see README).
+"""
+import argparse
+import copy
+import time
+
+from ddpm_mnist.model import PRESETS, add_model_args, arch_differences, model_overrides, read_config, versions
+from ddpm_mnist.utils import UserError, ensure_writable_dir, run_cli, warn
+
+TRAINING_FLAGS = {
+    'train_batch_size': (int, 'images per process per step'),
+    'train_lr': (float, 'Adam learning rate'),
+    'train_num_steps': (int, 'total optimiser steps (training stops there; resuming continues up to it)'),
+    'gradient_accumulate_every': (int, 'batches accumulated per optimiser step'),
+    'ema_decay': (float, 'EMA decay of the weights used for sampling'),
+    'ema_update_every': (int, 'update the EMA every this many steps'),
+    'save_and_sample_every': (int, 'steps between milestones (model-N.pt and sample-N.png)'),
+    'num_samples': (int, 'images in each sample-N.png (a square number)'),
+    'sampling_timesteps': (int, 'DDIM steps for the sample-N.png grids (default: T, i.e. DDPM as the original)'),
+    'results_folder': (str, 'where config.json, model-N.pt and sample-N.png go'),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--preset', choices=sorted(PRESETS), default='seed',
+                   help='seed: the original project exactly (36M-parameter Unet, 100k steps; needs a GPU); '
+                        'small: a 1.4M-parameter Unet that reaches recognisable digits in about an hour on a '
+                        '2-core CPU. Explicit flags override the preset. (default: %(default)s)')
+    p.add_argument('--data_folder', default='./data/mnist_image_folder',
+                   help='folder of training PNGs made by get_mnist_data.py (default: %(default)s)')
+    add_model_args(p)
+    g = p.add_argument_group('training (default: from the preset)')
+    for name, (kind, help_text) in TRAINING_FLAGS.items():
+        g.add_argument(f'--{name}', type=kind, help=help_text)
+    g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                   help='mixed precision (original: on); fp16 on CUDA, bf16 on CPU')
+    g.add_argument('--mixed_precision_type', choices=['auto', 'fp16', 'bf16'], default='auto',
+                   help='precision used when --amp is on (default: fp16 on CUDA, bf16 elsewhere)')
+    g.add_argument('--calculate_fid', action='store_true',
+                   help="compute the library's Inception FID at each milestone (downloads Inception weights; "
+                        'slow; off by default)')
+    g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
+    p.add_argument('--num_workers', type=int, default=2, help='DataLoader worker processes (default: %(default)s)')
+    p.add_argument('--resume', default='auto',
+                   help='auto: continue from the latest milestone in the results folder; N: from milestone N '
+                        '(must be the latest); none: start fresh (refused if milestones exist) (default: auto)')
+    p.add_argument('--device', choices=['auto', 'cuda', 'mps', 'cpu'], default='auto',
+                   help='auto picks CUDA, then MPS, then CPU (under accelerate launch, accelerate decides)')
+    p.add_argument('--seed', type=int, default=None, help='random seed for reproducible training')
+    return p.parse_args(argv)
+
+
+def build_config(args):
+    config = copy.deepcopy(PRESETS[args.preset])
+    for section, values in model_overrides(args).items():
+        config[section].update(values)
+    training = config['training']
+    training.update({k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None})
+    if args.amp is not None:
+        training['amp'] = args.amp
+    training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed)
+    config['versions'] = versions()
+    return config
+
+
+def check_against_folder(config, folder):
+    existing = read_config(folder)
+    if existing is None:
+        return
+    diffs = arch_differences(existing, config)
+    if diffs:
+        raise UserError(f'{folder}/config.json was written for another model ({"; ".join(diffs)}); '
+                        'use a new --results_folder or the same settings')
+    if existing['training'].get('save_and_sample_every') != config['training']['save_and_sample_every']:
+        raise UserError(f'{folder} was trained with --save_and_sample_every '
+                        f'{existing["training"]["save_and_sample_every"]}; keep it so milestone numbers stay '
+                        'consistent')
+
+
+def cpu_warning(config, device):
+    if device != 'cpu' or config['model']['dim'] <= 32:
+        return
+    steps = config['training']['train_num_steps']
+    images = config['training']['train_batch_size'] * config['training']['gradient_accumulate_every']
+    warn(f'training the original-size model on the CPU: about 11 s per step of {images} images on a 2-core '
+         f'CPU (measured), so {steps} steps take roughly {steps * 11 / 86400:.0f} days. Use a GPU, '
+         'or --preset small for CPU training.')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    from ddpm_mnist.data import check_training_folder, folder_info
+    from ddpm_mnist.model import build_diffusion, write_config
+    from ddpm_mnist.training import MnistTrainer, force_device, mixed_precision, resolve_resume, training_device
+
+    config = build_config(args)
+    training = config['training']
+    folder = training['results_folder']
+    num_images = check_training_folder(args.data_folder)
+    force_device(args.device)
+    state = PartialState()
+    device = training_device(args.device) if state.num_processes == 1 else state.device.type
+    precision = mixed_precision(training['amp'], args.mixed_precision_type, device)
+    training['mixed_precision'] = precision
+    config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
+    check_against_folder(config, folder)
+    resume = resolve_resume(folder, args.resume)
+    if state.is_main_process:
+        ensure_writable_dir(folder)
+        write_config(folder, config)
+    state.wait_for_everyone()
+    if args.seed is not None:
+        set_seed(args.seed)
+
+    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    state.print(f'preset {args.preset}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
+                f'objective {config["diffusion"]["objective"]}, {num_images} training images, device {device} x '
+                f'{state.num_processes}, precision {precision}, effective batch {effective} '
+                f'({training["train_batch_size"]} per process x {training["gradient_accumulate_every"]} accumulation'
+                f' x {state.num_processes} processes)')
+    if state.is_main_process:
+        cpu_warning(config, device)
+
+    diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
+    trainer = MnistTrainer(
+        diffusion, args.data_folder, config=config, num_workers=args.num_workers,
+        train_batch_size=training['train_batch_size'], train_lr=training['train_lr'],
+        train_num_steps=training['train_num_steps'],
+        gradient_accumulate_every=training['gradient_accumulate_every'],
+        ema_decay=training['ema_decay'], ema_update_every=training['ema_update_every'],
+        amp=precision != 'no', mixed_precision_type=precision if precision != 'no' else 'fp16',
+        results_folder=folder, save_and_sample_every=training['save_and_sample_every'],
+        num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
+        num_fid_samples=args.num_fid_samples)
+    if resume is not None:
+        trainer.load(resume)
+        state.print(f'resumed from milestone {resume} (step {trainer.step}) in {folder}')
+    if trainer.step >= training['train_num_steps']:
+        state.print(f'already trained to step {trainer.step} of {training["train_num_steps"]}; nothing to do '
+                    '(raise --train_num_steps to train further)')
+        return
+    started = time.time()
+    trainer.train()
+    state.print(f'trained to step {trainer.step} in {time.time() - started:.0f} s; checkpoints in {folder}')
+
+
+if __name__ == '__main__':
+    run_cli(main)
