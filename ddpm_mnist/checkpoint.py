@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .model import (ORIGINAL, arch_differences, build_diffusion, build_unet, detect_objective, detect_schedule,
-                    infer_unet_arch, list_if_seq, read_config)
+from .model import (MODEL_KEYS, ORIGINAL, arch_differences, build_diffusion, build_unet, detect_objective,
+                    detect_schedule, infer_unet_arch, list_if_seq, read_config)
 from .utils import UserError, atomic_path, read_json, warn
 
 MILESTONE_RE = re.compile(r'^model-(\d+)\.pt$')
@@ -135,29 +135,31 @@ def detect_legacy_config(ckpt, unet_state):
 
 
 def resolve_config(path, ckpt, unet_state, overrides):
-    """Settings for a checkpoint: its config (embedded or config.json beside it), else detected.
+    """Settings for a checkpoint: its config (embedded, sidecar JSON or config.json beside it), else detected.
 
     Explicit flags (`overrides`) may only repeat what the checkpoint says; a contradiction is an error.
+    For a checkpoint without a config, flags also fill in what the file cannot reveal (e.g. image_size).
     """
     path = Path(path)
-    config = ckpt.get('config') or read_config(path.parent)
-    if path.suffix == '.safetensors':
-        sidecar = path.with_suffix('.json')
-        config = read_json(sidecar) if sidecar.is_file() else config
-    if config is None:
+    sidecar = path.with_suffix('.json')
+    if path.suffix == '.safetensors' and sidecar.is_file():
+        config = read_json(sidecar)
+    else:
+        config = ckpt.get('config') or read_config(path.parent)
+    legacy = config is None
+    if legacy:
         config = detect_legacy_config(ckpt, unet_state)
+    known = {'model': set(MODEL_KEYS), 'diffusion': set(config['detected'])} if legacy else None
     for section, values in overrides.items():
         for key, value in values.items():
-            if section not in config or key not in config[section]:
-                continue
-            ours = config[section][key]
-            if list_if_seq(value) != list_if_seq(ours):
+            ours = config[section].get(key)
+            if legacy and key not in known[section]:
+                config[section][key] = value
+            elif list_if_seq(value) != list_if_seq(ours):
                 flag = {'dim': 'unet_dim', 'timesteps': 'train_timesteps'}.get(key, key)
                 raise UserError(f'--{flag} {value} contradicts the checkpoint {path.name}, which has {key}={ours}; '
-                                f'drop the flag')
-    weights_arch = infer_unet_arch(unet_state)
-    stated = {'model': weights_arch, 'diffusion': config['diffusion']}
-    diffs = arch_differences(config, stated)
+                                'drop the flag')
+    diffs = arch_differences(config, {'model': infer_unet_arch(unet_state), 'diffusion': config['diffusion']})
     if diffs:
         raise UserError(f'{path} holds weights of another architecture than its config says ({"; ".join(diffs)})')
     return config

@@ -91,8 +91,9 @@ def build_diffusion(config, unet=None, sampling_timesteps=None):
 
 def versions():
     from importlib.metadata import version
-    packages = ('torch', 'torchvision', 'denoising_diffusion_pytorch', 'accelerate', 'ema_pytorch')
-    return dict(python=platform.python_version(), **{name: version(name.replace('_', '-')) for name in packages})
+    packages = ('torchvision', 'denoising_diffusion_pytorch', 'accelerate', 'ema_pytorch')
+    return dict(python=platform.python_version(), torch=str(torch.__version__),
+                **{name: version(name.replace('_', '-')) for name in packages})
 
 
 def config_path(folder):

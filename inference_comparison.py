@@ -1,0 +1,122 @@
+"""Sample a trained DDPM with DDPM (ancestral, T steps) or DDIM (S steps), time it and save an image grid.
+
+Examples:
+  python3 inference_comparison.py --strategy ddpm --milestone 10
+  python3 inference_comparison.py --strategy ddim --milestone 10 --sample_steps 100
+  python3 inference_comparison.py --strategy ddim --checkpoint path/to/model-3.pt --ddim_eta 0.5
+Without --milestone or --checkpoint the shipped pretrained model is used.
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+from ddpm_mnist.model import add_model_args
+from ddpm_mnist.utils import UserError, run_cli, warn
+
+SHIPPED = Path(__file__).resolve().parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--strategy', choices=['ddpm', 'ddim'], default='ddpm',
+                   help='ddpm: ancestral sampling over all T steps; ddim: deterministic (eta=0) or stochastic '
+                        'sampling over S steps (default: %(default)s)')
+    p.add_argument('--milestone', type=int, help='load model-N.pt from --results_folder')
+    p.add_argument('--checkpoint', help='load this file instead (model-N.pt of any denoising-diffusion-pytorch '
+                                        'Trainer, or a .safetensors export)')
+    p.add_argument('--results_folder', default='./results_mnist_ddpm',
+                   help='training results folder; grids go to RESULTS_FOLDER/inference_milestone_N/STRATEGY/ '
+                        '(default: %(default)s)')
+    p.add_argument('--sample_steps', type=int,
+                   help='sampling steps S (default: T for ddpm, 50 for ddim; ddim allows 1..T)')
+    p.add_argument('--ddim_eta', type=float, default=0.0,
+                   help='DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like (default: %(default)s)')
+    p.add_argument('--num_samples', type=int, default=25, help='number of images to generate (default: 25)')
+    p.add_argument('--batch_size', type=int, default=25, help='images per forward pass (default: 25)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed for the initial noise and per-step noise; the same seed gives DDPM and DDIM the '
+                        'same starting noise (default: %(default)s)')
+    p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                   help='autocast precision of the Unet (fp16 needs CUDA) (default: %(default)s)')
+    p.add_argument('--use_online_weights', action='store_true',
+                   help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
+    add_model_args(p)
+    return p.parse_args(argv)
+
+
+def resolve_checkpoint(args):
+    """(path, output folder name) for --checkpoint, --milestone or the shipped model."""
+    from ddpm_mnist.checkpoint import find_milestone
+    if args.checkpoint and args.milestone is not None:
+        raise UserError('give either --checkpoint or --milestone, not both')
+    if args.checkpoint:
+        return Path(args.checkpoint), f'inference_{Path(args.checkpoint).stem}'
+    if args.milestone is not None:
+        return find_milestone(args.results_folder, args.milestone), f'inference_milestone_{args.milestone}'
+    if SHIPPED.is_file():
+        return SHIPPED, 'inference_pretrained'
+    raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
+
+
+def grid_name(strategy, steps, eta):
+    return f'ddpm_steps{steps}' if strategy == 'ddpm' else f'ddim_steps{steps}_eta{eta}'
+
+
+def save_grid(images, path):
+    from torchvision.utils import save_image
+
+    from ddpm_mnist.utils import atomic_path
+    with atomic_path(path) as tmp:
+        save_image(images, tmp, nrow=math.ceil(math.sqrt(len(images))), format='png')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ddpm_mnist.checkpoint import load_model
+    from ddpm_mnist.model import model_overrides
+    from ddpm_mnist.sampling import check_settings, nfe, pick_device, timed_sample
+    from ddpm_mnist.utils import ensure_writable_dir, write_json
+
+    device = pick_device(args.device)
+    if args.precision == 'fp16' and device.type != 'cuda':
+        raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
+    path, run_name = resolve_checkpoint(args)
+    diffusion, config, info = load_model(path, model_overrides(args), use_ema=not args.use_online_weights,
+                                         device=device)
+    for key, value in (info.get('detected') or {}).items():
+        print(f'detected from the checkpoint: {key} = {value}')
+    total = diffusion.num_timesteps
+    steps = args.sample_steps if args.sample_steps is not None else (total if args.strategy == 'ddpm' else 50)
+    check_settings(args.strategy, steps, args.ddim_eta, args.num_samples, args.batch_size, total)
+    if args.strategy == 'ddpm' and steps != total:
+        warn(f'DDPM always runs all T={total} steps; --sample_steps {steps} is ignored '
+             '(use --strategy ddim for fewer steps)')
+        steps = total
+    out_dir = ensure_writable_dir(Path(args.results_folder) / run_name / args.strategy)
+
+    images, seconds = timed_sample(diffusion, strategy=args.strategy, num_samples=args.num_samples,
+                                   batch_size=args.batch_size, steps=steps, eta=args.ddim_eta, seed=args.seed,
+                                   precision=args.precision)
+    if not images.isfinite().all():
+        raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
+    name = grid_name(args.strategy, steps, args.ddim_eta)
+    grid = out_dir / f'{name}.png'
+    save_grid(images, grid)
+    calls = nfe(args.strategy, steps, total)
+    record = dict(strategy=args.strategy, sample_steps=steps, ddim_eta=args.ddim_eta if args.strategy == 'ddim'
+                  else None, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                  precision=args.precision, device=str(device), nfe_per_image=calls, seconds=round(seconds, 4),
+                  seconds_per_image=round(seconds / args.num_samples, 5), **info,
+                  model=config['model'], diffusion=config['diffusion'])
+    write_json(grid.with_suffix('.json'), record)
+    print(f'{args.strategy.upper()} {steps} steps' + (f', eta {args.ddim_eta}' if args.strategy == 'ddim' else '')
+          + f': {args.num_samples} images in {seconds:.2f} s ({seconds / args.num_samples:.4f} s/image, '
+          f'NFE {calls} per image) on {device}; {info["weights"].upper()} weights of {path}')
+    print(f'saved {grid}')
+    return record
+
+
+if __name__ == '__main__':
+    run_cli(main)

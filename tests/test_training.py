@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+import train_ddpm_mnist
+from conftest import assert_one_line_error, run_main, train_argv
+from ddpm_mnist.checkpoint import load_checkpoint, milestones
+from ddpm_mnist.training import MnistTrainer, mixed_precision
+
+
+def test_training_writes_config_milestones_and_samples(trained_run):
+    assert milestones(trained_run) == [1, 2]
+    assert (trained_run / 'sample-1.png').is_file() and (trained_run / 'sample-2.png').is_file()
+    config = json.loads((trained_run / 'config.json').read_text())
+    assert config['model'] == {'dim': 8, 'dim_mults': [1, 2], 'channels': 1}
+    assert config['diffusion'] == {'image_size': 32, 'timesteps': 20, 'beta_schedule': 'cosine',
+                                   'objective': 'pred_v'}
+    assert config['data']['num_images'] == 120 and config['versions']['torch'] == torch.__version__
+    ckpt = load_checkpoint(trained_run / 'model-2.pt')
+    assert ckpt['step'] == 4 and ckpt['config']['model'] == config['model']
+    assert not list(trained_run.glob('.*tmp*'))
+
+
+def test_seed_preset_is_the_original():
+    args = train_ddpm_mnist.parse_args([])
+    config = train_ddpm_mnist.build_config(args)
+    assert config['model'] == {'dim': 64, 'dim_mults': [1, 2, 4, 8], 'channels': 1}
+    assert config['diffusion'] == {'image_size': 32, 'timesteps': 1000, 'beta_schedule': 'cosine',
+                                   'objective': 'pred_v'}
+    t = config['training']
+    assert (t['train_batch_size'], t['train_lr'], t['train_num_steps'], t['gradient_accumulate_every'],
+            t['ema_decay'], t['amp'], t['save_and_sample_every'], t['results_folder']) == \
+        (128, 1e-5, 100000, 2, 0.995, True, 1000, './results_mnist_ddpm')
+    assert not t['calculate_fid']
+
+
+def test_flags_override_preset():
+    config = train_ddpm_mnist.build_config(train_ddpm_mnist.parse_args(
+        ['--preset', 'small', '--unet_dim', '16', '--objective', 'pred_noise', '--train_lr', '3e-4', '--no-amp']))
+    assert config['model']['dim'] == 16 and config['diffusion']['objective'] == 'pred_noise'
+    assert config['training']['train_lr'] == 3e-4 and config['training']['amp'] is False
+    assert config['model']['dim_mults'] == [1, 2, 2]
+
+
+def test_digits_are_never_flipped(image_folder):
+    from ddpm_mnist.model import PRESETS, build_diffusion
+    config = dict(PRESETS['small'], versions={'denoising_diffusion_pytorch': 'x'})
+    trainer = MnistTrainer(build_diffusion({'model': dict(dim=8, dim_mults=[1, 2], channels=1),
+                                            'diffusion': config['diffusion']}),
+                           str(image_folder), config=config, num_workers=0, train_batch_size=16,
+                           results_folder=str(image_folder.parent / 'flip'), calculate_fid=False, num_samples=4)
+    names = [type(t).__name__ for t in trainer.ds.transform.transforms]
+    assert 'RandomHorizontalFlip' not in names
+    img = next(trainer.dl)
+    assert img.shape == (16, 1, 32, 32)
+
+
+def test_resume_auto_continues_from_latest(tmp_path, image_folder, capsys):
+    results = tmp_path / 'r'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
+    first = (results / 'model-1.pt').read_bytes()
+    code, out, _ = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert code == 0 and 'resumed from milestone 1 (step 2)' in out
+    assert milestones(results) == [1, 2] and load_checkpoint(results / 'model-2.pt')['step'] == 4
+    assert (results / 'model-1.pt').read_bytes() == first
+    code, out, _ = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert code == 0 and 'nothing to do' in out
+    # never roll back: an older milestone or a fresh start is refused, nothing is touched
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4,
+                                                              extra=['--resume', '1']), capsys)
+    assert_one_line_error(code, err, 'older than the latest')
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4,
+                                                              extra=['--resume', 'none']), capsys)
+    assert_one_line_error(code, err, 'would overwrite')
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4,
+                                                              extra=['--resume', '7']), capsys)
+    assert_one_line_error(code, err, 'milestone 7 not found', '1, 2')
+    assert (results / 'model-1.pt').read_bytes() == first
+
+
+def test_architecture_mismatch_with_folder_is_an_error(trained_run, image_folder, capsys):
+    argv = train_argv(image_folder, trained_run, steps=6) + ['--unet_dim', '16']
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, 'another model', 'dim: 8 vs 16')
+
+
+def test_failed_save_keeps_earlier_milestones(tmp_path, image_folder, monkeypatch, capsys):
+    results = tmp_path / 'r'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, 'r+b') as handle:
+            handle.truncate(1000)
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(OSError):
+        train_ddpm_mnist.main(train_argv(image_folder, results, steps=4))
+    monkeypatch.setattr(torch, 'save', real_save)
+    assert milestones(results) == [1]
+    assert load_checkpoint(results / 'model-1.pt')['step'] == 2
+    assert [p.name for p in results.iterdir() if 'tmp' in p.name] == []
+
+
+@pytest.mark.parametrize('count, message', [(None, 'does not exist'), (0, 'holds no images'),
+                                            (50, 'only 50 images')])
+def test_bad_data_folder(tmp_path, image_folder, count, message, capsys):
+    folder = tmp_path / 'd'
+    if count is not None:
+        folder.mkdir()
+        for p in sorted(image_folder.glob('*.png'))[:count]:
+            (folder / p.name).write_bytes(p.read_bytes())
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(folder, tmp_path / 'r'), capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / 'r').exists()
+
+
+def test_mixed_precision_choice():
+    assert mixed_precision(True, 'auto', 'cuda') == 'fp16'
+    assert mixed_precision(True, 'auto', 'cpu') == 'bf16'
+    assert mixed_precision(False, 'auto', 'cuda') == 'no'
+    with pytest.raises(Exception, match='fp16 mixed precision needs CUDA'):
+        mixed_precision(True, 'fp16', 'cpu')
