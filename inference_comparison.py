@@ -88,7 +88,7 @@ def main(argv=None):
     for key, value in (info.get('detected') or {}).items():
         print(f'detected from the checkpoint: {key} = {value}')
     total = diffusion.num_timesteps
-    steps = args.sample_steps if args.sample_steps is not None else (total if args.strategy == 'ddpm' else 50)
+    steps = args.sample_steps if args.sample_steps is not None else (total if args.strategy == 'ddpm' else min(50, total))
     check_settings(args.strategy, steps, args.ddim_eta, args.num_samples, args.batch_size, total)
     if args.strategy == 'ddpm' and steps != total:
         warn(f'DDPM always runs all T={total} steps; --sample_steps {steps} is ignored '

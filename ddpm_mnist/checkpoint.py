@@ -56,7 +56,7 @@ def load_checkpoint(path, map_location='cpu'):
         raise UserError(f'checkpoint {path} is truncated or damaged; use an earlier milestone') from None
     except Exception as err:  # torch raises many types for damaged or hostile files
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if 'weights_only' in str(err) or 'Unsupported global' in str(err):
+        if 'Unsupported global' in str(err):
             raise UserError(f'checkpoint {path} contains Python objects other than weights; refusing to '
                             'unpickle it (it could run code)') from None
         raise UserError(f'checkpoint {path} cannot be read ({detail}); it is truncated, damaged or not a '

@@ -122,7 +122,9 @@ def run_batch(diffusion, x_T, strategy, steps, eta, generator, precision):
 
 def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=50, eta=0.0, seed=0,
            precision='fp32', noise=None, progress=None):
-    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU."""
+    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU. DDPM ignores `steps`."""
+    if strategy == 'ddpm':
+        steps = diffusion.num_timesteps
     check_settings(strategy, steps, eta, num_samples, batch_size, diffusion.num_timesteps)
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)

@@ -1,0 +1,218 @@
+import json
+import pickle
+
+import pytest
+import torch
+from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
+
+import inference_comparison
+from conftest import assert_one_line_error, run_main
+from ddpm_mnist import sampling
+from ddpm_mnist.checkpoint import load_model
+from ddpm_mnist.model import detect_objective, detect_schedule
+
+
+def tiny_diffusion(timesteps=20, objective='pred_v', schedule='cosine', seed=0):
+    torch.manual_seed(seed)
+    unet = Unet(dim=8, dim_mults=(1, 2), channels=1)
+    return GaussianDiffusion(unet, image_size=16, timesteps=timesteps, objective=objective,
+                             beta_schedule=schedule).eval()
+
+
+def infer(trained_run, capsys, *extra):
+    argv = ['--milestone', '2', '--results_folder', str(trained_run), '--num_samples', '5', '--batch_size', '2',
+            '--device', 'cpu', *extra]
+    return run_main(inference_comparison.main, argv, capsys)
+
+
+def test_inference_from_training_checkpoint(trained_run, capsys):
+    code, out, _ = infer(trained_run, capsys, '--strategy', 'ddim', '--sample_steps', '4', '--ddim_eta', '0.5')
+    assert code == 0 and 'NFE 4 per image' in out and 's/image' in out
+    grid = trained_run / 'inference_milestone_2' / 'ddim' / 'ddim_steps4_eta0.5.png'
+    record = json.loads(grid.with_suffix('.json').read_text())
+    assert grid.is_file() and record['num_samples'] == 5 and record['weights'] == 'ema'
+    assert record['nfe_per_image'] == 4 and record['seconds'] > 0 and record['step'] == 4
+
+
+def test_ddpm_runs_all_steps_and_warns(trained_run, capsys):
+    code, out, err = infer(trained_run, capsys, '--strategy', 'ddpm', '--sample_steps', '5')
+    assert code == 0 and 'NFE 20 per image' in out and 'DDPM always runs all T=20 steps' in err
+    assert (trained_run / 'inference_milestone_2' / 'ddpm' / 'ddpm_steps20.png').is_file()
+
+
+def test_num_samples_is_the_number_of_images():  # bug 5
+    images = sampling.sample(tiny_diffusion(), strategy='ddim', num_samples=7, batch_size=3, steps=2)
+    assert images.shape == (7, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+
+
+def test_ddim_with_eta_1_and_all_steps_equals_ddpm():
+    diffusion = tiny_diffusion()
+    ddpm = sampling.sample(diffusion, strategy='ddpm', num_samples=4, batch_size=4, seed=3)
+    ddim = sampling.sample(diffusion, strategy='ddim', num_samples=4, batch_size=4, steps=20, eta=1.0, seed=3)
+    assert torch.allclose(ddpm, ddim, atol=1e-4)
+
+
+def test_ddim_with_all_steps_really_runs_ddim():  # bug 4
+    diffusion = tiny_diffusion()
+    ddpm = sampling.sample(diffusion, strategy='ddpm', num_samples=4, seed=3)
+    ddim = sampling.sample(diffusion, strategy='ddim', num_samples=4, steps=20, eta=0.0, seed=3)
+    assert not torch.allclose(ddpm, ddim, atol=1e-3)
+
+
+def test_ddim_eta0_is_deterministic_and_batching_does_not_matter():
+    diffusion = tiny_diffusion()
+    a = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=1)
+    b = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=4, steps=5, seed=1)
+    c = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=2)
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+
+
+def test_same_seed_same_initial_noise_for_both_strategies(monkeypatch):  # bug 6
+    seen = []
+    real = sampling.run_batch
+    monkeypatch.setattr(sampling, 'run_batch', lambda d, x_T, *a: seen.append(x_T.clone()) or real(d, x_T, *a))
+    diffusion = tiny_diffusion()
+    sampling.sample(diffusion, strategy='ddpm', num_samples=5, batch_size=2, seed=9)
+    sampling.sample(diffusion, strategy='ddim', num_samples=5, batch_size=5, steps=3, seed=9)
+    sampling.sample(diffusion, strategy='ddim', num_samples=5, batch_size=5, steps=7, seed=9)
+    assert torch.equal(torch.cat(seen[:3]), seen[3]) and torch.equal(seen[3], seen[4])
+
+
+def test_identical_output_on_rerun(trained_run, capsys):
+    grids = []
+    for _ in range(2):
+        assert infer(trained_run, capsys, '--strategy', 'ddpm', '--seed', '4')[0] == 0
+        grids.append((trained_run / 'inference_milestone_2' / 'ddpm' / 'ddpm_steps20.png').read_bytes())
+    assert grids[0] == grids[1]
+
+
+def test_timing_excludes_warm_up_and_synchronises(monkeypatch):  # bug 7
+    calls = []
+    monkeypatch.setattr(sampling, 'warm_up', lambda *a: calls.append('warm'))
+    monkeypatch.setattr(sampling, 'synchronize', lambda device: calls.append('sync'))
+    real = sampling.sample
+    monkeypatch.setattr(sampling, 'sample', lambda *a, **k: calls.append('sample') or real(*a, **k))
+    sampling.timed_sample(tiny_diffusion(), strategy='ddim', num_samples=2, steps=2)
+    assert calls == ['warm', 'sample', 'sync']
+
+
+@pytest.mark.parametrize('objective', ['pred_v', 'pred_noise', 'pred_x0'])
+@pytest.mark.parametrize('schedule', ['cosine', 'linear', 'sigmoid'])
+def test_detect_objective_and_schedule(objective, schedule):
+    d = tiny_diffusion(timesteps=50, objective=objective, schedule=schedule)
+    assert detect_objective(d.loss_weight, d.alphas_cumprod) == objective
+    assert detect_schedule(d.betas) == schedule
+
+
+@pytest.fixture(scope='module')
+def legacy_checkpoint(tmp_path_factory, image_folder):
+    """A checkpoint made by plain lucidrains Trainer.save, no config, online weights != EMA weights."""
+    folder = tmp_path_factory.mktemp('legacy')
+    diffusion = GaussianDiffusion(Unet(dim=8, dim_mults=(1, 2), channels=1), image_size=32, timesteps=30,
+                                  beta_schedule='linear')  # objective left at the library default, pred_v
+    trainer = Trainer(diffusion, str(image_folder), train_batch_size=16, results_folder=str(folder),
+                      calculate_fid=False, num_samples=4, amp=False)
+    with torch.no_grad():
+        for p in trainer.ema.ema_model.parameters():
+            p.add_(0.05)
+    trainer.save(3)
+    return folder / 'model-3.pt', trainer
+
+
+def test_legacy_checkpoint_loads_ema_and_detects_settings(legacy_checkpoint, capsys):  # bug 2
+    path, trainer = legacy_checkpoint
+    diffusion, config, info = load_model(path)
+    assert info['detected'] == {'timesteps': 30, 'beta_schedule': 'linear', 'objective': 'pred_v'}
+    assert diffusion.objective == 'pred_v' and config['model']['dim'] == 8
+    ema = trainer.ema.ema_model.model.state_dict()
+    online = trainer.model.model.state_dict()
+    loaded = diffusion.model.state_dict()
+    assert torch.equal(loaded['init_conv.weight'], ema['init_conv.weight'])
+    assert not torch.equal(loaded['init_conv.weight'], online['init_conv.weight'])
+    online_model = load_model(path, use_ema=False)[0]
+    assert torch.equal(online_model.model.state_dict()['init_conv.weight'], online['init_conv.weight'])
+    assert 'ONLINE' in capsys.readouterr().err
+    code, out, _ = run_main(inference_comparison.main, ['--checkpoint', str(path), '--strategy', 'ddim',
+                                                        '--sample_steps', '3', '--num_samples', '2',
+                                                        '--results_folder', str(path.parent)], capsys)
+    assert code == 0 and 'detected from the checkpoint: objective = pred_v' in out and 'EMA weights' in out
+
+
+def test_flag_contradicting_checkpoint_is_an_error(legacy_checkpoint, trained_run, capsys):
+    path, _ = legacy_checkpoint
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(path), '--objective', 'pred_noise'],
+                            capsys)
+    assert_one_line_error(code, err, '--objective pred_noise contradicts')  # bug 1
+    code, _, err = infer(trained_run, capsys, '--unet_dim', '64')
+    assert_one_line_error(code, err, '--unet_dim 64 contradicts')
+
+
+def test_checkpoint_of_another_architecture(trained_run, tmp_path, capsys):
+    ckpt = torch.load(trained_run / 'model-2.pt', weights_only=True)
+    ckpt['config']['model']['dim'] = 16
+    torch.save(ckpt, tmp_path / 'model-5.pt')
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(tmp_path / 'model-5.pt')], capsys)
+    assert_one_line_error(code, err, 'another architecture', 'dim: 16 vs 8')
+
+
+def test_malicious_checkpoint_is_refused(tmp_path, capsys):  # bug 11
+    marker = tmp_path / 'pwned'
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    path = tmp_path / 'model-1.pt'
+    torch.save({'model': {}, 'ema': Evil()}, path)
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(path)], capsys)
+    assert_one_line_error(code, err, 'refusing to unpickle')
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'', 'empty'), (b'not a checkpoint at all', 'cannot be read'), ('truncate', 'truncated'),
+    (pickle.dumps({'a': 1}), 'cannot be read'),
+])
+def test_damaged_checkpoints(trained_run, tmp_path, content, message, capsys):
+    path = tmp_path / 'model-1.pt'
+    data = (trained_run / 'model-2.pt').read_bytes()
+    path.write_bytes(data[:len(data) // 2] if content == 'truncate' else content)
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(path)], capsys)
+    assert_one_line_error(code, err, message)
+
+
+def test_not_a_training_checkpoint(tmp_path, capsys):
+    torch.save({'weights': torch.zeros(3)}, tmp_path / 'x.pt')
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(tmp_path / 'x.pt')], capsys)
+    assert_one_line_error(code, err, 'not a training checkpoint')
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--milestone', '9'], 'milestone 9 not found'),
+    (['--sample_steps', '0', '--strategy', 'ddim'], '--sample_steps must be between 1 and'),
+    (['--sample_steps', '21', '--strategy', 'ddim'], 'T=20'),
+    (['--ddim_eta', '-0.5', '--strategy', 'ddim'], '--ddim_eta must be'),
+    (['--num_samples', '0'], '--num_samples must be at least 1'),
+])
+def test_bad_inference_input(trained_run, extra, message, capsys):
+    argv = ['--results_folder', str(trained_run), '--device', 'cpu']
+    argv += extra if '--milestone' in extra else ['--milestone', '2'] + extra
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, message)
+    if '--milestone' in extra:
+        assert 'milestones 1, 2' in err
+
+
+def test_unwritable_results_folder(trained_run, tmp_path, capsys):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(trained_run / 'model-2.pt'),
+                                                        '--results_folder', str(blocker / 'sub')], capsys)
+    assert_one_line_error(code, err, 'cannot write to folder')
+
+
+def test_unavailable_device(capsys):
+    if torch.cuda.is_available():
+        pytest.skip('CUDA present')
+    code, _, err = run_main(inference_comparison.main, ['--device', 'cuda'], capsys)
+    assert_one_line_error(code, err, 'not available')
