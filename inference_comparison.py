@@ -32,8 +32,9 @@ def parse_args(argv=None):
                    help='sampling steps S (default: T for ddpm, 50 for ddim; ddim allows 1..T)')
     p.add_argument('--ddim_eta', type=float, default=0.0,
                    help='DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like (default: %(default)s)')
-    p.add_argument('--num_samples', type=int, default=25, help='number of images to generate (default: 25)')
-    p.add_argument('--batch_size', type=int, default=25, help='images per forward pass (default: 25)')
+    p.add_argument('--num_samples', type=int,
+                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 50)')
+    p.add_argument('--batch_size', type=int, help='images per forward pass (default: 25; with --compare 250)')
     p.add_argument('--seed', type=int, default=0,
                    help='seed for the initial noise and per-step noise; the same seed gives DDPM and DDIM the '
                         'same starting noise (default: %(default)s)')
@@ -43,7 +44,27 @@ def parse_args(argv=None):
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
-    return p.parse_args(argv)
+    c = p.add_argument_group('comparison sweep (--compare)')
+    c.add_argument('--compare', action='store_true',
+                   help='run DDPM and DDIM at every --compare_steps x --compare_etas from the same noise, score '
+                        'them and write comparison.{json,csv,md,png} plus one grid per config')
+    c.add_argument('--quick', action='store_true',
+                   help='a CPU-sized --compare: DDPM, DDIM S in {10, 50} x eta in {0, 1}, 50 images each')
+    c.add_argument('--compare_steps', type=lambda s: [int(x) for x in s.split(',')],
+                   help='comma-separated DDIM step counts (default: 10,20,50,100,200,1000)')
+    c.add_argument('--compare_etas', type=lambda s: [float(x) for x in s.split(',')],
+                   help='comma-separated DDIM eta values (default: 0,0.5,1)')
+    c.add_argument('--raw-dir', dest='raw_dir',
+                   help='MNIST IDX folder for the reference (test split) and training digits, offline '
+                        '(e.g. ../shared/data/mnist); default: torchvision download cached in --data_root')
+    c.add_argument('--data_root', default='./data', help='torchvision MNIST cache folder (default: %(default)s)')
+    c.add_argument('--inception_weights',
+                   help='also compute standard Inception FID (pytorch-fid) from this local weights file '
+                        '(pt_inception-2015-12-05-6726825d.pth); never downloads')
+    args = p.parse_args(argv)
+    if args.quick:
+        args.compare = True
+    return args
 
 
 def resolve_checkpoint(args):
@@ -80,6 +101,8 @@ def main(argv=None):
     from ddpm_mnist.utils import ensure_writable_dir, write_json
 
     device = pick_device(args.device)
+    if args.compare:
+        return compare(args, device)
     if args.precision == 'fp16' and device.type != 'cuda':
         raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
     path, run_name = resolve_checkpoint(args)
@@ -89,6 +112,8 @@ def main(argv=None):
         print(f'detected from the checkpoint: {key} = {value}')
     total = diffusion.num_timesteps
     steps = args.sample_steps if args.sample_steps is not None else (total if args.strategy == 'ddpm' else min(50, total))
+    args.num_samples = 25 if args.num_samples is None else args.num_samples
+    args.batch_size = 25 if args.batch_size is None else args.batch_size
     check_settings(args.strategy, steps, args.ddim_eta, args.num_samples, args.batch_size, total)
     if args.strategy == 'ddpm' and steps != total:
         warn(f'DDPM always runs all T={total} steps; --sample_steps {steps} is ignored '
@@ -116,6 +141,44 @@ def main(argv=None):
           f'NFE {calls} per image) on {device}; {info["weights"].upper()} weights of {path}')
     print(f'saved {grid}')
     return record
+
+
+def compare(args, device):
+    from ddpm_mnist.checkpoint import load_model
+    from ddpm_mnist.compare import DEFAULT_ETAS, DEFAULT_STEPS, QUICK, run_sweep
+    from ddpm_mnist.data import load_split
+    from ddpm_mnist.metrics import Evaluator, inception_fid
+    from ddpm_mnist.model import model_overrides
+    from ddpm_mnist.utils import ensure_writable_dir
+
+    if args.inception_weights and not Path(args.inception_weights).is_file():
+        raise UserError(f'--inception_weights {args.inception_weights} not found; download the pytorch-fid weights '
+                        '(pt_inception-2015-12-05-6726825d.pth) on a machine with internet and pass their path')
+    path, run_name = resolve_checkpoint(args)
+    diffusion, config, info = load_model(path, model_overrides(args), use_ema=not args.use_online_weights,
+                                         device=device)
+    steps = args.compare_steps or (QUICK['steps'] if args.quick else DEFAULT_STEPS)
+    etas = args.compare_etas or (QUICK['etas'] if args.quick else DEFAULT_ETAS)
+    n = args.num_samples or (QUICK['num_samples'] if args.quick else 1000)
+    if n < 2:
+        raise UserError(f'--num_samples must be at least 2 for --compare (got {n})')
+    out_dir = ensure_writable_dir(Path(args.results_folder) / run_name / ('quick_comparison' if args.quick
+                                                                          else 'comparison'))
+    reference, _ = load_split('test', args.raw_dir, args.data_root)
+    train, _ = load_split('train', args.raw_dir, args.data_root)
+    evaluator = Evaluator(reference, train, image_size=config['diffusion']['image_size'], seed=args.seed)
+    extra = None
+    if args.inception_weights:
+        import torch
+        reference_tensor = torch.from_numpy(reference.copy())
+        extra = lambda images: {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights,
+                                                               device)}  # noqa: E731
+    run_sweep(diffusion, evaluator, out_dir, path, steps=steps, etas=etas, num_samples=n,
+              batch_size=args.batch_size or min(250, n), seed=args.seed, precision=args.precision,
+              extra_score=extra)
+    print((out_dir / 'comparison.md').read_text())
+    print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
+    return out_dir
 
 
 if __name__ == '__main__':

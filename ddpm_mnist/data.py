@@ -209,3 +209,8 @@ def load_folder(folder, limit=None):
     paths = list_images(folder)[:limit]
     images = np.stack([np.asarray(Image.open(p).convert('L').resize((28, 28))) for p in paths])
     return images, np.array([labels.get(p.name, -1) for p in paths])
+
+
+def load_split(split, raw_dir=None, root='./data'):
+    """(images, labels) of an MNIST split: from IDX files in raw_dir, else through torchvision (cached in root)."""
+    return read_raw_split(raw_dir, split) if raw_dir else download_split(root, split)

@@ -1,0 +1,121 @@
+"""A small LeNet-style MNIST classifier: the feature network behind the project's offline metrics."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .utils import UserError, atomic_path, read_json, write_json
+
+WEIGHTS = Path(__file__).resolve().parent.parent / 'pretrained' / 'mnist_classifier.safetensors'
+FEATURE_DIM = 128
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 14x14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 7x7
+            nn.Conv2d(64, 64, 3), nn.ReLU(),                              # 5x5
+        )
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64 * 5 * 5, FEATURE_DIM), nn.ReLU())
+        self.head = nn.Linear(FEATURE_DIM, 10)
+
+    def forward(self, x):
+        """(penultimate features, logits) for images in [0, 1], shape (N, 1, 28, 28)."""
+        f = self.features(self.conv((x - 0.1307) / 0.3081))
+        return f, self.head(f)
+
+
+def to_classifier_input(images):
+    """uint8 (N, 28, 28) or float (N, 1, H, W) in [0, 1] -> float (N, 1, 28, 28)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.array(images))
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if images.dim() == 3:
+        images = images[:, None]
+    if images.shape[-1] != 28:
+        images = F.interpolate(images, size=(28, 28), mode='bilinear', antialias=True, align_corners=False)
+    return images.clamp(0, 1)
+
+
+def as_training_resolution(images, size=32):
+    """Real 28x28 digits resized as the library's Dataset does for training, so real and generated
+    images reach the classifier through the same 28 -> size -> 28 resampling."""
+    x = to_classifier_input(images)
+    return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+
+
+def load_classifier(path=WEIGHTS):
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'classifier weights {path} missing; train them with: python3 scripts/train_classifier.py')
+    model = LeNet()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+@torch.inference_mode()
+def classify(model, images, batch_size=1000):
+    """(features (N, 128), probabilities (N, 10)) as float64 numpy arrays."""
+    x = to_classifier_input(images)
+    feats, probs = [], []
+    for start in range(0, len(x), batch_size):
+        f, logits = model(x[start:start + batch_size])
+        feats.append(f.double())
+        probs.append(logits.double().softmax(-1))
+    return torch.cat(feats).numpy(), torch.cat(probs).numpy()
+
+
+def train_classifier(images, labels, epochs=12, seed=0, batch_size=128, lr=2e-3):
+    """Train LeNet with small random shifts and rotations; deterministic for a given seed on the CPU."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = LeNet()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(images) // batch_size))
+    x, y = to_classifier_input(images), torch.as_tensor(labels, dtype=torch.long)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(model(augment(x[idx], generator))[1], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def augment(x, generator):
+    """Random affine: up to 10 degrees, 2 px shift, 10% scale. Never flips (digits are not symmetric)."""
+    n = len(x)
+    angle = (torch.rand(n, generator=generator) - 0.5) * 2 * np.deg2rad(10)
+    scale = 1 + (torch.rand(n, generator=generator) - 0.5) * 0.2
+    shift = (torch.rand(n, 2, generator=generator) - 0.5) * 2 * (2 / 14)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def accuracy(model, images, labels):
+    _, probs = classify(model, images)
+    return float((probs.argmax(1) == np.asarray(labels)).mean())
+
+
+def save_classifier(model, path, info):
+    from safetensors.torch import save_file
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(path.with_suffix('.json'), info)
+
+
+def classifier_info(path=WEIGHTS):
+    sidecar = Path(path).with_suffix('.json')
+    return read_json(sidecar) if sidecar.is_file() else {}

@@ -1,0 +1,161 @@
+"""Offline sample-quality metrics in the feature space of the project's MNIST classifier.
+
+FID here is the Fréchet distance between Gaussian fits of the classifier's penultimate features (not
+Inception FID; numbers are comparable only with the same classifier, reference set and N).
+"""
+import warnings
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from .classifier import as_training_resolution, classify, load_classifier, to_classifier_input
+
+K_NEIGHBOURS = 3
+# A sample is a near-copy when its nearest training digit is closer (pixel L2 on 28x28 in [0, 1]) than
+# this. Real MNIST test digits are never that close to the 5k training subset below the 1st percentile
+# (1.09) of their distances, so 1.0 flags copies, not merely similar digits.
+NEAR_COPY_L2 = 1.0
+
+
+def frechet_distance(a, b):
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # dead ReLU features make the covariances singular; harmless here
+        warnings.simplefilter('ignore')
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():
+            eps = 1e-6 * np.eye(len(cov_a))
+            covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
+
+
+def inception_score(probs):
+    marginal = probs.mean(0, keepdims=True)
+    kl = (probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12))).sum(1)
+    return float(np.exp(kl.mean()))
+
+
+def class_balance(probs):
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    share = counts / counts.sum()
+    kl_uniform = float(np.sum(share[share > 0] * np.log(share[share > 0] * len(share))))
+    return share, float(share.min()), kl_uniform
+
+
+def _pairwise_min(a, b, k=1, exclude_self=False, chunk=2048):
+    """k-th smallest Euclidean distance from each row of a to the rows of b (chunked)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    out = []
+    for start in range(0, len(a), chunk):
+        d = torch.cdist(a[start:start + chunk], b)
+        kth = k + 1 if exclude_self else k
+        out.append(d.topk(kth, dim=1, largest=False).values[:, kth - 1])
+    return torch.cat(out).numpy()
+
+
+def _within_any_ball(points, centres, radii, chunk=2048):
+    points, centres = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
+    radii = torch.as_tensor(radii, dtype=torch.float64)
+    inside = []
+    for start in range(0, len(points), chunk):
+        inside.append((torch.cdist(points[start:start + chunk], centres) <= radii[None]).any(1))
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real, fake, k=K_NEIGHBOURS):
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
+    real_radii = _pairwise_min(real, real, k, exclude_self=True)
+    fake_radii = _pairwise_min(fake, fake, k, exclude_self=True)
+    return _within_any_ball(fake, real, real_radii), _within_any_ball(real, fake, fake_radii)
+
+
+def memorisation(images, train_pixels):
+    """Pixel distance of each image to its nearest training digit; share of near-copies."""
+    flat = to_classifier_input(images).flatten(1).numpy()
+    nearest = _pairwise_min(flat, train_pixels)
+    return float(np.median(nearest)), float((nearest < NEAR_COPY_L2).mean())
+
+
+class Evaluator:
+    """Scores sets of images against a reference set, with floor and ceiling calibration.
+
+    reference: real digits the samples are compared with (default: the MNIST test split);
+    train: the digits the model was trained on (for the floor and the memorisation check).
+    Both are uint8 (N, 28, 28) arrays; they pass through the same 28 -> image_size -> 28 resampling as
+    the training data did, so real and generated digits are treated alike.
+    """
+
+    def __init__(self, reference, train, image_size=32, classifier=None, seed=0):
+        self.classifier = classifier or load_classifier()
+        self.image_size = image_size
+        self.seed = seed
+        self.reference = as_training_resolution(reference, image_size)
+        self.train = as_training_resolution(train, image_size)
+        self.reference_features, _ = classify(self.classifier, self.reference)
+        self.train_pixels = to_classifier_input(self.train).flatten(1).numpy()
+
+    def score(self, images):
+        """All metrics for images (N, 1, H, W) in [0, 1]."""
+        features, probs = classify(self.classifier, images)
+        n = len(images)
+        rng = np.random.default_rng(self.seed)
+        ref_subset = self.reference_features[rng.permutation(len(self.reference_features))[:n]]
+        precision, recall = precision_recall(ref_subset, features) if n > K_NEIGHBOURS else (float('nan'),) * 2
+        share, smallest, kl = class_balance(probs)
+        median_nn, near_copies = memorisation(images, self.train_pixels)
+        return dict(n=n, fid=frechet_distance(features, self.reference_features), inception_score=inception_score(probs),
+                    confidence=float(probs.max(1).mean()), min_class_share=smallest, class_kl_uniform=kl,
+                    class_shares=[round(float(s), 4) for s in share], precision=precision, recall=recall,
+                    median_nn_train_l2=median_nn, near_copy_share=near_copies)
+
+    def floor_images(self, n):
+        """n real training digits (all of them if fewer): the best score a perfect model could get."""
+        rng = np.random.default_rng(self.seed + 1)
+        return self.train[rng.permutation(len(self.train))[:n]]
+
+    def ceiling_images(self, n):
+        """n images of pure Gaussian noise, shown the way samples are (the worst case)."""
+        generator = torch.Generator().manual_seed(self.seed + 2)
+        noise = torch.randn(n, 1, self.image_size, self.image_size, generator=generator)
+        return ((noise + 1) / 2).clamp(0, 1)
+
+    def calibration(self, n):
+        return {'real training digits (floor)': self.score(self.floor_images(n)),
+                'pure noise (ceiling)': self.score(self.ceiling_images(n))}
+
+
+def inception_fid(images, reference, weights_path, device='cpu', batch_size=100):
+    """Standard Inception FID through pytorch-fid, from a locally stored weights file only (never downloads)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .utils import UserError
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise UserError(f'Inception weights {weights_path} not found; download pt_inception-2015-12-05-6726825d.pth '
+                        '(the pytorch-fid weights) on a machine with internet and pass its path')
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+    with tempfile.TemporaryDirectory() as hub:
+        checkpoints = Path(hub) / 'checkpoints'
+        checkpoints.mkdir()
+        shutil.copy(weights_path, checkpoints / os.path.basename(FID_WEIGHTS_URL))
+        previous = torch.hub.get_dir()
+        torch.hub.set_dir(hub)
+        try:
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+        finally:
+            torch.hub.set_dir(previous)
+
+    @torch.inference_mode()
+    def activations(x):
+        x = to_classifier_input(x) if x.dtype == torch.uint8 or x.dim() == 3 else x
+        out = [model(x[i:i + batch_size].to(device).repeat(1, 3, 1, 1))[0].squeeze(-1).squeeze(-1).cpu()
+               for i in range(0, len(x), batch_size)]
+        return torch.cat(out).double().numpy()
+
+    a, b = activations(images), activations(reference)
+    return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
