@@ -39,8 +39,13 @@ def parse_args(argv=None):
                    help='seed for the initial noise and per-step noise; the same seed gives DDPM and DDIM the '
                         'same starting noise (default: %(default)s)')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
-    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
-                   help='autocast precision of the Unet (fp16 needs CUDA) (default: %(default)s)')
+    p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
+                   help='autocast precision of the Unet; auto = bf16 on CUDA and on CPUs with native bf16, '
+                        'else fp32; fp16 needs CUDA (default: %(default)s)')
+    p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                   help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile the Unet (slow first call; pays off for long sweeps on GPU)')
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
@@ -81,6 +86,27 @@ def resolve_checkpoint(args):
     raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
 
 
+def resolve_precision(precision, device):
+    from ddpm_mnist.sampling import default_precision
+    if precision == 'fp16' and device.type != 'cuda':
+        raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
+    return default_precision(device) if precision == 'auto' else precision
+
+
+def load_for_sampling(args, device):
+    """(path, run name, diffusion, config, info) for the checkpoint the flags name, ready to sample."""
+    from ddpm_mnist.checkpoint import load_model
+    from ddpm_mnist.model import model_overrides
+    from ddpm_mnist.sampling import prepare_for_inference
+    path, run_name = resolve_checkpoint(args)
+    diffusion, config, info = load_model(path, model_overrides(args), use_ema=not args.use_online_weights,
+                                         device=device)
+    for key, value in (info.get('detected') or {}).items():
+        print(f'detected from the checkpoint: {key} = {value}')
+    prepare_for_inference(diffusion, channels_last=args.channels_last, compile=args.compile)
+    return path, run_name, diffusion, config, info
+
+
 def grid_name(strategy, steps, eta):
     return f'ddpm_steps{steps}' if strategy == 'ddpm' else f'ddim_steps{steps}_eta{eta}'
 
@@ -95,23 +121,17 @@ def save_grid(images, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ddpm_mnist.checkpoint import load_model
-    from ddpm_mnist.model import model_overrides
     from ddpm_mnist.sampling import check_settings, nfe, pick_device, timed_sample
     from ddpm_mnist.utils import ensure_writable_dir, write_json
 
     device = pick_device(args.device)
+    args.precision = resolve_precision(args.precision, device)
     if args.compare:
         return compare(args, device)
-    if args.precision == 'fp16' and device.type != 'cuda':
-        raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
-    path, run_name = resolve_checkpoint(args)
-    diffusion, config, info = load_model(path, model_overrides(args), use_ema=not args.use_online_weights,
-                                         device=device)
-    for key, value in (info.get('detected') or {}).items():
-        print(f'detected from the checkpoint: {key} = {value}')
+    path, run_name, diffusion, config, info = load_for_sampling(args, device)
     total = diffusion.num_timesteps
-    steps = args.sample_steps if args.sample_steps is not None else (total if args.strategy == 'ddpm' else min(50, total))
+    default_steps = total if args.strategy == 'ddpm' else min(50, total)
+    steps = default_steps if args.sample_steps is None else args.sample_steps
     args.num_samples = 25 if args.num_samples is None else args.num_samples
     args.batch_size = 25 if args.batch_size is None else args.batch_size
     check_settings(args.strategy, steps, args.ddim_eta, args.num_samples, args.batch_size, total)
@@ -144,19 +164,15 @@ def main(argv=None):
 
 
 def compare(args, device):
-    from ddpm_mnist.checkpoint import load_model
     from ddpm_mnist.compare import DEFAULT_ETAS, DEFAULT_STEPS, QUICK, run_sweep
     from ddpm_mnist.data import load_split
     from ddpm_mnist.metrics import Evaluator, inception_fid
-    from ddpm_mnist.model import model_overrides
     from ddpm_mnist.utils import ensure_writable_dir
 
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f'--inception_weights {args.inception_weights} not found; download the pytorch-fid weights '
                         '(pt_inception-2015-12-05-6726825d.pth) on a machine with internet and pass their path')
-    path, run_name = resolve_checkpoint(args)
-    diffusion, config, info = load_model(path, model_overrides(args), use_ema=not args.use_online_weights,
-                                         device=device)
+    path, run_name, diffusion, config, _ = load_for_sampling(args, device)
     steps = args.compare_steps or (QUICK['steps'] if args.quick else DEFAULT_STEPS)
     etas = args.compare_etas or (QUICK['etas'] if args.quick else DEFAULT_ETAS)
     n = args.num_samples or (QUICK['num_samples'] if args.quick else 1000)

@@ -1,0 +1,160 @@
+"""Sampling speed benchmark (not a test): how close one Unet forward gets to the machine's GEMM peak.
+
+For the small and the original-size Unet, per precision and batch size: seconds per NFE (one sampler
+step), images per second for DDPM-1000 and DDIM S in {10, 50, 200}, achieved GFLOP/s (FLOPs counted with
+torch.utils.flop_counter.FlopCounterMode) and that as a fraction of a GEMM peak measured in the same run.
+End-to-end runs check that the sampler's own overhead is negligible (DDIM-50 vs DDPM-1000).
+
+    python3 benchmarks/bench_sampling.py                 # CPU default, about 10 minutes on 2 cores
+    python3 benchmarks/bench_sampling.py --device cuda   # GPU table (adds fp16)
+Writes benchmarks/results/bench_<device>.json and .md.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.compare import machine_name  # noqa: E402
+from ddpm_mnist.model import PRESETS, build_diffusion  # noqa: E402
+from ddpm_mnist.sampling import autocast, prepare_for_inference, sample, synchronize  # noqa: E402
+
+ARCHS = {'small': PRESETS['small'], 'original': PRESETS['seed']}
+STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim', 50), 'DDIM-200': ('ddim', 200)}
+
+
+def gemm_peak(device, dtype, n=2048, repeats=10):
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(diffusion, batch):
+    x = torch.zeros(batch, 1, 32, 32, device=diffusion.device)
+    t = torch.zeros(batch, dtype=torch.long, device=diffusion.device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        diffusion.model(x, t)
+    return counter.get_total_flops()
+
+
+def seconds_per_nfe(diffusion, batch, precision, repeats):
+    """Median time of one DDIM step (Unet forward + update) at this batch, after warm-up."""
+    x = torch.randn(batch, 1, 32, 32, device=diffusion.device)
+    t = torch.full((batch,), 500, dtype=torch.long, device=diffusion.device)
+    times = []
+    with torch.inference_mode(), autocast(diffusion.device, precision):
+        for i in range(repeats + 2):
+            synchronize(diffusion.device)
+            start = time.perf_counter()
+            diffusion.model_predictions(x, t, clip_x_start=True, rederive_pred_noise=True)
+            synchronize(diffusion.device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def end_to_end(diffusion, strategy, steps, batch, precision):
+    sample(diffusion, strategy='ddim', num_samples=batch, batch_size=batch, steps=2, precision=precision)
+    synchronize(diffusion.device)
+    start = time.perf_counter()
+    sample(diffusion, strategy=strategy, num_samples=batch, batch_size=batch, steps=steps, precision=precision)
+    synchronize(diffusion.device)
+    return time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu', help='cpu or cuda (default: %(default)s)')
+    p.add_argument('--batches', type=lambda s: [int(x) for x in s.split(',')], default=None,
+                   help='batch sizes (default: 25,100 on CPU; 100,1000 on CUDA)')
+    p.add_argument('--repeats', type=int, default=None, help='timed forwards per cell (default: 3 CPU, 20 CUDA)')
+    p.add_argument('--end_to_end_batch', type=int, default=None,
+                   help='batch of the end-to-end runs (default: 25 on CPU, 1000 on CUDA)')
+    p.add_argument('--out', default=str(Path(__file__).parent / 'results'), help='output folder')
+    args = p.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    batches = args.batches or ([100, 1000] if cuda else [25, 100])
+    repeats = args.repeats or (20 if cuda else 3)
+    precisions = ['fp32', 'bf16', 'fp16'] if cuda else ['fp32', 'bf16']
+    peaks = {'fp32': gemm_peak(device, torch.float32), 'bf16': gemm_peak(device, torch.bfloat16)}
+    if cuda:
+        peaks['fp16'] = gemm_peak(device, torch.float16)
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
+    print(f'{machine_name(device)}: GEMM peak ' + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items()))
+
+    rows = []
+    for arch, config in ARCHS.items():
+        diffusion = prepare_for_inference(build_diffusion(config).to(device).eval())
+        for batch in batches:
+            flops = forward_flops(diffusion, batch)
+            for precision in precisions:
+                spn = seconds_per_nfe(diffusion, batch, precision, repeats)
+                gflops = flops / spn / 1e9
+                row = dict(arch=arch, batch=batch, precision=precision, seconds_per_nfe=spn,
+                           gflop_per_nfe=flops / 1e9, gflops=gflops, peak_fraction=gflops / peaks[precision],
+                           **{f'img_per_s_{name}': batch / (spn * steps) for name, (_, steps) in STEPS.items()})
+                rows.append(row)
+                print(f'{arch:8s} batch {batch:5d} {precision}: {spn * 1e3:8.1f} ms/NFE, {gflops:7.1f} GFLOP/s '
+                      f'({100 * row["peak_fraction"]:.0f}% of {precision} GEMM peak), DDIM-50 '
+                      f'{row["img_per_s_DDIM-50"]:.2f} img/s', flush=True)
+
+    e2e_batch = args.end_to_end_batch or (1000 if cuda else 25)
+    small = prepare_for_inference(build_diffusion(ARCHS['small']).to(device).eval())
+    e2e = {}
+    best = 'bf16'
+    for name, (strategy, steps) in STEPS.items():
+        e2e[name] = end_to_end(small, strategy, steps, e2e_batch, best)
+        print(f'end-to-end small {best} batch {e2e_batch} {name}: {e2e[name]:.2f} s', flush=True)
+    hundred = {prec: end_to_end(small, 'ddim', 50, 100, prec) for prec in ('fp32', 'bf16')}
+    print(f'end-to-end small DDIM-50, 100 images: fp32 {hundred["fp32"]:.2f} s, bf16 {hundred["bf16"]:.2f} s '
+          f'({hundred["fp32"] / hundred["bf16"]:.2f}x)')
+    speedup = e2e['DDPM-1000'] / e2e['DDIM-50']
+    print(f'DDIM-50 speed-up over DDPM-1000: {speedup:.1f}x (ideal 20x; target >= 18x)')
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = dict(machine=machine_name(device), device=str(device), torch=str(torch.__version__), peaks=peaks,
+                  rows=rows, end_to_end=dict(batch=e2e_batch, precision=best, seconds=e2e,
+                                             ddim50_over_ddpm1000=speedup, ddim50_100_images=hundred))
+    stem = out / f'bench_{device.type}'
+    stem.with_suffix('.json').write_text(json.dumps(result, indent=2) + '\n')
+    stem.with_suffix('.md').write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r):
+    lines = [f'Machine: {r["machine"]} (torch {r["torch"]}). GEMM peak measured in the same run: '
+             + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in r['peaks'].items()) + '.', '',
+             '| Unet | batch | precision | ms per NFE | GFLOP/s | % of GEMM peak | img/s DDPM-1000 | img/s DDIM-10 '
+             '| img/s DDIM-50 | img/s DDIM-200 |', '|---|---|---|---|---|---|---|---|---|---|']
+    for row in r['rows']:
+        lines.append(f'| {row["arch"]} | {row["batch"]} | {row["precision"]} | {row["seconds_per_nfe"] * 1e3:.1f} | '
+                     f'{row["gflops"]:.0f} | {100 * row["peak_fraction"]:.0f}% | {row["img_per_s_DDPM-1000"]:.3f} | '
+                     f'{row["img_per_s_DDIM-10"]:.1f} | {row["img_per_s_DDIM-50"]:.2f} | '
+                     f'{row["img_per_s_DDIM-200"]:.2f} |')
+    e = r['end_to_end']
+    lines += ['', f'End to end, small Unet, {e["precision"]}, {e["batch"]} images: '
+              + ', '.join(f'{k} {v:.2f} s' for k, v in e['seconds'].items())
+              + f'; DDIM-50 is {e["ddim50_over_ddpm1000"]:.1f}x faster than DDPM-1000 (ideal 20x). '
+              f'DDIM-50 for 100 images: fp32 {e["ddim50_100_images"]["fp32"]:.2f} s, bf16 '
+              f'{e["ddim50_100_images"]["bf16"]:.2f} s '
+              f'({e["ddim50_100_images"]["fp32"] / e["ddim50_100_images"]["bf16"]:.2f}x).']
+    return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+    main()
