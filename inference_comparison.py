@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument('--ddim_eta', type=float, default=0.0,
                    help='DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like (default: %(default)s)')
     p.add_argument('--num_samples', type=int,
-                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 50)')
+                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 36)')
     p.add_argument('--batch_size', type=int, help='images per forward pass (default: 25; with --compare 250)')
     p.add_argument('--seed', type=int, default=0,
                    help='seed for the initial noise and per-step noise; the same seed gives DDPM and DDIM the '
@@ -54,7 +54,7 @@ def parse_args(argv=None):
                    help='run DDPM and DDIM at every --compare_steps x --compare_etas from the same noise, score '
                         'them and write comparison.{json,csv,md,png} plus one grid per config')
     c.add_argument('--quick', action='store_true',
-                   help='a CPU-sized --compare: DDPM, DDIM S in {10, 50} x eta in {0, 1}, 50 images each')
+                   help='a CPU-sized --compare: DDPM, DDIM S in {10, 50} x eta in {0, 1}, 36 images each')
     c.add_argument('--compare_steps', type=lambda s: [int(x) for x in s.split(',')],
                    help='comma-separated DDIM step counts (default: 10,20,50,100,200,1000)')
     c.add_argument('--compare_etas', type=lambda s: [float(x) for x in s.split(',')],

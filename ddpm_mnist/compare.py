@@ -14,7 +14,7 @@ from .utils import UserError, atomic_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)
 DEFAULT_ETAS = (0.0, 0.5, 1.0)
-QUICK = dict(steps=(10, 50), etas=(0.0, 1.0), num_samples=50)
+QUICK = dict(steps=(10, 50), etas=(0.0, 1.0), num_samples=36)
 COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'inception_score',
            'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'median_nn_train_l2',
            'near_copy_share', 'inception_fid')
