@@ -40,8 +40,8 @@ def parse_args(argv=None):
                         'same starting noise (default: %(default)s)')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
-                   help='autocast precision of the Unet; auto = bf16 on CUDA and on CPUs with native bf16, '
-                        'else fp32; fp16 needs CUDA (default: %(default)s)')
+                   help='autocast precision of the Unet; auto = bf16 on CPUs with native bf16, else fp32 '
+                        '(measured fastest; see README "Speed"); fp16 needs CUDA (default: %(default)s)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
     p.add_argument('--compile', action='store_true',
@@ -103,7 +103,7 @@ def load_for_sampling(args, device):
                                          device=device)
     for key, value in (info.get('detected') or {}).items():
         print(f'detected from the checkpoint: {key} = {value}')
-    prepare_for_inference(diffusion, channels_last=args.channels_last, compile=args.compile)
+    prepare_for_inference(diffusion, args.precision, channels_last=args.channels_last, compile=args.compile)
     return path, run_name, diffusion, config, info
 
 

@@ -98,10 +98,10 @@ def main():
 
     rows = []
     for arch, config in ARCHS.items():
-        diffusion = prepare_for_inference(build_diffusion(config).to(device).eval())
         for batch in batches:
-            flops = forward_flops(diffusion, batch)
+            flops = forward_flops(prepare_for_inference(build_diffusion(config).to(device).eval()), batch)
             for precision in precisions:
+                diffusion = prepare_for_inference(build_diffusion(config).to(device).eval(), precision)
                 spn = seconds_per_nfe(diffusion, batch, precision, repeats)
                 gflops = flops / spn / 1e9
                 row = dict(arch=arch, batch=batch, precision=precision, seconds_per_nfe=spn,
@@ -113,13 +113,15 @@ def main():
                       f'{row["img_per_s_DDIM-50"]:.2f} img/s', flush=True)
 
     e2e_batch = args.end_to_end_batch or (1000 if cuda else 25)
-    small = prepare_for_inference(build_diffusion(ARCHS['small']).to(device).eval())
+    def small(precision):
+        return prepare_for_inference(build_diffusion(ARCHS['small']).to(device).eval(), precision)
+
     e2e = {}
     best = 'bf16'
     for name, (strategy, steps) in STEPS.items():
-        e2e[name] = end_to_end(small, strategy, steps, e2e_batch, best)
+        e2e[name] = end_to_end(small(best), strategy, steps, e2e_batch, best)
         print(f'end-to-end small {best} batch {e2e_batch} {name}: {e2e[name]:.2f} s', flush=True)
-    hundred = {prec: end_to_end(small, 'ddim', 50, 100, prec) for prec in ('fp32', 'bf16')}
+    hundred = {prec: end_to_end(small(prec), 'ddim', 50, 100, prec) for prec in ('fp32', 'bf16')}
     print(f'end-to-end small DDIM-50, 100 images: fp32 {hundred["fp32"]:.2f} s, bf16 {hundred["bf16"]:.2f} s '
           f'({hundred["fp32"] / hundred["bf16"]:.2f}x)')
     speedup = e2e['DDPM-1000'] / e2e['DDIM-50']

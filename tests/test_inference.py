@@ -216,3 +216,27 @@ def test_unavailable_device(capsys):
         pytest.skip('CUDA present')
     code, _, err = run_main(inference_comparison.main, ['--device', 'cuda'], capsys)
     assert_one_line_error(code, err, 'not available')
+
+
+def test_bf16_sampling_is_close_to_fp32_and_finite():
+    from ddpm_mnist.sampling import Bf16Unet, prepare_for_inference
+    fp32 = sampling.sample(tiny_diffusion(), strategy='ddim', num_samples=4, steps=5, seed=2)
+    bf16_diffusion = prepare_for_inference(tiny_diffusion(), 'bf16')
+    assert isinstance(bf16_diffusion.model, Bf16Unet)
+    bf16 = sampling.sample(bf16_diffusion, strategy='ddim', num_samples=4, steps=5, seed=2)
+    assert bf16.isfinite().all() and (bf16 - fp32).abs().mean() < 0.02
+
+
+def test_shipped_model_makes_recognisable_digits():
+    from ddpm_mnist.classifier import classify, load_classifier
+    from ddpm_mnist.sampling import prepare_for_inference
+    diffusion, config, info = load_model(inference_comparison.SHIPPED)
+    assert info['weights'] == 'ema' and config['model']['dim'] == 32
+    images = sampling.sample(prepare_for_inference(diffusion, 'bf16'), strategy='ddim', num_samples=20,
+                             batch_size=20, steps=10, seed=0)
+    _, probs = classify(load_classifier(), images)
+    noise_probs = classify(load_classifier(), torch.rand(20, 1, 32, 32))[1]
+    # digits: confident, many classes, dark background; noise collapses onto one or two classes
+    assert probs.max(1).mean() > 0.75 and len(set(probs.argmax(1).tolist())) >= 6
+    assert len(set(noise_probs.argmax(1).tolist())) <= 3
+    assert 0.05 < images.mean() < 0.3 and (images < 0.1).float().mean() > 0.6
