@@ -4,6 +4,7 @@ Writes config.json, milestone checkpoints model-N.pt and sample grids sample-N.p
 Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see README).
 """
 import argparse
+import contextlib
 import copy
 import time
 
@@ -63,8 +64,24 @@ def build_config(args):
     if args.amp is not None:
         training['amp'] = args.amp
     training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed)
+    check_training_settings(training)
     config['versions'] = versions()
     return config
+
+
+def check_training_settings(t):
+    """The library asserts these deep inside Trainer; say them up front as one-line errors."""
+    for key in ('train_batch_size', 'train_num_steps', 'gradient_accumulate_every', 'save_and_sample_every',
+                'num_samples', 'ema_update_every'):
+        if t[key] < 1:
+            raise UserError(f'--{key} must be at least 1 (got {t[key]})')
+    if int(t['num_samples'] ** 0.5) ** 2 != t['num_samples']:
+        raise UserError(f'--num_samples must be a square number for the sample grid (got {t["num_samples"]})')
+    if t['train_batch_size'] * t['gradient_accumulate_every'] < 16:
+        raise UserError('--train_batch_size x --gradient_accumulate_every must be at least 16 (the library requires '
+                        'it)')
+    if t['sampling_timesteps'] is not None and t['sampling_timesteps'] < 1:
+        raise UserError(f'--sampling_timesteps must be at least 1 (got {t["sampling_timesteps"]})')
 
 
 def check_against_folder(config, folder):
@@ -94,31 +111,44 @@ def cpu_warning(config, device):
 def main(argv=None):
     args = parse_args(argv)
     from accelerate import PartialState
-    from accelerate.utils import set_seed
 
     from ddpm_mnist.data import check_training_folder, folder_info
-    from ddpm_mnist.model import build_diffusion, write_config
-    from ddpm_mnist.training import MnistTrainer, force_device, mixed_precision, resolve_resume, training_device
+    from ddpm_mnist.model import write_config
+    from ddpm_mnist.training import (FolderLock, force_device, mixed_precision, remove_stale_temporaries,
+                                     resolve_resume, training_device)
 
     config = build_config(args)
-    training = config['training']
-    folder = training['results_folder']
+    folder = config['training']['results_folder']
     num_images = check_training_folder(args.data_folder)
     force_device(args.device)
-    state = PartialState()
-    device = training_device(args.device) if state.num_processes == 1 else state.device.type
-    precision = mixed_precision(training['amp'], args.mixed_precision_type, device)
-    training['mixed_precision'] = precision
+    device = training_device(args.device)
+    state = PartialState(cpu=device == 'cpu')  # on CPU, accelerate only goes multi-process (gloo) when told
+    precision = mixed_precision(config['training']['amp'], args.mixed_precision_type, device)
+    config['training']['mixed_precision'] = precision
     config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
-    check_against_folder(config, folder)
-    resume = resolve_resume(folder, args.resume)
-    if state.is_main_process:
-        ensure_writable_dir(folder)
-        write_config(folder, config)
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as stack:
+        if state.is_main_process:  # one writer: config, lock and checkpoints belong to the main process
+            check_against_folder(config, folder)
+            resolve_resume(folder, args.resume)
+            ensure_writable_dir(folder)
+            stack.enter_context(FolderLock(folder))
+            remove_stale_temporaries(folder)
+            write_config(folder, config)
+        state.wait_for_everyone()
+        resume = resolve_resume(folder, args.resume)
+        train(args, config, state, device, precision, num_images, resume)
+
+
+def train(args, config, state, device, precision, num_images, resume):
+    from accelerate.utils import set_seed
+
+    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.training import MnistTrainer
+
+    training = config['training']
+    folder = training['results_folder']
     if args.seed is not None:
         set_seed(args.seed)
-
     effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
     state.print(f'preset {args.preset}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
                 f'objective {config["diffusion"]["objective"]}, {num_images} training images, device {device} x '

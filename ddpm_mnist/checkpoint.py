@@ -87,21 +87,21 @@ def strip_prefixes(state, prefix):
     return out
 
 
-def unet_weights(ckpt, use_ema=True):
+def unet_weights(ckpt, path, use_ema=True):
     """The Unet state dict of a checkpoint: EMA weights by default, online weights only if asked."""
     if 'unet' in ckpt:  # shipped safetensors: EMA Unet weights only
         if not use_ema:
-            raise UserError('this weights file holds EMA weights only; drop --use_online_weights')
+            raise UserError(f'{path} holds EMA weights only; drop --use_online_weights')
         return ckpt['unet']
     if use_ema:
         if not isinstance(ckpt.get('ema'), dict):
-            raise UserError('checkpoint has no EMA weights ("ema" missing); pass --use_online_weights to sample '
+            raise UserError(f'{path} has no EMA weights ("ema" missing); pass --use_online_weights to sample '
                             'its online weights')
         state = strip_prefixes(ckpt['ema'], 'ema_model.model.')
     else:
         state = strip_prefixes(ckpt.get('model', {}), 'model.')
     if not state:
-        raise UserError('checkpoint holds no Unet weights under the expected keys '
+        raise UserError(f'{path} holds no Unet weights under the expected keys '
                         '("ema" -> ema_model.model.*, "model" -> model.*)')
     return state
 
@@ -169,7 +169,7 @@ def load_model(path, overrides=None, use_ema=True, device='cpu'):
     """Load any supported checkpoint into a GaussianDiffusion ready for sampling. Returns (diffusion, config, info)."""
     path = Path(path)
     ckpt = load_checkpoint(path)
-    state = unet_weights(ckpt, use_ema=use_ema)
+    state = unet_weights(ckpt, path, use_ema=use_ema)
     config = resolve_config(path, ckpt, state, overrides or {})
     unet = build_unet(config['model'])
     try:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import UserError, read_json, write_json
+from .utils import UserError, pid_alive, read_json, write_json
 
 IDX_NAMES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -108,19 +108,9 @@ def folder_is_complete(folder):
 def _remove_stale_partials(output):
     for stale in output.parent.glob(f'.{output.name}.partial-*'):
         pid = stale.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
 
 
 def write_image_folder(output, splits, source, force=False):

@@ -14,7 +14,7 @@ def export_ema(checkpoint, output_stem):
     """Write OUTPUT.safetensors (EMA Unet weights) and OUTPUT.json (model/diffusion config)."""
     from safetensors.torch import save_file
     ckpt = load_checkpoint(checkpoint)
-    state = {k: v.contiguous() for k, v in unet_weights(ckpt, use_ema=True).items()}
+    state = {k: v.contiguous() for k, v in unet_weights(ckpt, checkpoint, use_ema=True).items()}
     config = copy.deepcopy(resolve_config(checkpoint, ckpt, state, {}))
     config['exported_from'] = dict(checkpoint=Path(checkpoint).name, step=ckpt.get('step'), weights='ema')
     output_stem = Path(output_stem)

@@ -8,7 +8,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, milestone_path, milestones, save_checkpoint
-from .utils import UserError
+from .utils import UserError, pid_alive
 
 
 class MnistTrainer(Trainer):
@@ -38,7 +38,11 @@ class MnistTrainer(Trainer):
             'version': self.config['versions']['denoising_diffusion_pytorch'],
             'config': self.config,
         }
-        save_checkpoint(data, path)
+        try:
+            save_checkpoint(data, path)
+        except OSError as err:
+            raise UserError(f'could not write {path}: {err.strerror or err}; earlier milestones are intact, free '
+                            'some space and rerun to resume') from None
 
     def load(self, milestone):
         load_checkpoint(milestone_path(self.results_folder, milestone))  # one-line errors if damaged
@@ -101,5 +105,41 @@ def training_device(name):
     return 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 
-def results_files(folder):
-    return sorted(p.name for p in Path(folder).iterdir()) if Path(folder).is_dir() else []
+class FolderLock:
+    """An exclusive lock on a results folder, so two runs never write the same milestones.
+
+    flock is released by the kernel when the process dies, so a crashed or killed run never leaves the
+    folder locked; the PID inside the file is only there to name the holder in the error message.
+    """
+
+    def __init__(self, folder):
+        self.path = Path(folder) / '.lock'
+        self.handle = None
+
+    def __enter__(self):
+        import fcntl
+        self.handle = open(self.path, 'a+')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or 'another process'
+            self.handle.close()
+            raise UserError(f'{self.path.parent} is in use by a running training process (pid {holder}); wait for '
+                            'it to finish or use another --results_folder') from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def remove_stale_temporaries(folder):
+    """Delete half-written checkpoint temporaries left by a killed run (their writer is gone)."""
+    for tmp in Path(folder).glob('.model-*.pt.tmp-*'):
+        pid = tmp.name.rsplit('-', 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)

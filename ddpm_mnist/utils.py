@@ -21,6 +21,16 @@ def run_cli(main):
         sys.exit(130)
 
 
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def warn(message):
     print(f'WARNING: {message}', file=sys.stderr)
 

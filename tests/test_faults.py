@@ -1,0 +1,160 @@
+"""Faults: processes killed at bad moments, damaged and hostile checkpoints, a shared results folder."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import inference_comparison
+from conftest import ROOT, assert_one_line_error, run_main, train_argv
+from ddpm_mnist.checkpoint import load_checkpoint, load_model, milestones
+
+# Runs a script in a child process after installing one fault: SIGKILL of itself when `kind` happens
+# for the `nth` time. Kinds: 'rename' (os.replace onto model-N.pt, i.e. between writing the temporary
+# file and renaming it), 'step' (an optimiser step), 'sample' (drawing a milestone grid), 'png' (the data
+# script writing an image).
+INJECT = r'''
+import os, runpy, signal, sys
+kind, nth, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.argv = [script] + sys.argv[4:]
+count = [0]
+def hit():
+    count[0] += 1
+    if count[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+def wrap(owner, name, test=lambda *a, **k: True):
+    real = getattr(owner, name)
+    def wrapped(*a, **k):
+        if test(*a, **k):
+            hit()
+        return real(*a, **k)
+    setattr(owner, name, wrapped)
+if kind == 'rename':
+    wrap(os, 'replace', lambda src, dst: os.path.basename(str(dst)).startswith('model-'))
+elif kind == 'step':
+    import torch
+    wrap(torch.optim.Adam, 'step')
+elif kind == 'sample':
+    from denoising_diffusion_pytorch import GaussianDiffusion
+    wrap(GaussianDiffusion, 'sample')
+elif kind == 'png':
+    from PIL import Image
+    wrap(Image.Image, 'save')
+runpy.run_path(script, run_name='__main__')
+'''
+
+
+def run_with_fault(kind, nth, script, argv, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-c', INJECT, kind, str(nth), str(ROOT / script), *argv],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('kind, nth, survivors', [
+    ('step', 5, [1, 2]),       # during the 5th optimiser step: milestones 1 (step 2) and 2 (step 4) exist
+    ('sample', 3, [1, 2]),     # while drawing the grid of milestone 3
+    ('rename', 3, [1, 2]),     # after writing model-3.pt's temporary file, before the rename
+])
+def test_sigkill_during_training_then_resume(tmp_path, image_folder, kind, nth, survivors, capsys):
+    results = tmp_path / 'r'
+    argv = train_argv(image_folder, results, steps=8, every=2)
+    killed = run_with_fault(kind, nth, 'train_ddpm_mnist.py', argv)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert milestones(results) == survivors
+    before = {m: (results / f'model-{m}.pt').read_bytes() for m in survivors}
+    for m in survivors:
+        assert load_checkpoint(results / f'model-{m}.pt')['step'] == 2 * m
+    resumed = subprocess.run([sys.executable, str(ROOT / 'train_ddpm_mnist.py'), *argv], cwd=ROOT,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f'resumed from milestone {survivors[-1]}' in resumed.stdout
+    assert milestones(results) == [1, 2, 3, 4]
+    assert load_checkpoint(results / 'model-4.pt')['step'] == 8
+    assert all((results / f'model-{m}.pt').read_bytes() == data for m, data in before.items())
+    assert not list(results.glob('.model-*'))  # the killed run's temporary file was cleaned up
+
+
+def test_sigkill_during_data_conversion_then_rerun(tmp_path, idx_dir):
+    out = tmp_path / 'mnist'
+    argv = ['--raw-dir', str(idx_dir), '--output', str(out)]
+    killed = run_with_fault('png', 60, 'get_mnist_data.py', argv)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists()  # only a hidden partial folder, never one that looks complete
+    rerun = subprocess.run([sys.executable, str(ROOT / 'get_mnist_data.py'), *argv], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and 'wrote 120 images' in rerun.stdout
+    assert len(list(out.glob('*.png'))) == 120 and sorted(p.name for p in tmp_path.iterdir()) == ['mnist']
+
+
+def test_second_training_process_on_the_same_folder_is_refused(tmp_path, image_folder):
+    results = tmp_path / 'r'
+    argv = train_argv(image_folder, results, steps=400, every=200)
+    first = subprocess.Popen([sys.executable, str(ROOT / 'train_ddpm_mnist.py'), *argv], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (results / 'config.json').exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = subprocess.run([sys.executable, str(ROOT / 'train_ddpm_mnist.py'), *argv], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and 'in use by a running training process' in second.stderr
+        assert f'pid {first.pid}' in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the killed holder leaves no stuck lock: the next run starts
+    third = subprocess.run([sys.executable, str(ROOT / 'train_ddpm_mnist.py'),
+                            *train_argv(image_folder, results, steps=2, every=200)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr[-1000:]
+
+
+def _state_dicts(trained_run):
+    return torch.load(trained_run / 'model-2.pt', weights_only=True)
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda c: c['ema'].pop(next(k for k in c['ema'] if k.startswith('ema_model.model.downs'))), 'do not fit'),
+    (lambda c: c['ema'].update({k: torch.zeros(3) for k in c['ema'] if k.endswith('final_conv.weight')}),
+     'do not fit'),
+    (lambda c: c.pop('ema'), 'no EMA weights'),
+    (lambda c: c['ema'].update({k: torch.full_like(v, float('nan')) for k, v in c['ema'].items()
+                                if k.startswith('ema_model.model.') and v.is_floating_point()}), 'NaN'),
+])
+def test_damaged_checkpoint_contents(trained_run, tmp_path, damage, message, capsys):
+    ckpt = _state_dicts(trained_run)
+    damage(ckpt)
+    path = tmp_path / 'model-9.pt'
+    torch.save(ckpt, path)
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(path), '--num_samples', '1'], capsys)
+    assert_one_line_error(code, err, message, str(path))
+
+
+def test_random_bytes_checkpoint(tmp_path, capsys):
+    path = tmp_path / 'model-1.pt'
+    path.write_bytes(os.urandom(4096))
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(path)], capsys)
+    assert_one_line_error(code, err, str(path))
+    with pytest.raises(Exception, match='model-1.pt'):
+        load_model(path)
+
+
+def test_two_process_training_through_accelerate(tmp_path, image_folder, capsys):
+    """accelerate launch with 2 CPU processes (gloo): one config, one set of checkpoints, loadable."""
+    results = tmp_path / 'dist'
+    launch = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+              '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    run = subprocess.run([*launch, str(ROOT / 'train_ddpm_mnist.py'), *train_argv(image_folder, results)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'device cpu x 2' in run.stdout and 'effective batch 32 (16 per process x 1 accumulation x 2' in run.stdout
+    assert run.stdout.count('preset small') == 1  # only the main process reports
+    assert milestones(results) == [1, 2] and load_checkpoint(results / 'model-2.pt')['step'] == 4
+    code, out, _ = run_main(inference_comparison.main, ['--checkpoint', str(results / 'model-2.pt'), '--strategy',
+                                                        'ddim', '--sample_steps', '2', '--num_samples', '2',
+                                                        '--results_folder', str(tmp_path)], capsys)
+    assert code == 0 and 'EMA weights' in out
