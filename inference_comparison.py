@@ -7,7 +7,6 @@ Examples:
 Without --milestone or --checkpoint the shipped pretrained model is used.
 """
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -187,8 +186,9 @@ def compare(args, device):
     if args.inception_weights:
         import torch
         reference_tensor = torch.from_numpy(reference.copy())
-        extra = lambda images: {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights,
-                                                               device)}  # noqa: E731
+
+        def extra(images):
+            return {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights, device)}
     run_sweep(diffusion, evaluator, out_dir, path, steps=steps, etas=etas, num_samples=n,
               batch_size=args.batch_size or min(250, n), seed=args.seed, precision=args.precision,
               extra_score=extra)

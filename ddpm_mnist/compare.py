@@ -133,15 +133,15 @@ def markdown_table(result):
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '
              'digits.', '', head, '|' + '---|' * (head.count('|') - 1)]
     for r in result['rows']:
-        lines.append(f'| {r["config"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | {r["fid"]:.2f} | '
-                     f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
-                     f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | '
-                     f'{r["near_copy_share"]:.3f} |')
+        lines.append(f'| {r["config"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | {score_cells(r)} |')
     for name, r in result['calibration'].items():
-        lines.append(f'| *{name}* | – | – | {r["fid"]:.2f} | {r["inception_score"]:.2f} | {r["confidence"]:.3f} | '
-                     f'{r["min_class_share"]:.3f} | {r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | '
-                     f'{r["recall"]:.3f} | {r["near_copy_share"]:.3f} |')
+        lines.append(f'| *{name}* | – | – | {score_cells(r)} |')
     return '\n'.join(lines) + '\n'
+
+
+def score_cells(r):
+    return (f'{r["fid"]:.2f} | {r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
+            f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f}')
 
 
 def plot(result, path):

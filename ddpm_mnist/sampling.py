@@ -120,13 +120,13 @@ def ddpm_loop(diffusion, img, generator):
 def ddim_loop(diffusion, img, steps, eta, generator):
     """DDIM (Song et al. 2021) with the library's time spacing and clipping; eta=1, S=T equals DDPM."""
     alphas_cumprod = diffusion.alphas_cumprod
-    for time, time_next in ddim_times(diffusion.num_timesteps, steps):
-        times = torch.full((img.shape[0],), time, device=img.device, dtype=torch.long)
+    for t, t_next in ddim_times(diffusion.num_timesteps, steps):
+        times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
         pred_noise, x_start = diffusion.model_predictions(img, times, clip_x_start=True, rederive_pred_noise=True)
-        if time_next < 0:
+        if t_next < 0:
             img = x_start
             continue
-        alpha, alpha_next = alphas_cumprod[time], alphas_cumprod[time_next]
+        alpha, alpha_next = alphas_cumprod[t], alphas_cumprod[t_next]
         sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
         c = (1 - alpha_next - sigma ** 2).clamp(min=0).sqrt()
         img = x_start * alpha_next.sqrt() + c * pred_noise

@@ -49,7 +49,7 @@ def run_main(main, argv, capsys):
 
 def assert_one_line_error(code, err, *fragments):
     assert code == 2, err
-    lines = [l for l in err.strip().splitlines() if l.startswith('error:')]
+    lines = [line for line in err.strip().splitlines() if line.startswith('error:')]
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
