@@ -45,8 +45,11 @@ class MnistTrainer(Trainer):
                             'some space and rerun to resume') from None
 
     def load(self, milestone):
-        load_checkpoint(milestone_path(self.results_folder, milestone))  # one-line errors if damaged
-        super().load(milestone)
+        try:
+            super().load(milestone)
+        except Exception:
+            load_checkpoint(milestone_path(self.results_folder, milestone))  # names what is wrong, one line
+            raise
 
 
 def resolve_resume(folder, resume):

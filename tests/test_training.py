@@ -124,3 +124,12 @@ def test_mixed_precision_choice():
     assert mixed_precision(False, 'auto', 'cuda') == 'no'
     with pytest.raises(Exception, match='fp16 mixed precision needs CUDA'):
         mixed_precision(True, 'fp16', 'cpu')
+
+
+def test_damaged_latest_milestone_is_a_clear_error(tmp_path, image_folder, capsys):
+    results = tmp_path / 'r'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
+    data = (results / 'model-1.pt').read_bytes()
+    (results / 'model-1.pt').write_bytes(data[:len(data) // 3])
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert_one_line_error(code, err, 'model-1.pt', 'truncated')
