@@ -166,8 +166,11 @@ def run_batch(diffusion, x_T, strategy, steps, eta, generator, precision):
 
 
 def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=50, eta=0.0, seed=0,
-           precision='fp32', noise=None, progress=None):
-    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU. DDPM ignores `steps`."""
+           precision='fp32', noise=None):
+    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU. DDPM ignores `steps`.
+
+    `precision` only switches fp16 autocast on; bf16 comes from prepare_for_inference(diffusion, 'bf16').
+    """
     if strategy == 'ddpm':
         steps = diffusion.num_timesteps
     check_settings(strategy, steps, eta, num_samples, batch_size, diffusion.num_timesteps)
@@ -178,8 +181,6 @@ def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=50, 
         generator = batch_generator(seed, start, diffusion.device)
         out.append(run_batch(diffusion, noise[start:start + batch_size], strategy, steps, eta, generator,
                              precision).cpu())
-        if progress:
-            progress(len(out[-1]))
     return torch.cat(out)
 
 
