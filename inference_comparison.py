@@ -58,6 +58,8 @@ def parse_args(argv=None):
                    help='comma-separated DDIM step counts (default: 10,20,50,100,200,1000)')
     c.add_argument('--compare_etas', type=lambda s: [float(x) for x in s.split(',')],
                    help='comma-separated DDIM eta values (default: 0,0.5,1)')
+    c.add_argument('--compare_ddpm', action=argparse.BooleanOptionalAction, default=True,
+                   help='include the DDPM (T steps) row; --no-compare_ddpm for DDIM-only sweeps (default: on)')
     c.add_argument('--raw-dir', dest='raw_dir',
                    help='MNIST IDX folder for the reference (test split) and training digits, offline '
                         '(e.g. ../shared/data/mnist); default: torchvision download cached in --data_root')
@@ -191,7 +193,7 @@ def compare(args, device):
             return {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights, device)}
     run_sweep(diffusion, evaluator, out_dir, path, steps=steps, etas=etas, num_samples=n,
               batch_size=args.batch_size or min(250, n), seed=args.seed, precision=args.precision,
-              extra_score=extra)
+              extra_score=extra, ddpm=args.compare_ddpm)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

@@ -20,8 +20,8 @@ COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image'
            'near_copy_share', 'inception_fid')
 
 
-def sweep_configs(steps, etas, total_timesteps):
-    configs = [dict(strategy='ddpm', steps=total_timesteps, eta=None)]
+def sweep_configs(steps, etas, total_timesteps, ddpm=True):
+    configs = [dict(strategy='ddpm', steps=total_timesteps, eta=None)] if ddpm else []
     for s in steps:
         if not 1 <= s <= total_timesteps:
             raise UserError(f'--compare_steps {s} is outside 1..T={total_timesteps}')
@@ -64,7 +64,7 @@ def cache_key(**settings):
 
 
 def run_sweep(diffusion, evaluator, out_dir, checkpoint, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS, num_samples=1000,
-              batch_size=250, seed=0, precision='fp32', grid_images=64, extra_score=None):
+              batch_size=250, seed=0, precision='fp32', grid_images=64, extra_score=None, ddpm=True):
     """Sample and score every config; results are cached per config so reruns and interrupted sweeps resume."""
     from torchvision.utils import save_image
     out_dir = Path(out_dir)
@@ -73,7 +73,7 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, steps=DEFAULT_STEPS, et
     device = diffusion.device
     digest = file_digest(checkpoint)
     total = diffusion.num_timesteps
-    configs = sweep_configs(steps, etas, total)
+    configs = sweep_configs(steps, etas, total, ddpm)
     noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     rows = []
     for c in tqdm(configs, desc='sweep', unit='config'):
