@@ -98,14 +98,18 @@ def check_against_folder(config, folder):
                         'consistent')
 
 
+CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (README, "Setup")
+
+
 def cpu_warning(config, device):
     if device != 'cpu' or config['model']['dim'] <= 32:
         return
-    steps = config['training']['train_num_steps']
-    images = config['training']['train_batch_size'] * config['training']['gradient_accumulate_every']
-    warn(f'training the original-size model on the CPU: about 11 s per step of {images} images on a 2-core '
-         f'CPU (measured), so {steps} steps take roughly {steps * 11 / 86400:.0f} days. Use a GPU, '
-         'or --preset small for CPU training.')
+    t = config['training']
+    seconds = t['train_num_steps'] * CPU_SECONDS_PER_STEP * t['train_batch_size'] * t['gradient_accumulate_every'] / 256
+    estimate = f'{seconds / 86400:.0f} days' if seconds > 2 * 86400 else f'{seconds / 3600:.1f} hours'
+    warn(f'training the original-size model on the CPU: about {CPU_SECONDS_PER_STEP} s per 256 images on a 2-core '
+         f'CPU (measured), so {t["train_num_steps"]} steps take roughly {estimate}. Use a GPU, or --preset small '
+         'for CPU training.')
 
 
 def main(argv=None):
