@@ -7,7 +7,6 @@ Examples:
 Without --milestone or --checkpoint the shipped pretrained model is used.
 """
 import argparse
-import math
 from pathlib import Path
 
 from ddpm_mnist.model import add_model_args
@@ -108,20 +107,9 @@ def load_for_sampling(args, device):
     return path, run_name, diffusion, config, info
 
 
-def grid_name(strategy, steps, eta):
-    return f'ddpm_steps{steps}' if strategy == 'ddpm' else f'ddim_steps{steps}_eta{eta}'
-
-
-def save_grid(images, path):
-    from torchvision.utils import save_image
-
-    from ddpm_mnist.utils import atomic_path
-    with atomic_path(path) as tmp:
-        save_image(images, tmp, nrow=math.ceil(math.sqrt(len(images))), format='png')
-
-
 def main(argv=None):
     args = parse_args(argv)
+    from ddpm_mnist.compare import grid_name, save_grid
     from ddpm_mnist.sampling import check_settings, nfe, pick_device, timed_sample
     from ddpm_mnist.utils import ensure_writable_dir, write_json
 

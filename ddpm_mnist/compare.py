@@ -33,8 +33,15 @@ def config_label(c):
     return f'DDPM {c["steps"]}' if c['strategy'] == 'ddpm' else f'DDIM {c["steps"]}, eta {c["eta"]}'
 
 
-def config_name(c):
-    return f'ddpm_steps{c["steps"]}' if c['strategy'] == 'ddpm' else f'ddim_steps{c["steps"]}_eta{c["eta"]}'
+def grid_name(strategy, steps, eta):
+    """The original project's file names: ddpm_steps{S} and ddim_steps{S}_eta{E}."""
+    return f'ddpm_steps{steps}' if strategy == 'ddpm' else f'ddim_steps{steps}_eta{eta}'
+
+
+def save_grid(images, path):
+    from torchvision.utils import save_image
+    with atomic_path(path) as tmp:
+        save_image(images, tmp, nrow=math.ceil(math.sqrt(len(images))), format='png')
 
 
 def file_digest(path):
@@ -66,7 +73,6 @@ def cache_key(**settings):
 def run_sweep(diffusion, evaluator, out_dir, checkpoint, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS, num_samples=1000,
               batch_size=250, seed=0, precision='fp32', grid_images=64, extra_score=None, ddpm=True):
     """Sample and score every config; results are cached per config so reruns and interrupted sweeps resume."""
-    from torchvision.utils import save_image
     out_dir = Path(out_dir)
     (out_dir / 'cache').mkdir(parents=True, exist_ok=True)
     (out_dir / 'grids').mkdir(exist_ok=True)
@@ -88,9 +94,8 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, steps=DEFAULT_STEPS, et
                                        precision=precision, noise=noise)
         if not images.isfinite().all():
             raise UserError(f'{config_label(c)} produced NaN images; the checkpoint or precision is broken')
-        grid = out_dir / 'grids' / f'{config_name(c)}.png'
-        with atomic_path(grid) as tmp:
-            save_image(images[:grid_images], tmp, nrow=int(math.sqrt(grid_images)), format='png')
+        grid = out_dir / 'grids' / f'{grid_name(c["strategy"], c["steps"], c["eta"])}.png'
+        save_grid(images[:grid_images], grid)
         row = dict(config=config_label(c), **c, nfe=nfe(c['strategy'], c['steps'], total),
                    seconds=seconds, seconds_per_image=seconds / num_samples, grid=str(grid.relative_to(out_dir)),
                    **evaluator.score(images), **(extra_score(images) if extra_score else {}))
