@@ -1,0 +1,56 @@
+"""Write comparison.{json,csv,md,png} from a sweep's per-config cache, for a sweep that was cut off
+(e.g. by a time limit on a borrowed GPU) after some configs finished. Calibration rows are recomputed
+here; they do not depend on the device. This is how assets/comparison.* were made from the H200 run:
+
+    python3 scripts/assemble_comparison.py runs/gpu_sweep/comparison --raw-dir ../shared/data/mnist \
+        --machine "NVIDIA H200" --device cuda --precision bf16 --batch_size 1000
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.compare import (DEFAULT_ETAS, DEFAULT_STEPS, config_label, file_digest, sweep_configs,  # noqa: E402
+                                write_outputs)
+from ddpm_mnist.data import load_split  # noqa: E402
+from ddpm_mnist.metrics import Evaluator  # noqa: E402
+from ddpm_mnist.utils import run_cli  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
+    p.add_argument('--checkpoint', default='pretrained/ddpm_mnist_small.safetensors', help='checkpoint swept')
+    p.add_argument('--raw-dir', help='MNIST IDX folder (offline); default: torchvision download')
+    p.add_argument('--machine', required=True, help='the machine the sweep ran on, as it should be named')
+    p.add_argument('--device', default='cuda', help='device the sweep ran on')
+    p.add_argument('--precision', default='bf16', help='precision the sweep ran with')
+    p.add_argument('--batch_size', type=int, default=1000, help='batch size the sweep ran with')
+    p.add_argument('--seed', type=int, default=0, help='seed the sweep ran with')
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    rows = {}
+    for path in (folder / 'cache').glob('*.json'):
+        row = json.loads(path.read_text())
+        if 'config' in row:
+            rows[row['config']] = row
+    order = [config_label(c) for c in sweep_configs(DEFAULT_STEPS, DEFAULT_ETAS, 1000)]
+    n = {r['n'] for r in rows.values()}.pop()
+    reference, _ = load_split('test', args.raw_dir)
+    train, _ = load_split('train', args.raw_dir)
+    evaluator = Evaluator(reference, train, seed=args.seed)
+    result = dict(checkpoint=args.checkpoint, checkpoint_sha256_16=file_digest(args.checkpoint), machine=args.machine,
+                  device=args.device, precision=args.precision, num_samples=n, batch_size=args.batch_size,
+                  seed=args.seed, reference_images=len(reference), train_images=len(train),
+                  rows=[rows[k] for k in order if k in rows], missing=[k for k in order if k not in rows],
+                  calibration=evaluator.calibration(n),
+                  note='assembled by scripts/assemble_comparison.py from the per-config cache of a sweep that '
+                       'was cut off; calibration recomputed on this machine')
+    write_outputs(result, folder)
+    print(f'wrote {folder}/comparison.* from {len(result["rows"])} configs; missing: {result["missing"] or "none"}')
+
+
+if __name__ == '__main__':
+    run_cli(main)
