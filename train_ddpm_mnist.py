@@ -118,13 +118,12 @@ def main(argv=None):
 
     from ddpm_mnist.data import check_training_folder, folder_info
     from ddpm_mnist.model import write_config
-    from ddpm_mnist.training import (FolderLock, force_device, mixed_precision, remove_stale_temporaries,
-                                     resolve_resume, training_device)
+    from ddpm_mnist.training import (FolderLock, mixed_precision, remove_stale_temporaries, resolve_resume,
+                                     training_device)
 
     config = build_config(args)
     folder = config['training']['results_folder']
     num_images = check_training_folder(args.data_folder)
-    force_device(args.device)
     device = training_device(args.device)
     state = PartialState(cpu=device == 'cpu')  # on CPU, accelerate only goes multi-process (gloo) when told
     precision = mixed_precision(config['training']['amp'], args.mixed_precision_type, device)

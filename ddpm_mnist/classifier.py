@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import UserError, atomic_path, read_json, write_json
+from .utils import UserError, atomic_path, write_json
 
 WEIGHTS = Path(__file__).resolve().parent.parent / 'pretrained' / 'mnist_classifier.safetensors'
 FEATURE_DIM = 128
@@ -115,7 +115,3 @@ def save_classifier(model, path, info):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     write_json(path.with_suffix('.json'), info)
 
-
-def classifier_info(path=WEIGHTS):
-    sidecar = Path(path).with_suffix('.json')
-    return read_json(sidecar) if sidecar.is_file() else {}

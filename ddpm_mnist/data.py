@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import UserError, pid_alive, read_json, write_json
+from .utils import UserError, read_json, remove_orphans, write_json
 
 IDX_NAMES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -105,14 +105,6 @@ def folder_is_complete(folder):
     return sum(1 for _ in folder.glob('*.png')) == info.get('num_images')
 
 
-def _remove_stale_partials(output):
-    for stale in output.parent.glob(f'.{output.name}.partial-*'):
-        pid = stale.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def write_image_folder(output, splits, source, force=False):
     """Write {split: (images, labels)} as PNGs plus labels.csv and dataset.json, atomically.
 
@@ -125,7 +117,8 @@ def write_image_folder(output, splits, source, force=False):
                         'rerun with --force to rebuild it')
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(output)
+        remove_orphans(output.parent.glob(f'.{output.name}.partial-*'),
+                       lambda stale: shutil.rmtree(stale, ignore_errors=True))
         partial = output.parent / f'.{output.name}.partial-{os.getpid()}'
         partial.mkdir()
     except OSError as err:

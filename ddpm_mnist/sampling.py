@@ -13,9 +13,6 @@ import torch
 
 from .utils import UserError
 
-PRECISIONS = ('fp32', 'bf16', 'fp16')
-
-
 def pick_device(name='auto'):
     if name == 'auto':
         if torch.cuda.is_available():

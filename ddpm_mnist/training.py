@@ -2,13 +2,13 @@
 import os
 from pathlib import Path
 
-import torch
 from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, milestone_path, milestones, save_checkpoint
-from .utils import UserError, pid_alive
+from .sampling import pick_device
+from .utils import UserError, remove_orphans
 
 
 class MnistTrainer(Trainer):
@@ -88,24 +88,14 @@ def mixed_precision(amp, requested, device_type):
     return requested
 
 
-def force_device(name):
-    """Make accelerate (created inside the library's Trainer) use the requested device."""
+def training_device(name):
+    """'cuda', 'mps' or 'cpu' for --device. A forced CPU is passed on to the accelerate instance that the
+    library's Trainer creates, through ACCELERATE_USE_CPU (which `accelerate launch --cpu` also sets)."""
     if name == 'cpu':
         os.environ['ACCELERATE_USE_CPU'] = 'true'
-    elif name == 'cuda' and not torch.cuda.is_available():
-        raise UserError('--device cuda was requested but CUDA is not available; use --device auto or cpu')
-    elif name == 'mps' and not torch.backends.mps.is_available():
-        raise UserError('--device mps was requested but MPS is not available; use --device auto or cpu')
-
-
-def training_device(name):
-    if name in ('cpu', 'cuda', 'mps'):
-        return name
-    if os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes'):
+    if name == 'auto' and os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes'):
         return 'cpu'
-    if torch.cuda.is_available():
-        return 'cuda'
-    return 'mps' if torch.backends.mps.is_available() else 'cpu'
+    return pick_device(name).type
 
 
 class FolderLock:
@@ -141,8 +131,5 @@ class FolderLock:
 
 
 def remove_stale_temporaries(folder):
-    """Delete half-written checkpoint temporaries left by a killed run (their writer is gone)."""
-    for tmp in Path(folder).glob('.model-*.pt.tmp-*'):
-        pid = tmp.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+    """Delete half-written checkpoint temporaries left by a killed run."""
+    remove_orphans(Path(folder).glob('.model-*.pt.tmp-*'), lambda tmp: tmp.unlink(missing_ok=True))

@@ -31,6 +31,14 @@ def pid_alive(pid):
     return True
 
 
+def remove_orphans(paths, remove):
+    """Remove temporaries named '...-PID' whose writing process is gone (killed mid-write)."""
+    for path in paths:
+        pid = path.name.rsplit('-', 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            remove(path)
+
+
 def warn(message):
     print(f'WARNING: {message}', file=sys.stderr)
 
