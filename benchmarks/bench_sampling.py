@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.compare import machine_name  # noqa: E402
 from ddpm_mnist.model import PRESETS, build_diffusion  # noqa: E402
-from ddpm_mnist.sampling import autocast, prepare_for_inference, sample, synchronize  # noqa: E402
+from ddpm_mnist.sampling import (autocast, default_batch_size, prepare_for_inference, sample,  # noqa: E402
+                                 synchronize)
 
 ARCHS = {'small': PRESETS['small'], 'original': PRESETS['seed']}
 STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim', 50), 'DDIM-200': ('ddim', 200)}
@@ -66,11 +67,12 @@ def seconds_per_nfe(diffusion, batch, precision, repeats):
     return statistics.median(times)
 
 
-def end_to_end(diffusion, strategy, steps, batch, precision):
+def end_to_end(diffusion, strategy, steps, num_images, precision, batch=None):
+    batch = batch or num_images
     sample(diffusion, strategy='ddim', num_samples=batch, batch_size=batch, steps=2, precision=precision)
     synchronize(diffusion.device)
     start = time.perf_counter()
-    sample(diffusion, strategy=strategy, num_samples=batch, batch_size=batch, steps=steps, precision=precision)
+    sample(diffusion, strategy=strategy, num_samples=num_images, batch_size=batch, steps=steps, precision=precision)
     synchronize(diffusion.device)
     return time.perf_counter() - start
 
@@ -83,6 +85,8 @@ def main():
     p.add_argument('--repeats', type=int, default=None, help='timed forwards per cell (default: 3 CPU, 20 CUDA)')
     p.add_argument('--end_to_end_batch', type=int, default=None,
                    help='batch of the end-to-end runs (default: 25 on CPU, 1000 on CUDA)')
+    p.add_argument('--compile', action='store_true',
+                   help='also time torch.compile of the small Unet (adds its start-up time; off by default)')
     p.add_argument('--out', default=str(Path(__file__).parent / 'results'), help='output folder')
     args = p.parse_args()
     device = torch.device(args.device)
@@ -97,20 +101,28 @@ def main():
     print(f'{machine_name(device)}: GEMM peak ' + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items()))
 
     rows = []
-    for arch, config in ARCHS.items():
-        for batch in batches:
-            flops = forward_flops(prepare_for_inference(build_diffusion(config).to(device).eval()), batch)
-            for precision in precisions:
-                diffusion = prepare_for_inference(build_diffusion(config).to(device).eval(), precision)
-                spn = seconds_per_nfe(diffusion, batch, precision, repeats)
-                gflops = flops / spn / 1e9
-                row = dict(arch=arch, batch=batch, precision=precision, seconds_per_nfe=spn,
-                           gflop_per_nfe=flops / 1e9, gflops=gflops, peak_fraction=gflops / peaks[precision],
-                           **{f'img_per_s_{name}': batch / (spn * steps) for name, (_, steps) in STEPS.items()})
-                rows.append(row)
-                print(f'{arch:8s} batch {batch:5d} {precision}: {spn * 1e3:8.1f} ms/NFE, {gflops:7.1f} GFLOP/s '
-                      f'({100 * row["peak_fraction"]:.0f}% of {precision} GEMM peak), DDIM-50 '
-                      f'{row["img_per_s_DDIM-50"]:.2f} img/s', flush=True)
+    cells = [(arch, batch, precision, False) for arch in ARCHS for batch in batches for precision in precisions]
+    if args.compile:
+        cells += [('small', batch, precision, True) for batch in batches for precision in precisions]
+    for arch, batch, precision, compiled in cells:
+        flops = forward_flops(prepare_for_inference(build_diffusion(ARCHS[arch]).to(device).eval()), batch)
+        diffusion = prepare_for_inference(build_diffusion(ARCHS[arch]).to(device).eval(), precision, compile=compiled)
+        first = None
+        if compiled:  # the compile happens in the first calls; time them separately
+            start = time.perf_counter()
+            seconds_per_nfe(diffusion, batch, precision, repeats=1)
+            first = time.perf_counter() - start
+        spn = seconds_per_nfe(diffusion, batch, precision, repeats)
+        gflops = flops / spn / 1e9
+        row = dict(arch=arch, batch=batch, precision=precision, compiled=compiled, first_call_seconds=first,
+                   seconds_per_nfe=spn, gflop_per_nfe=flops / 1e9, gflops=gflops,
+                   peak_fraction=gflops / peaks[precision],
+                   **{f'img_per_s_{name}': batch / (spn * steps) for name, (_, steps) in STEPS.items()})
+        rows.append(row)
+        print(f'{arch:8s} batch {batch:5d} {precision}{" compiled" if compiled else ""}: {spn * 1e3:8.1f} ms/NFE, '
+              f'{gflops:7.1f} GFLOP/s ({100 * row["peak_fraction"]:.0f}% of {precision} GEMM peak), DDIM-50 '
+              f'{row["img_per_s_DDIM-50"]:.2f} img/s' + (f', first call {first:.0f} s' if compiled else ''),
+              flush=True)
 
     e2e_batch = args.end_to_end_batch or (1000 if cuda else 25)
     def small(precision):
@@ -118,12 +130,17 @@ def main():
 
     e2e = {}
     best = 'bf16'
+    diffusion = small(best)
     for name, (strategy, steps) in STEPS.items():
-        e2e[name] = end_to_end(small(best), strategy, steps, e2e_batch, best)
+        runs = 1 if strategy == 'ddpm' else 3  # median of 3 for the short runs, which are noisier
+        e2e[name] = statistics.median(end_to_end(diffusion, strategy, steps, e2e_batch, best) for _ in range(runs))
         print(f'end-to-end small {best} batch {e2e_batch} {name}: {e2e[name]:.2f} s', flush=True)
-    hundred = {prec: end_to_end(small(prec), 'ddim', 50, 100, prec) for prec in ('fp32', 'bf16')}
-    print(f'end-to-end small DDIM-50, 100 images: fp32 {hundred["fp32"]:.2f} s, bf16 {hundred["bf16"]:.2f} s '
-          f'({hundred["fp32"] / hundred["bf16"]:.2f}x)')
+    hundred = {}
+    for batch in sorted({100, default_batch_size(device, 100)}, reverse=True):
+        hundred[batch] = {prec: end_to_end(small(prec), 'ddim', 50, 100, prec, batch) for prec in ('fp32', 'bf16')}
+        print(f'end-to-end small DDIM-50, 100 images in batches of {batch}: fp32 {hundred[batch]["fp32"]:.2f} s, '
+              f'bf16 {hundred[batch]["bf16"]:.2f} s ({hundred[batch]["fp32"] / hundred[batch]["bf16"]:.2f}x)',
+              flush=True)
     speedup = e2e['DDPM-1000'] / e2e['DDIM-50']
     print(f'DDIM-50 speed-up over DDPM-1000: {speedup:.1f}x (ideal 20x; target >= 18x)')
 
@@ -144,7 +161,9 @@ def markdown(r):
              '| Unet | batch | precision | ms per NFE | GFLOP/s | % of GEMM peak | img/s DDPM-1000 | img/s DDIM-10 '
              '| img/s DDIM-50 | img/s DDIM-200 |', '|---|---|---|---|---|---|---|---|---|---|']
     for row in r['rows']:
-        lines.append(f'| {row["arch"]} | {row["batch"]} | {row["precision"]} | {row["seconds_per_nfe"] * 1e3:.1f} | '
+        precision = row['precision'] + (f' + compile (first call {row["first_call_seconds"]:.0f} s)'
+                                         if row.get('compiled') else '')
+        lines.append(f'| {row["arch"]} | {row["batch"]} | {precision} | {row["seconds_per_nfe"] * 1e3:.1f} | '
                      f'{row["gflops"]:.0f} | {100 * row["peak_fraction"]:.0f}% | {row["img_per_s_DDPM-1000"]:.3f} | '
                      f'{row["img_per_s_DDIM-10"]:.1f} | {row["img_per_s_DDIM-50"]:.2f} | '
                      f'{row["img_per_s_DDIM-200"]:.2f} |')
@@ -152,9 +171,9 @@ def markdown(r):
     lines += ['', f'End to end, small Unet, {e["precision"]}, {e["batch"]} images: '
               + ', '.join(f'{k} {v:.2f} s' for k, v in e['seconds'].items())
               + f'; DDIM-50 is {e["ddim50_over_ddpm1000"]:.1f}x faster than DDPM-1000 (ideal 20x). '
-              f'DDIM-50 for 100 images: fp32 {e["ddim50_100_images"]["fp32"]:.2f} s, bf16 '
-              f'{e["ddim50_100_images"]["bf16"]:.2f} s '
-              f'({e["ddim50_100_images"]["fp32"] / e["ddim50_100_images"]["bf16"]:.2f}x).']
+              'DDIM-50 for 100 images, ' + '; '.join(
+                  f'in batches of {batch}: fp32 {t["fp32"]:.2f} s, bf16 {t["bf16"]:.2f} s '
+                  f'({t["fp32"] / t["bf16"]:.2f}x)' for batch, t in e['ddim50_100_images'].items()) + '.']
     return '\n'.join(lines) + '\n'
 
 

@@ -21,11 +21,15 @@ COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image'
 
 
 def sweep_configs(steps, etas, total_timesteps, ddpm=True):
+    """DDPM (if asked) then DDIM at every steps x eta. DDIM with S = T and eta = 1 is left out next to DDPM:
+    it is the same update with the same noise (tests/test_inference.py checks they agree), so its row would
+    only repeat DDPM's at the sweep's highest cost."""
     configs = [dict(strategy='ddpm', steps=total_timesteps, eta=None)] if ddpm else []
     for s in steps:
         if not 1 <= s <= total_timesteps:
             raise UserError(f'--compare_steps {s} is outside 1..T={total_timesteps}')
-        configs += [dict(strategy='ddim', steps=s, eta=float(e)) for e in etas]
+        configs += [dict(strategy='ddim', steps=s, eta=float(e)) for e in etas
+                    if not (ddpm and s == total_timesteps and e == 1)]
     return configs
 
 

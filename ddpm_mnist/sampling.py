@@ -11,7 +11,9 @@ import time
 
 import torch
 
+from .attention import use_fast_attention
 from .utils import UserError
+
 
 def pick_device(name='auto'):
     if name == 'auto':
@@ -32,6 +34,12 @@ def synchronize(device):
         torch.cuda.synchronize(device)
     elif device.type == 'mps':
         torch.mps.synchronize()
+
+
+def default_batch_size(device, num_samples):
+    """Images per forward when --batch_size is not given. On a CPU small batches are fastest per image
+    (activations stay in cache; benchmarks/results/bench_cpu.md: batch 25 beats 100); GPUs want large ones."""
+    return min(num_samples, 25 if device.type == 'cpu' else 500)
 
 
 def cpu_has_bf16():
@@ -70,7 +78,8 @@ class Bf16Unet(torch.nn.Module):
 
 
 def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compile=False):
-    """Set the Unet up for sampling: bf16 weights, channels_last layout, optional torch.compile."""
+    """Set the Unet up for sampling: layout-aware attention, channels_last, bf16 weights, optional compile."""
+    use_fast_attention(diffusion.model)
     if channels_last:
         diffusion.model.to(memory_format=torch.channels_last)
     if precision == 'bf16' and not isinstance(diffusion.model, Bf16Unet):

@@ -227,6 +227,26 @@ def test_bf16_sampling_is_close_to_fp32_and_finite():
     assert bf16.isfinite().all() and (bf16 - fp32).abs().mean() < 0.02
 
 
+@pytest.mark.parametrize('dim_mults', [(1, 2), (1, 2, 2)])
+def test_fast_attention_matches_the_library(dim_mults):
+    import copy
+    from ddpm_mnist.attention import FastAttention, FastLinearAttention, use_fast_attention
+    torch.manual_seed(0)
+    unet = Unet(dim=16, dim_mults=dim_mults, channels=1).eval()
+    for p in unet.parameters():  # away from the init, so every parameter matters
+        p.data.add_(0.1 * torch.randn_like(p))
+    fast = use_fast_attention(copy.deepcopy(unet))
+    kinds = {type(m) for m in fast.modules()}
+    assert FastAttention in kinds and FastLinearAttention in kinds
+    assert fast.state_dict().keys() == unet.state_dict().keys()
+    x, t = torch.randn(3, 1, 32, 32), torch.tensor([0, 400, 999])
+    with torch.inference_mode():
+        expected = unet(x, t)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            out = fast.to(memory_format=layout)(x.contiguous(memory_format=layout), t)
+            assert (out - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
 def test_shipped_model_makes_recognisable_digits():
     from ddpm_mnist.classifier import classify, load_classifier
     from ddpm_mnist.sampling import prepare_for_inference
