@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
-# Regenerate the README figures from the shipped model:
-#   assets/ddpm_steps1000.png, assets/ddim_steps200_eta0.0.png (64 images each, seed 0), and the
-#   comparison plot and table (assets/comparison.png, assets/comparison.md).
-# The full sweep (1000 images x 19 configs) takes minutes on a GPU and many hours on a CPU; pass
-# SWEEP="--quick" for a CPU-sized version. The training grids assets/sample-1.png and sample-4.png come
-# from the shipped training run itself (scripts/gpu_train_shipped.sh) and are copied by hand from it.
+# Regenerate every README figure from the shipped model:
+#   assets/ddpm_steps1000.png, assets/ddim_steps{200,50,10}_eta0.0.png (64 images each, seed 0, one batch),
+#   assets/comparison.{png,md,json,csv}: the DDPM-vs-DDIM sweep, 1000 images per config,
+# and, with RUN=<training results folder>, the training grids assets/sample-1.png and assets/sample-<last>.png
+# copied from that run (the shipped model's run: scripts/gpu_train_shipped.sh).
+# The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=quick runs the CPU-sized one
+# (36 images per config, left in runs/figures, not copied to assets/), SWEEP=none skips it.
+#   bash scripts/make_figures.sh                            # grids and the full sweep
+#   SWEEP=none RUN=/path/to/ship bash scripts/make_figures.sh   # grids and the training grids only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 raw=()
 [ -d ../shared/data/mnist ] && raw=(--raw-dir ../shared/data/mnist)
 out=runs/figures
+grids=$out/inference_pretrained
+for steps in 200 50 10; do
+  python inference_comparison.py --strategy ddim --sample_steps $steps --num_samples 64 --batch_size 64 \
+    --results_folder $out
+  cp $grids/ddim/ddim_steps${steps}_eta0.0.png assets/
+done
 python inference_comparison.py --strategy ddpm --num_samples 64 --batch_size 64 --results_folder $out
-python inference_comparison.py --strategy ddim --sample_steps 200 --num_samples 64 --batch_size 64 --results_folder $out
-cp $out/inference_pretrained/ddpm/ddpm_steps1000.png $out/inference_pretrained/ddim/ddim_steps200_eta0.0.png assets/
-python inference_comparison.py --compare ${SWEEP:-} "${raw[@]}" --results_folder $out
-folder=$out/inference_pretrained/$([ "${SWEEP:-}" = "--quick" ] && echo quick_comparison || echo comparison)
-cp $folder/comparison.png $folder/comparison.md assets/
+cp $grids/ddpm/ddpm_steps1000.png assets/
+case "${SWEEP:-full}" in
+  full) python inference_comparison.py --compare "${raw[@]}" --results_folder $out
+        cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
+  quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
+  none) ;;
+  *) echo "error: SWEEP=$SWEEP; use full, quick or none" >&2; exit 1 ;;
+esac
+if [ -n "${RUN:-}" ]; then
+  last=$(ls "$RUN" | sed -n 's/^sample-\([0-9]*\)\.png$/\1/p' | sort -n | tail -1)
+  [ -n "$last" ] || { echo "error: no sample-N.png in RUN=$RUN; point RUN at a training results folder" >&2; exit 1; }
+  cp "$RUN/sample-1.png" "$RUN/sample-$last.png" assets/
+  echo "copied the training grids sample-1.png and sample-$last.png from $RUN"
+fi
