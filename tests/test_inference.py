@@ -218,12 +218,15 @@ def test_unavailable_device(capsys):
     assert_one_line_error(code, err, 'not available')
 
 
-def test_bf16_sampling_is_close_to_fp32_and_finite():
+@pytest.mark.parametrize('strategy,steps,eta', [('ddim', 1, 0.0), ('ddim', 5, 0.0), ('ddim', 20, 0.0),
+                                               ('ddim', 5, 1.0), ('ddpm', 20, 0.0)])
+def test_bf16_sampling_is_close_to_fp32_and_finite(strategy, steps, eta):
     from ddpm_mnist.sampling import Bf16Unet, prepare_for_inference
-    fp32 = sampling.sample(tiny_diffusion(), strategy='ddim', num_samples=4, steps=5, seed=2)
+    settings = dict(strategy=strategy, num_samples=4, steps=steps, eta=eta, seed=2)
+    fp32 = sampling.sample(tiny_diffusion(), **settings)
     bf16_diffusion = prepare_for_inference(tiny_diffusion(), 'bf16')
     assert isinstance(bf16_diffusion.model, Bf16Unet)
-    bf16 = sampling.sample(bf16_diffusion, strategy='ddim', num_samples=4, steps=5, seed=2)
+    bf16 = sampling.sample(bf16_diffusion, **settings)
     assert bf16.isfinite().all() and (bf16 - fp32).abs().mean() < 0.02
 
 

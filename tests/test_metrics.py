@@ -116,6 +116,14 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
     assert len(json.loads((folder / 'comparison.json').read_text())['rows']) == 7
 
 
+def test_sweep_leaves_out_ddim_that_is_ddpm():
+    from ddpm_mnist.compare import config_label, sweep_configs
+    labels = [config_label(c) for c in sweep_configs((10, 20), (0.0, 1.0), 20)]
+    assert labels == ['DDPM 20', 'DDIM 10, eta 0.0', 'DDIM 10, eta 1.0', 'DDIM 20, eta 0.0']
+    # without the DDPM row there is nothing it would repeat
+    assert 'DDIM 20, eta 1.0' in [config_label(c) for c in sweep_configs((20,), (1.0,), 20, ddpm=False)]
+
+
 def test_missing_inception_weights_is_a_clear_error(trained_run, tmp_path, capsys):
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--inception_weights',
             str(tmp_path / 'nope.pth')]
