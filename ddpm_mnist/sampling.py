@@ -48,14 +48,15 @@ def default_batch_size(device, num_samples, precision='fp32'):
 
 def keep_freed_memory():
     """Let glibc reuse freed activation buffers instead of returning them to the OS and page-faulting them
-    back in at every Unet op (large tensors are mmapped by default). 5-17 % faster CPU sampling here.
+    back in at every Unet op (glibc mmaps large tensors by default). Measured with inference_comparison.py,
+    100 images of DDIM-50 at batch 100 on a 2-core CPU: fp32 38-40 s -> 35 s; bf16 unchanged (about 20 s).
     Process-wide, so only the command-line scripts call it; a no-op off glibc."""
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def cpu_has_bf16():
