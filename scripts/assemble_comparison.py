@@ -2,8 +2,10 @@
 (e.g. by a time limit on a borrowed GPU) after some configs finished. Calibration rows are recomputed
 here; they do not depend on the device. This is how assets/comparison.* were made from the H200 run:
 
-    python3 scripts/assemble_comparison.py runs/gpu_sweep/comparison --raw-dir ../shared/data/mnist \
+    mkdir -p runs/assemble && cp -r assets/comparison_h200_cache runs/assemble/cache
+    python3 scripts/assemble_comparison.py runs/assemble --raw-dir ../shared/data/mnist \
         --machine "NVIDIA H200" --device cuda --precision bf16 --batch_size 1000
+    cp runs/assemble/comparison.{json,csv,md,png} assets/
 """
 import argparse
 import json
