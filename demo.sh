@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: install into ./.venv, then sample the shipped model with DDPM and DDIM and run the quick
-# DDPM-vs-DDIM comparison. About 5 minutes on a 2-core CPU; no GPU, no internet, no training needed.
+# DDPM-vs-DDIM comparison. About 4 minutes on a 2-core CPU; no GPU, no internet, no training needed.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_env.sh
