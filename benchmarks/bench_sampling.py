@@ -5,7 +5,7 @@ step), images per second for DDPM-1000 and DDIM S in {10, 50, 200}, achieved GFL
 torch.utils.flop_counter.FlopCounterMode) and that as a fraction of a GEMM peak measured in the same run.
 End-to-end runs check that the sampler's own overhead is negligible (DDIM-50 vs DDPM-1000).
 
-    python3 benchmarks/bench_sampling.py                 # CPU default, about 10 minutes on 2 cores
+    python3 benchmarks/bench_sampling.py                 # CPU default, about 5 minutes on 2 cores
     python3 benchmarks/bench_sampling.py --device cuda   # GPU table (adds fp16)
 Writes benchmarks/results/bench_<device>.json and .md.
 """

@@ -78,8 +78,8 @@ def default_precision(device):
 class Bf16Unet(torch.nn.Module):
     """The Unet with bf16 weights and activations, fp32 in and out.
 
-    Faster than autocast on CPUs, which spends much of its time casting (benchmarks/bench_sampling.py, 100 images
-    of DDIM-50: 1.47x over fp32 with autocast, 1.96x with this).
+    Faster than autocast on CPUs, which spends much of its time casting (benchmarks/bench_sampling.py before the
+    allocator fix, 100 images of DDIM-50: 1.47x over fp32 with autocast, 1.96x with this).
     The sinusoidal time embedding and its MLP stay in fp32, as the timestep needs more than bf16's 8 bits.
     """
 
