@@ -33,19 +33,20 @@ def parse_args(argv=None):
     p.add_argument('--num_samples', type=int,
                    help='number of images to generate (default: 25; with --compare 1000 per config, --quick 36)')
     p.add_argument('--batch_size', type=int,
-                   help='images per forward pass (default: the fastest measured per image: on a CPU 100 in bf16, '
-                        '25 in fp32; 500 on a GPU)')
+                   help='images per forward pass (default: 100 on a CPU, 500 on a GPU)')
     p.add_argument('--seed', type=int, default=0,
                    help='seed for the initial noise and per-step noise; the same seed gives DDPM and DDIM the '
                         'same starting noise (default: %(default)s)')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
-                   help='autocast precision of the Unet; auto = bf16 on CPUs with native bf16, else fp32 '
-                        '(measured fastest; see README "Speed"); fp16 needs CUDA (default: %(default)s)')
+                   help='precision of the Unet: bf16 runs it with bf16 weights, fp16 under autocast (CUDA only); '
+                        'auto = bf16 on CPUs with native bf16, else fp32 (measured fastest; see README "Speed") '
+                        '(default: %(default)s)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
     p.add_argument('--compile', action='store_true',
-                   help='torch.compile the Unet (slow first call; pays off for long sweeps on GPU)')
+                   help='torch.compile the Unet (first calls take 30-45 s; no faster for bf16 on a 2-core CPU, '
+                        'see README "Speed"; untested on GPU)')
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
@@ -128,7 +129,7 @@ def main(argv=None):
     steps = default_steps if args.sample_steps is None else args.sample_steps
     args.num_samples = 25 if args.num_samples is None else args.num_samples
     if args.batch_size is None:
-        args.batch_size = default_batch_size(device, args.num_samples, args.precision)
+        args.batch_size = default_batch_size(device, args.num_samples)
     check_settings(args.strategy, steps, args.ddim_eta, args.num_samples, args.batch_size, total)
     if args.strategy == 'ddpm' and steps != total:
         warn(f'DDPM always runs all T={total} steps; --sample_steps {steps} is ignored '
@@ -186,7 +187,7 @@ def compare(args, device):
 
         def extra(images):
             return {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights, device)}
-    batch_size = default_batch_size(device, n, args.precision) if args.batch_size is None else args.batch_size
+    batch_size = default_batch_size(device, n) if args.batch_size is None else args.batch_size
     run_sweep(diffusion, evaluator, out_dir, path, steps=steps, etas=etas, num_samples=n,
               batch_size=batch_size, seed=args.seed, precision=args.precision,
               extra_score=extra, ddpm=args.compare_ddpm)

@@ -37,13 +37,10 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-def default_batch_size(device, num_samples, precision='fp32'):
-    """Images per forward when --batch_size is not given, measured fastest per image on a 2-core CPU
-    (benchmarks/bench_sampling.py, 100 images of DDIM-50): bf16 at batch 100, fp32 at batch 25, whose
-    activations stay in cache. GPUs want large batches."""
-    if device.type == 'cpu':
-        return min(num_samples, 100 if precision == 'bf16' else 25)
-    return min(num_samples, 500)
+def default_batch_size(device, num_samples):
+    """Images per forward when --batch_size is not given. On a 2-core CPU batch 100 was as fast as or faster
+    than 25 per image in both precisions (benchmarks/bench_sampling.py, 100 images of DDIM-50); GPUs want more."""
+    return min(num_samples, 100 if device.type == 'cpu' else 500)
 
 
 def keep_freed_memory():
