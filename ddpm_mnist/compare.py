@@ -17,7 +17,7 @@ DEFAULT_ETAS = (0.0, 0.5, 1.0)
 QUICK = dict(steps=(10, 50), etas=(0.0, 1.0), num_samples=36)
 COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'inception_score',
            'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'median_nn_train_l2',
-           'near_copy_share', 'inception_fid')
+           'near_copy_share', 'flip_preferred_share', 'inception_fid')
 
 
 def sweep_configs(steps, etas, total_timesteps, ddpm=True):
@@ -137,7 +137,7 @@ def write_outputs(result, out_dir):
 
 def markdown_table(result):
     head = ('| config | NFE | s/image | FID (classifier) | IS | confidence | smallest class | KL to uniform '
-            '| precision | recall | near-copies |')
+            '| precision | recall | near-copies | flip-preferred |')
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '
              'digits.', '', head, '|' + '---|' * (head.count('|') - 1)]
@@ -150,7 +150,8 @@ def markdown_table(result):
 
 def score_cells(r):
     return (f'{r["fid"]:.2f} | {r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
-            f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f}')
+            f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f} | '
+            f'{r.get("flip_preferred_share", float("nan")):.3f}')
 
 
 def plot(result, path):

@@ -3,6 +3,7 @@
 # in pretrained/, then start the full N = 1000 sweep of it in the background (setsid, so it outlives this
 # command) and wait for it until DEADLINE seconds. Whatever the sweep finished is tarred into OUT_DIR; if it is
 # still running, a second call collects it: `bash scripts/gpu_ship_and_sweep.sh --collect OUT_DIR`.
+# `--sweep-only IDX_DIR OUT_DIR` sweeps the model already in pretrained/.
 # Usage: bash scripts/gpu_ship_and_sweep.sh IDX_DIR OUT_DIR   (then see scripts/assemble_comparison.py)
 set -uo pipefail
 collect() {
@@ -19,9 +20,12 @@ if [ "${1:-}" = "--collect" ]; then
   [ -d /tmp/cmp ] || { echo "no sweep on this machine (a fresh one): rerun the sweep"; exit 3; }
   wait_for_sweep "${DEADLINE:-240}"; collect "$2"; exit 0
 fi
+sweep_only=; [ "${1:-}" = "--sweep-only" ] && { sweep_only=1; shift; }
 IDX=${1:?IDX dir}; OUT=${2:?out dir}
-SHIP_SECONDS=${SHIP_SECONDS:-450} bash scripts/gpu_train_shipped.sh "$IDX" "$OUT"
-cp "$OUT"/ddpm_mnist_small.safetensors "$OUT"/ddpm_mnist_small.json pretrained/ || exit 1
+if [ -z "$sweep_only" ]; then
+  SHIP_SECONDS=${SHIP_SECONDS:-450} bash scripts/gpu_train_shipped.sh "$IDX" "$OUT"
+  cp "$OUT"/ddpm_mnist_small.safetensors "$OUT"/ddpm_mnist_small.json pretrained/ || exit 1
+fi
 rm -f /tmp/sweep.done
 setsid nohup bash -c "python3 inference_comparison.py --compare --raw-dir '$IDX' --num_samples 1000 \
   --batch_size 1000 --precision bf16 --results_folder /tmp/cmp --device cuda > /tmp/sweep.log 2>&1; \

@@ -79,6 +79,15 @@ def test_calibration_orders_floor_below_ceiling(digits, classifier):
     floor, ceiling = cal['real training digits (floor)'], cal['pure noise (ceiling)']
     assert floor['n'] == ceiling['n'] == 100
     assert floor['fid'] * 10 < ceiling['fid'] and floor['inception_score'] > ceiling['inception_score']
+    assert floor['fid'] < cal['mirrored real digits']['fid'] < ceiling['fid']
+
+
+def test_flip_preference_separates_real_from_mirrored_digits(digits, classifier):
+    images, _ = digits
+    evaluator = metrics.Evaluator(images[:100], images[100:200], classifier=classifier)
+    real = as_training_resolution(images[200:600])
+    assert evaluator.score(real)['flip_preferred_share'] < 0.25
+    assert evaluator.score(real.flip(-1))['flip_preferred_share'] > 0.75
 
 
 def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsys):
@@ -105,8 +114,9 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
     with open(folder / 'comparison.csv') as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == COLUMNS and len(rows) == 7  # 5 configs + floor + ceiling
-    assert {'real training digits (floor)', 'pure noise (ceiling)'} <= {r['config'] for r in rows}
+    assert tuple(reader.fieldnames) == COLUMNS and len(rows) == 8  # 5 configs + floor, mirrored, ceiling
+    assert {'real training digits (floor)', 'mirrored real digits', 'pure noise (ceiling)'} <= {
+        r['config'] for r in rows}
     # paired noise: every config, DDIM eta=0 at S=2 and S=5 included, starts from the same x_T
     starts = {(s, k): x for s, k, x in seen}
     assert torch.equal(starts[('ddim', 2)], starts[('ddim', 5)]) and torch.equal(starts[('ddpm', 20)],
