@@ -1,11 +1,13 @@
 """Write comparison.{json,csv,md,png} from a sweep's per-config cache, for a sweep that was cut off
 (e.g. by a time limit on a borrowed GPU) after some configs finished. Calibration rows are recomputed
-here; they do not depend on the device. This is how assets/comparison.* were made from the H200 run:
+here; they do not depend on the device. For a GPU sweep whose cache came back in comparison_gpu.tgz:
 
-    mkdir -p runs/assemble && cp -r assets/comparison_h200_cache runs/assemble/cache
+    mkdir -p runs/assemble && tar xzf comparison_gpu.tgz -C runs/assemble --strip-components 1
     python3 scripts/assemble_comparison.py runs/assemble --raw-dir ../shared/data/mnist \
-        --machine "NVIDIA H200" --device cuda --precision bf16 --batch_size 1000
+        --machine "NVIDIA H100 80GB HBM3" --device cuda --precision bf16 --batch_size 1000
     cp runs/assemble/comparison.{json,csv,md,png} assets/
+
+Configs missing from the cache are listed and left out of the table.
 """
 import argparse
 import json
