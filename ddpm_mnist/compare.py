@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .metrics import METRICS_VERSION
 from .sampling import initial_noise, nfe, timed_sample
 from .utils import UserError, atomic_path, write_json
 
@@ -71,6 +72,8 @@ def machine_name(device):
 
 
 def cache_key(**settings):
+    """Cache entries carry the metrics version, so results scored by an older set of metrics are recomputed."""
+    settings = dict(settings, metrics=METRICS_VERSION)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

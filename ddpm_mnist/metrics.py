@@ -11,6 +11,8 @@ from scipy import linalg
 
 from .classifier import as_training_resolution, classify, load_classifier, to_classifier_input
 
+# Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
+METRICS_VERSION = 2
 K_NEIGHBOURS = 3
 # A sample is a near-copy when its nearest training digit is closer than this (pixel L2 on 28x28 in
 # [0, 1]; RMS difference < 0.036): a copy with slight noise, not merely the same digit written alike.

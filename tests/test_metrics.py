@@ -7,7 +7,7 @@ import torch
 
 import inference_comparison
 from conftest import SHARED_MNIST, assert_one_line_error, run_main
-from ddpm_mnist import metrics, sampling
+from ddpm_mnist import compare, metrics, sampling
 from ddpm_mnist.classifier import as_training_resolution, classify, load_classifier
 from ddpm_mnist.compare import COLUMNS
 from ddpm_mnist.data import read_raw_split
@@ -126,6 +126,11 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
     code, _, _ = run_main(inference_comparison.main, argv('2,5,7'), capsys)
     assert code == 0 and {(s, k) for s, k, _ in seen} == {('ddim', 7)}
     assert len(json.loads((folder / 'comparison.json').read_text())['rows']) == 7
+    # results scored by an older version of the metrics are not reused
+    seen.clear()
+    monkeypatch.setattr(compare, 'METRICS_VERSION', compare.METRICS_VERSION + 1)
+    code, _, _ = run_main(inference_comparison.main, argv('2'), capsys)
+    assert code == 0 and {(s, k) for s, k, _ in seen} == {('ddpm', 20), ('ddim', 2)}
 
 
 def test_sweep_leaves_out_ddim_that_is_ddpm():
