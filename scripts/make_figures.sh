@@ -23,7 +23,8 @@ done
 python inference_comparison.py --strategy ddpm --num_samples 64 --batch_size 64 --results_folder $out
 cp $grids/ddpm/ddpm_steps1000.png assets/
 case "${SWEEP:-full}" in
-  full) python inference_comparison.py --compare "${raw[@]}" --results_folder $out
+  full) python inference_comparison.py --compare "${raw[@]}" --num_samples 1000 --batch_size 1000 --precision bf16 \
+          --results_folder $out  # the README's settings
         cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
