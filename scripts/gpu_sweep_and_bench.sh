@@ -5,7 +5,5 @@ set -uo pipefail
 IDX=${1:?IDX dir}; OUT=${2:?out dir}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 420 python3 inference_comparison.py --compare --raw-dir "$IDX" --num_samples 1000 --batch_size 1000 \
-  --results_folder /tmp/cmp --device cuda 2>&1 | tr '\r' '\n' | grep -vE "it/s\]|s/it\]|config/s|config\]" | tail -30
-tar czf "$OUT/comparison_gpu.tgz" -C /tmp/cmp/inference_pretrained comparison
+DEADLINE=420 bash scripts/gpu_ship_and_sweep.sh --sweep-only "$IDX" "$OUT"  # the README sweep
 timeout 150 python3 benchmarks/bench_sampling.py --device cuda --out "$OUT" 2>&1 | tail -40
