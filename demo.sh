@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 bash scripts/setup_env.sh
 . .venv/bin/activate
 raw=()
-[ -d ../shared/data/mnist ] && raw=(--raw-dir ../shared/data/mnist)   # offline MNIST for the metrics
+if [ -d ../shared/data/mnist-full ]; then raw=(--raw_dir ../shared/data/mnist-full)   # offline MNIST for the metrics
+elif [ -d ../shared/data/mnist ]; then raw=(--raw_dir ../shared/data/mnist); fi
 python inference_comparison.py --strategy ddpm --num_samples 16 --batch_size 16
 python inference_comparison.py --strategy ddim --sample_steps 50 --num_samples 16 --batch_size 16
 python inference_comparison.py --quick "${raw[@]}"

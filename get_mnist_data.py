@@ -1,8 +1,9 @@
 """Get MNIST and write it as a folder of PNG images (plus labels.csv) for train_ddpm_mnist.py."""
 import argparse
+from pathlib import Path
 
 from ddpm_mnist.data import download_split, folder_is_complete, read_raw_split, write_image_folder
-from ddpm_mnist.utils import run_cli
+from ddpm_mnist.utils import remove_stale_temporaries, run_cli
 
 
 def parse_args(argv=None):
@@ -13,9 +14,9 @@ def parse_args(argv=None):
                    help='folder to write the PNGs, labels.csv and dataset.json into (default: %(default)s)')
     p.add_argument('--root', default='./data',
                    help='where torchvision keeps the downloaded IDX files (default: %(default)s)')
-    p.add_argument('--raw-dir', default=None,
+    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', default=None,
                    help='work offline: read the four IDX files (.gz or not) from this folder instead of '
-                        'downloading, e.g. ../shared/data/mnist')
+                        'downloading, e.g. ../shared/data/mnist-full (--raw-dir also works)')
     p.add_argument('--force', action='store_true',
                    help='rebuild the output folder even if it is already complete')
     return p.parse_args(argv)
@@ -23,6 +24,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    remove_stale_temporaries(Path(args.output).parent)  # a killed earlier run's half-written folder
     if folder_is_complete(args.output) and not args.force:
         print(f'{args.output} is already complete; nothing to do (use --force to rebuild)')
         return

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ddpm_mnist.model import add_model_args
 from ddpm_mnist.utils import UserError, run_cli, warn
+from ddpm_mnist.validation import check_flags
 
 SHIPPED = Path(__file__).resolve().parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
 
@@ -62,7 +63,7 @@ def parse_args(argv=None):
                    help='comma-separated DDIM eta values (default: 0,0.5,1)')
     c.add_argument('--compare_ddpm', action=argparse.BooleanOptionalAction, default=True,
                    help='include the DDPM (T steps) row; --no-compare_ddpm for DDIM-only sweeps (default: on)')
-    c.add_argument('--raw-dir', dest='raw_dir',
+    c.add_argument('--raw_dir', '--raw-dir', dest='raw_dir',
                    help='MNIST IDX folder for the reference (test split) and training digits, offline '
                         '(e.g. ../shared/data/mnist); default: torchvision download cached in --data_root')
     c.add_argument('--data_root', default='./data', help='torchvision MNIST cache folder (default: %(default)s)')
@@ -70,6 +71,7 @@ def parse_args(argv=None):
                    help='also compute standard Inception FID (pytorch-fid) from this local weights file '
                         '(pt_inception-2015-12-05-6726825d.pth); never downloads')
     args = p.parse_args(argv)
+    check_flags(args)
     if args.quick:
         args.compare = True
     return args
@@ -115,7 +117,7 @@ def main(argv=None):
     from ddpm_mnist.compare import grid_name, save_grid
     from ddpm_mnist.sampling import (check_settings, default_batch_size, keep_freed_memory, nfe, pick_device,
                                      timed_sample)
-    from ddpm_mnist.utils import ensure_writable_dir, write_json
+    from ddpm_mnist.utils import ensure_writable_dir, remove_stale_temporaries, write_json
 
     device = pick_device(args.device)
     args.precision = resolve_precision(args.precision, device)
@@ -136,6 +138,7 @@ def main(argv=None):
              '(use --strategy ddim for fewer steps)')
         steps = total
     out_dir = ensure_writable_dir(Path(args.results_folder) / run_name / args.strategy)
+    remove_stale_temporaries(out_dir)
 
     images, seconds = timed_sample(diffusion, strategy=args.strategy, num_samples=args.num_samples,
                                    batch_size=args.batch_size, steps=steps, eta=args.ddim_eta, seed=args.seed,
@@ -163,12 +166,13 @@ def compare(args, device):
     from ddpm_mnist.compare import DEFAULT_ETAS, DEFAULT_STEPS, QUICK, run_sweep
     from ddpm_mnist.sampling import default_batch_size
     from ddpm_mnist.data import load_split
-    from ddpm_mnist.metrics import Evaluator, inception_fid
+    from ddpm_mnist.metrics import Evaluator, inception_fid, inception_model
     from ddpm_mnist.utils import ensure_writable_dir
 
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f'--inception_weights {args.inception_weights} not found; download the pytorch-fid weights '
                         '(pt_inception-2015-12-05-6726825d.pth) on a machine with internet and pass their path')
+    inception = inception_model(args.inception_weights, device) if args.inception_weights else None
     path, run_name, diffusion, config, _ = load_for_sampling(args, device)
     steps = args.compare_steps or (QUICK['steps'] if args.quick else DEFAULT_STEPS)
     etas = args.compare_etas or (QUICK['etas'] if args.quick else DEFAULT_ETAS)
@@ -186,7 +190,7 @@ def compare(args, device):
         reference_tensor = torch.from_numpy(reference.copy())
 
         def extra(images):
-            return {'inception_fid': inception_fid(images, reference_tensor, args.inception_weights, device)}
+            return {'inception_fid': inception_fid(images, reference_tensor, inception, device)}
     batch_size = default_batch_size(device, n) if args.batch_size is None else args.batch_size
     run_sweep(diffusion, evaluator, out_dir, path, steps=steps, etas=etas, num_samples=n,
               batch_size=batch_size, seed=args.seed, precision=args.precision,

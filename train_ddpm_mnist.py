@@ -7,9 +7,11 @@ import argparse
 import contextlib
 import copy
 import time
+from pathlib import Path
 
 from ddpm_mnist.model import PRESETS, add_model_args, arch_differences, model_overrides, read_config, versions
-from ddpm_mnist.utils import UserError, ensure_writable_dir, run_cli, warn
+from ddpm_mnist.utils import UserError, ensure_writable_dir, remove_stale_temporaries, run_cli, warn
+from ddpm_mnist.validation import SQUARE, check_flags, check_relations
 
 TRAINING_FLAGS = {
     'train_batch_size': (int, 'images per process per step'),
@@ -45,14 +47,26 @@ def parse_args(argv=None):
                    help="compute the library's Inception FID at each milestone (downloads Inception weights; "
                         'slow; off by default)')
     g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
-    p.add_argument('--num_workers', type=int, default=2, help='DataLoader worker processes (default: %(default)s)')
+    p.add_argument('--fast_path', action=argparse.BooleanOptionalAction, default=True,
+                   help='the training-speed levers measured by benchmarks/bench_training.py: training images decoded '
+                        'once into memory, channels_last with layout-aware attention, fused Adam, foreach EMA; same '
+                        'maths. --no-fast_path runs the library\'s plain step (PNG decoding in DataLoader workers) '
+                        '(default: on)')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='torch.compile the Unet for training (fast path only; about a minute of compiling first). '
+                        'Default: on for CPU training, where benchmarks/bench_training.py measured it faster; off '
+                        'on GPUs, where it was not measured')
+    p.add_argument('--num_workers', type=int, default=2,
+                   help='DataLoader worker processes, used with --no-fast_path only (default: %(default)s)')
     p.add_argument('--resume', default='auto',
                    help='auto: continue from the latest milestone in the results folder; N: from milestone N '
                         '(must be the latest); none: start fresh (refused if milestones exist) (default: auto)')
     p.add_argument('--device', choices=['auto', 'cuda', 'mps', 'cpu'], default='auto',
                    help='auto picks CUDA, then MPS, then CPU (under accelerate launch, accelerate decides)')
     p.add_argument('--seed', type=int, default=None, help='random seed for reproducible training')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(args, extra={'num_samples': SQUARE})
+    return args
 
 
 def build_config(args):
@@ -63,8 +77,10 @@ def build_config(args):
     training.update({k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None})
     if args.amp is not None:
         training['amp'] = args.amp
-    training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed)
+    training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path)
     check_training_settings(training)
+    check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
+                    timesteps=config['diffusion']['timesteps'], sampling_timesteps=training['sampling_timesteps'])
     config['versions'] = versions()
     return config
 
@@ -114,14 +130,17 @@ def cpu_warning(config, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    import shlex
+    import sys
     from accelerate import PartialState
 
     from ddpm_mnist.data import check_training_folder, folder_info
     from ddpm_mnist.model import write_config
-    from ddpm_mnist.training import (FolderLock, mixed_precision, remove_stale_temporaries, resolve_resume,
+    from ddpm_mnist.training import (FolderLock, mixed_precision, resolve_resume,
                                      training_device)
 
     config = build_config(args)
+    config['command'] = shlex.join(['python3', 'train_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)])
     folder = config['training']['results_folder']
     num_images = check_training_folder(args.data_folder)
     device = training_device(args.device)
@@ -129,27 +148,35 @@ def main(argv=None):
     precision = mixed_precision(config['training']['amp'], args.mixed_precision_type, device)
     config['training']['mixed_precision'] = precision
     config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
+    if state.is_main_process:
+        check_against_folder(config, folder)
+        resolve_resume(folder, args.resume)
+    created = not Path(folder).exists()
+    ensure_writable_dir(folder)
+    try:
+        trainer = build_trainer(args, config, state, device, precision, num_images)
+    except BaseException:  # nothing half-made: a folder this run created is removed again while still empty
+        if created and state.is_main_process and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+        raise
     with contextlib.ExitStack() as stack:
         if state.is_main_process:  # one writer: config, lock and checkpoints belong to the main process
-            check_against_folder(config, folder)
-            resolve_resume(folder, args.resume)
-            ensure_writable_dir(folder)
             stack.enter_context(FolderLock(folder))
+            check_against_folder(config, folder)  # again under the lock: another run may have started meanwhile
             remove_stale_temporaries(folder)
             write_config(folder, config)
         state.wait_for_everyone()
-        resume = resolve_resume(folder, args.resume)
-        train(args, config, state, device, precision, num_images, resume)
+        train(trainer, config, state, resolve_resume(folder, args.resume))
 
 
-def train(args, config, state, device, precision, num_images, resume):
+def build_trainer(args, config, state, device, precision, num_images):
+    """The library's classes, built and checked (data decoded) before anything is written to the folder."""
     from accelerate.utils import set_seed
 
     from ddpm_mnist.model import build_diffusion
     from ddpm_mnist.training import MnistTrainer
 
     training = config['training']
-    folder = training['results_folder']
     if args.seed is not None:
         set_seed(args.seed)
     effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
@@ -160,18 +187,23 @@ def train(args, config, state, device, precision, num_images, resume):
                 f' x {state.num_processes} processes)')
     if state.is_main_process:
         cpu_warning(config, device)
-
     diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
-    trainer = MnistTrainer(
-        diffusion, args.data_folder, config=config, num_workers=args.num_workers,
+    return MnistTrainer(
+        diffusion, args.data_folder, config=config, num_workers=args.num_workers, fast=args.fast_path,
+        compile=args.fast_path and (device == 'cpu' if args.compile is None else args.compile),
         train_batch_size=training['train_batch_size'], train_lr=training['train_lr'],
         train_num_steps=training['train_num_steps'],
         gradient_accumulate_every=training['gradient_accumulate_every'],
         ema_decay=training['ema_decay'], ema_update_every=training['ema_update_every'],
         amp=precision != 'no', mixed_precision_type=precision if precision != 'no' else 'fp16',
-        results_folder=folder, save_and_sample_every=training['save_and_sample_every'],
+        results_folder=training['results_folder'], save_and_sample_every=training['save_and_sample_every'],
         num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
         num_fid_samples=args.num_fid_samples)
+
+
+def train(trainer, config, state, resume):
+    training = config['training']
+    folder = training['results_folder']
     if resume is not None:
         trainer.load(resume)
         state.print(f'resumed from milestone {resume} (step {trainer.step}) in {folder}')
@@ -179,9 +211,12 @@ def train(args, config, state, device, precision, num_images, resume):
         state.print(f'already trained to step {trainer.step} of {training["train_num_steps"]}; nothing to do '
                     '(raise --train_num_steps to train further)')
         return
-    started = time.time()
+    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    started, first_step = time.time(), trainer.step
     trainer.train()
-    state.print(f'trained to step {trainer.step} in {time.time() - started:.0f} s; checkpoints in {folder}')
+    seconds = time.time() - started
+    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({(trainer.step - first_step) * effective / seconds:.1f} '
+                f'images/s, milestone grids included); checkpoints in {folder}')
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.compare import machine_name  # noqa: E402
+from ddpm_mnist.utils import machine_name  # noqa: E402
 from ddpm_mnist.model import PRESETS, build_diffusion  # noqa: E402
 from ddpm_mnist.sampling import (autocast, default_precision, keep_freed_memory, prepare_for_inference,  # noqa: E402
                                  sample, synchronize)

@@ -44,27 +44,37 @@ def save_checkpoint(data, path):
 def load_checkpoint(path, map_location='cpu'):
     """Load a .pt checkpoint without unpickling code, with one-line errors for every way it can be bad."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f'checkpoint {path} does not exist')
     if path.suffix == '.safetensors':
+        if not path.is_file():
+            raise UserError(f'checkpoint {path} does not exist')
         return load_safetensors(path)
-    if path.stat().st_size == 0:
-        raise UserError(f'checkpoint {path} is empty (0 bytes); it was not saved completely')
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except zipfile.BadZipFile:
-        raise UserError(f'checkpoint {path} is truncated or damaged; use an earlier milestone') from None
-    except Exception as err:  # torch raises many types for damaged or hostile files
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if 'Unsupported global' in str(err):
-            raise UserError(f'checkpoint {path} contains Python objects other than weights; refusing to '
-                            'unpickle it (it could run code)') from None
-        raise UserError(f'checkpoint {path} cannot be read ({detail}); it is truncated, damaged or not a '
-                        'PyTorch checkpoint') from None
+    data = load_weights_file(path, 'checkpoint', map_location)
     if not isinstance(data, dict) or not ({'model', 'ema'} & set(data)):
         raise UserError(f'{path} is not a training checkpoint (expected the keys "model" and "ema" of a '
                         'denoising-diffusion-pytorch Trainer)')
     return data
+
+
+def load_weights_file(path, what='weights file', map_location='cpu'):
+    """torch.load with weights_only=True (a file can never run code), and a one-line error naming the file
+    and what is wrong with it for every way it can be bad: missing, empty, truncated, hostile, not PyTorch."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'{what} {path} does not exist')
+    if path.stat().st_size == 0:
+        raise UserError(f'{what} {path} is empty (0 bytes); it was not saved completely')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except zipfile.BadZipFile:
+        raise UserError(f'{what} {path} is truncated or damaged; use an earlier milestone or download it again'
+                        ) from None
+    except Exception as err:  # torch raises many types for damaged or hostile files
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if 'unsupported global' in str(err).lower():
+            raise UserError(f'{what} {path} contains Python objects other than weights; refusing to unpickle it, '
+                            'as loading it could run code') from None
+        raise UserError(f'{what} {path} cannot be read ({detail}); it is truncated, damaged or not a PyTorch '
+                        'file') from None
 
 
 def load_safetensors(path):

@@ -3,15 +3,13 @@ import csv
 import hashlib
 import json
 import math
-import platform
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .metrics import METRICS_VERSION
 from .sampling import initial_noise, nfe, timed_sample
-from .utils import UserError, atomic_path, write_json
+from .utils import UserError, atomic_path, file_digest, machine_name, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)
 DEFAULT_ETAS = (0.0, 0.5, 1.0)
@@ -47,28 +45,6 @@ def save_grid(images, path):
     from torchvision.utils import save_image
     with atomic_path(path) as tmp:
         save_image(images, tmp, nrow=math.ceil(math.sqrt(len(images))), format='png')
-
-
-def file_digest(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def machine_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f'{cpu}, {torch.get_num_threads()} threads'
 
 
 def cache_key(**settings):

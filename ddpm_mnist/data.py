@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import UserError, read_json, remove_orphans, write_json
+from .utils import UserError, read_json, remove_stale_temporaries, write_json
 
 IDX_NAMES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -117,8 +117,7 @@ def write_image_folder(output, splits, source, force=False):
                         'rerun with --force to rebuild it')
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(output.parent.glob(f'.{output.name}.partial-*'),
-                       lambda stale: shutil.rmtree(stale, ignore_errors=True))
+        remove_stale_temporaries(output.parent)
         partial = output.parent / f'.{output.name}.partial-{os.getpid()}'
         partial.mkdir()
     except OSError as err:

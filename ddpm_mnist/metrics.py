@@ -138,30 +138,30 @@ class Evaluator:
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
 
 
-def inception_fid(images, reference, weights_path, device='cpu', batch_size=100):
-    """Standard Inception FID through pytorch-fid, from a locally stored weights file only (never downloads)."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
+def inception_model(weights_path, device='cpu'):
+    """pytorch-fid's InceptionV3 from a locally stored weights file only (never downloads, never unpickles
+    code)."""
+    import pytorch_fid.inception as fid_inception
 
+    from .checkpoint import load_weights_file
     from .utils import UserError
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise UserError(f'Inception weights {weights_path} not found; download pt_inception-2015-12-05-6726825d.pth '
-                        '(the pytorch-fid weights) on a machine with internet and pass its path')
+    state = load_weights_file(weights_path, 'Inception weights')  # weights_only: the file cannot run code
+    # pytorch-fid fetches its weights with torch.hub's unpickler (weights_only=False); hand it ours instead.
+    fetch = fid_inception.load_state_dict_from_url
+    fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        model = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    except RuntimeError as err:
+        raise UserError(f'{weights_path} does not hold the pytorch-fid Inception weights ({str(err).splitlines()[0]}); '
+                        'use pt_inception-2015-12-05-6726825d.pth') from None
+    finally:
+        fid_inception.load_state_dict_from_url = fetch
+    return model
+
+
+def inception_fid(images, reference, model, device='cpu', batch_size=100):
+    """Standard Inception FID (pytorch-fid's statistics) with a model from inception_model()."""
     from pytorch_fid.fid_score import calculate_frechet_distance
-    from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
-    with tempfile.TemporaryDirectory() as hub:
-        checkpoints = Path(hub) / 'checkpoints'
-        checkpoints.mkdir()
-        shutil.copy(weights_path, checkpoints / os.path.basename(FID_WEIGHTS_URL))
-        previous = torch.hub.get_dir()
-        torch.hub.set_dir(hub)
-        try:
-            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
-        finally:
-            torch.hub.set_dir(previous)
 
     @torch.inference_mode()
     def activations(x):

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +38,22 @@ def remove_orphans(paths, remove):
         pid = path.name.rsplit('-', 1)[-1]
         if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             remove(path)
+
+
+# What this project's writers leave behind when killed: atomic_path's '.NAME.tmp-PID' files and the data
+# step's '.NAME.partial-PID' / '.NAME.old-PID' folders.
+TEMPORARY_PATTERNS = ('.*.tmp-*', '.*.partial-*', '.*.old-*')
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporaries of killed runs in `folder` (never those of a running process)."""
+    import shutil
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for pattern in TEMPORARY_PATTERNS:
+        remove_orphans(folder.glob(pattern), lambda p: shutil.rmtree(p, ignore_errors=True) if p.is_dir()
+                       else p.unlink(missing_ok=True))
 
 
 def warn(message):
@@ -82,3 +99,28 @@ def ensure_writable_dir(path):
     except OSError as err:
         raise UserError(f'cannot write to folder {path}: {err.strerror or err}; choose another folder') from None
     return path
+
+
+def file_digest(path):
+    """First 16 hex digits of the file's SHA-256."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def machine_name(device):
+    """The GPU's name, or the CPU model with its bf16 instruction sets and torch's thread count."""
+    import torch
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        cpuinfo = ''
+    import platform
+    cpu = next((line.split(':', 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith('model name')),
+               platform.processor() or platform.machine())
+    extras = [flag for flag in ('avx512_bf16', 'amx_bf16') if flag in cpuinfo]
+    return f'{cpu}{" (" + ", ".join(extras) + ")" if extras else ""}, {torch.get_num_threads()} threads'

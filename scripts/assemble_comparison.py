@@ -16,18 +16,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.compare import (DEFAULT_ETAS, DEFAULT_STEPS, config_label, file_digest, sweep_configs,  # noqa: E402
+from ddpm_mnist.compare import (DEFAULT_ETAS, DEFAULT_STEPS, config_label, sweep_configs,  # noqa: E402
                                 write_outputs)
 from ddpm_mnist.data import load_split  # noqa: E402
 from ddpm_mnist.metrics import Evaluator  # noqa: E402
-from ddpm_mnist.utils import run_cli  # noqa: E402
+from ddpm_mnist.utils import file_digest, run_cli  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
     p.add_argument('--checkpoint', default='pretrained/ddpm_mnist_small.safetensors', help='checkpoint swept')
-    p.add_argument('--raw-dir', help='MNIST IDX folder (offline); default: torchvision download')
+    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help='MNIST IDX folder (offline); default: torchvision download')
     p.add_argument('--machine', required=True, help='the machine the sweep ran on, as it should be named')
     p.add_argument('--device', default='cuda', help='device the sweep ran on')
     p.add_argument('--precision', default='bf16', help='precision the sweep ran with')

@@ -3,16 +3,18 @@
 #   assets/ddpm_steps1000.png, assets/ddim_steps{200,50,10}_eta0.0.png (64 images each, seed 0, one batch),
 #   assets/comparison.{png,md,json,csv}: the DDPM-vs-DDIM sweep, 1000 images per config,
 # and, with RUN=<training results folder>, the training grids assets/sample-1.png and assets/sample-<last>.png
-# copied from that run (the shipped model's run: scripts/gpu_train_shipped.sh).
-# The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=quick runs the CPU-sized one
-# (36 images per config, left in runs/figures, not copied to assets/), SWEEP=none skips it.
-#   bash scripts/make_figures.sh                            # grids and the full sweep
-#   SWEEP=none RUN=/path/to/ship bash scripts/make_figures.sh   # grids and the training grids only
+# copied from that run and its training curve assets/training_curve.{png,md,csv} (the shipped model's run:
+# scripts/train_shipped.sh, runs/shipped60k).
+# The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (DDPM and DDIM
+# S in {10, 50} x eta in {0, 1}, N = 300; cached in runs/figures, so an interrupted run resumes) and copies it to
+# assets/; SWEEP=quick runs the demo's 36-image one (left in runs/figures); SWEEP=none skips it.
+#   bash scripts/make_figures.sh                                  # grids and the full sweep (GPU)
+#   SWEEP=none RUN=runs/shipped60k bash scripts/make_figures.sh   # grids, training grids and training curve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 raw=()
-[ -d ../shared/data/mnist ] && raw=(--raw-dir ../shared/data/mnist)
+[ -d ../shared/data/mnist-full ] && raw=(--raw-dir ../shared/data/mnist-full)  # else downloaded (torchvision)
 out=runs/figures
 grids=$out/inference_pretrained
 for steps in 200 50 10; do
@@ -26,6 +28,9 @@ case "${SWEEP:-full}" in
   full) python inference_comparison.py --compare "${raw[@]}" --num_samples 1000 --batch_size 1000 --precision bf16 \
           --results_folder $out  # the README's settings
         cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
+  cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 300 --compare_steps 10,50 \
+         --compare_etas 0,1 --results_folder $out
+       cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
   *) echo "error: SWEEP=$SWEEP; use full, quick or none" >&2; exit 1 ;;
@@ -35,4 +40,5 @@ if [ -n "${RUN:-}" ]; then
   [ -n "$last" ] || { echo "error: no sample-N.png in RUN=$RUN; point RUN at a training results folder" >&2; exit 1; }
   cp "$RUN/sample-1.png" "$RUN/sample-$last.png" assets/
   echo "copied the training grids sample-1.png and sample-$last.png from $RUN"
+  python scripts/training_curve.py --results_folder "$RUN" "${raw[@]}" --output assets/training_curve
 fi

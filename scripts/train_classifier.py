@@ -1,7 +1,7 @@
 """Train the LeNet feature network used by the metrics and write pretrained/mnist_classifier.safetensors.
 
-Offline: python3 scripts/train_classifier.py --raw-dir ../shared/data/mnist   (5k training subset)
-Online:  python3 scripts/train_classifier.py                                  (full 60k, via torchvision)
+Offline: python3 scripts/train_classifier.py --raw_dir ../shared/data/mnist-full   (all 60,000 digits)
+Online:  python3 scripts/train_classifier.py                                       (the same, via torchvision)
 """
 import argparse
 import sys
@@ -17,9 +17,9 @@ from ddpm_mnist.utils import run_cli  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--raw-dir', help='folder with the MNIST IDX files (offline); default: download via torchvision')
+    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help='folder with the MNIST IDX files (offline); default: download via torchvision')
     p.add_argument('--root', default='./data', help='torchvision download folder (default: %(default)s)')
-    p.add_argument('--epochs', type=int, default=12, help='training epochs (default: %(default)s)')
+    p.add_argument('--epochs', type=int, default=4, help='training epochs (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
     p.add_argument('--output', default=str(WEIGHTS), help='weights file to write (default: %(default)s)')
     args = p.parse_args(argv)

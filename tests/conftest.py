@@ -71,7 +71,7 @@ def image_folder(tmp_path_factory, idx_dir):
 def train_argv(data, results, steps=4, every=2, extra=()):
     return ['--preset', 'small', *TINY, '--data_folder', str(data), '--results_folder', str(results),
             '--train_num_steps', str(steps), '--save_and_sample_every', str(every), '--train_batch_size', '16',
-            '--num_samples', '4', '--sampling_timesteps', '3', '--num_workers', '0', '--device', 'cpu',
+            '--num_samples', '4', '--sampling_timesteps', '3', '--num_workers', '0', '--no-compile', '--device', 'cpu',
             '--seed', '0', *extra]
 
 

@@ -189,10 +189,10 @@ def test_not_a_training_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('extra, message', [
     (['--milestone', '9'], 'milestone 9 not found'),
-    (['--sample_steps', '0', '--strategy', 'ddim'], '--sample_steps must be between 1 and'),
+    (['--sample_steps', '0', '--strategy', 'ddim'], '--sample_steps 0 is not allowed'),
     (['--sample_steps', '21', '--strategy', 'ddim'], 'T=20'),
-    (['--ddim_eta', '-0.5', '--strategy', 'ddim'], '--ddim_eta must be'),
-    (['--num_samples', '0'], '--num_samples must be at least 1'),
+    (['--ddim_eta', '-0.5', '--strategy', 'ddim'], '--ddim_eta -0.5 is not allowed'),
+    (['--num_samples', '0'], '--num_samples 0 is not allowed: use an integer >= 1'),
 ])
 def test_bad_inference_input(trained_run, extra, message, capsys):
     argv = ['--results_folder', str(trained_run), '--device', 'cpu']

@@ -146,3 +146,33 @@ def test_missing_inception_weights_is_a_clear_error(trained_run, tmp_path, capsy
             str(tmp_path / 'nope.pth')]
     code, _, err = run_main(inference_comparison.main, argv, capsys)
     assert_one_line_error(code, err, 'not found', 'pytorch-fid')
+
+
+class RunsCode:
+    """A pickle whose loading would create a marker file (what a hostile weights file does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), 'w'))
+
+
+def test_malicious_inception_weights_do_not_run_code(trained_run, tmp_path, capsys):  # issue 15
+    marker, weights = tmp_path / 'pwned', tmp_path / 'pt_inception.pth'
+    torch.save({'Conv2d_1a_3x3.conv.weight': RunsCode(marker)}, weights)
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--inception_weights', str(weights),
+            '--results_folder', str(tmp_path / 'out')]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'refusing to unpickle', 'could run code')
+    assert not marker.exists()
+    assert not (tmp_path / 'out').exists()  # refused before any work
+
+
+def test_wrong_inception_weights_are_a_clear_error(trained_run, tmp_path, capsys):
+    weights = tmp_path / 'other.pth'
+    torch.save({'fc.weight': torch.zeros(2, 2)}, weights)
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--inception_weights', str(weights),
+            '--results_folder', str(tmp_path / 'out')]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'does not hold the pytorch-fid Inception weights')

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Training throughput on the machine at hand: images/s, FLOPs, GFLOP/s against the GEMM peak, and where
+the time goes (data, forward, backward, optimiser, EMA), for each speed lever of the training step.
+
+Not a test: run it alone (anything else on the cores skews it), e.g.
+    python benchmarks/bench_training.py --data_folder data/mnist_image_folder
+Writes benchmarks/results/bench_training_<device>.{json,md}.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LEVERS_HELP = ('comma-separated variants to time (default: all). Each is a training-step setup; see VARIANTS in '
+               'this file')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data_folder', default='data/mnist_image_folder',
+                   help='PNG folder made by get_mnist_data.py, for the data-pipeline rows (default: %(default)s)')
+    p.add_argument('--steps', type=int, default=12, help='timed steps per variant, after warm-up (default: 12)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default: 3)')
+    p.add_argument('--recipes', default='small',
+                   help='comma-separated presets to time (the shipped preset is the small Unet at the same batch, '
+                        'so it runs at the same speed) (default: %(default)s)')
+    p.add_argument('--variants', default=None, help=LEVERS_HELP)
+    p.add_argument('--batch_sizes', default='',
+                   help='extra batch sizes to time with the default setup, for images/s vs batch (e.g. 32,128,256)')
+    p.add_argument('--threads', default='',
+                   help='extra thread counts to time with the default setup (e.g. 1)')
+    p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: time one row in this process
+    p.add_argument('--out', default=None, help='output stem (default: benchmarks/results/bench_training_<device>)')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import json
+    import platform
+    import subprocess
+
+    import torch
+
+    from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, gemm_peak
+    from ddpm_mnist.utils import machine_name
+
+    if args.one:
+        return print(json.dumps(time_one(**json.loads(args.one), steps=args.steps, warmup=args.warmup,
+                                         data_folder=args.data_folder)))
+    variants = args.variants.split(',') if args.variants else list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f'error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
+    peak = gemm_peak()
+    machine = machine_name(torch.device('cpu'))
+    print(f'{machine}; GEMM peak fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s',
+          flush=True)
+    jobs = []
+    for recipe in filter(None, args.recipes.split(',')):
+        jobs += [dict(recipe=recipe, variant=v) for v in variants]
+        jobs += [dict(recipe=recipe, variant='default', batch=int(b)) for b in filter(None, args.batch_sizes.split(','))]
+        jobs += [dict(recipe=recipe, variant='default', threads=int(t)) for t in filter(None, args.threads.split(','))]
+    rows = []
+    for job in jobs:  # each row in a fresh process: allocator settings and compiled code do not leak between rows
+        cmd = [sys.executable, __file__, '--one', json.dumps(job), '--steps', str(args.steps), '--warmup',
+               str(args.warmup), '--data_folder', args.data_folder]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f'error: row {job} failed:\n{done.stderr[-2000:]}')
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        precision = row['precision']
+        row['peak_fraction'] = row['gflops'] / peak['fp32' if precision == 'fp32' else 'bf16']
+        rows.append(row)
+        parts = ' '.join(f'{k} {v:.0f}' for k, v in row['ms_per_step'].items())
+        print(f'{row["recipe"]:8s} {row["variant"]:30s} batch {row["batch"]:4d} thr {row["threads"]}: '
+              f'{row["images_per_s"]:6.1f} img/s, {row["gflops"]:6.1f} GFLOP/s ({100 * row["peak_fraction"]:.0f}% '
+              f'of {precision} peak) | ms: {parts}', flush=True)
+
+    out = Path(args.out or Path(__file__).parent / 'results' / 'bench_training_cpu')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = dict(machine=machine, torch=torch.__version__, python=platform.python_version(),
+                  gemm_peak_gflops=peak, steps=args.steps, warmup=args.warmup, rows=rows,
+                  default_levers=DEFAULT_LEVERS,
+                  command='python benchmarks/bench_training.py ' + ' '.join(sys.argv[1:]))
+    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    out.with_suffix('.md').write_text(markdown(result))
+    print(f'wrote {out}.md and .json')
+
+
+def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads=None):
+    import torch
+
+    from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, StepTimer
+    from ddpm_mnist.model import PRESETS
+
+    config = PRESETS[recipe]
+    levers = DEFAULT_LEVERS if variant == 'default' else VARIANTS[variant]
+    batch = batch or config['training']['train_batch_size']
+    if threads:
+        torch.set_num_threads(threads)
+    step = BenchStep(config, levers, batch_size=batch, data_folder=data_folder)
+    for _ in range(warmup):
+        step.run(StepTimer())
+    timer = StepTimer()
+    for _ in range(steps):
+        step.run(timer)
+    per_step = timer.per_step()
+    images_per_s = batch / per_step['total']
+    flops = step.flops_per_image()
+    return dict(recipe=recipe, variant=variant, batch=batch, threads=torch.get_num_threads(),
+                precision='fp32' if levers['precision'] == 'fp32' else 'bf16', images_per_s=images_per_s,
+                flops_per_image=flops, gflops=flops * images_per_s / 1e9,
+                ms_per_step={k: 1e3 * v for k, v in per_step.items()}, loss=step.last_loss)
+
+
+class BenchStep:
+    """One training step exactly as the library's Trainer.train runs it (forward under the precision's
+    context, backward, clip_grad_norm_ 1.0, Adam step, zero_grad, EMA update), timed phase by phase."""
+
+    def __init__(self, recipe, levers, *, batch_size, data_folder):
+        import torch
+        from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset, cycle
+        from ema_pytorch import EMA
+        from torch.utils.data import DataLoader
+
+        from ddpm_mnist.fast_training import CachedImages, apply_levers, make_adam
+        from ddpm_mnist.sampling import keep_freed_memory
+        from ddpm_mnist.model import build_diffusion
+
+        torch.manual_seed(0)
+        self.torch = torch
+        if levers['keep_freed_memory']:
+            keep_freed_memory()
+        self.diffusion = apply_levers(build_diffusion(recipe), levers)
+        t = recipe['training']
+        self.opt = make_adam(self.diffusion.parameters(), levers['adam'], lr=t['train_lr'], betas=(0.9, 0.99))
+        self.ema = EMA(self.diffusion, beta=t['ema_decay'], update_every=t['ema_update_every'],
+                       use_foreach=levers['ema_foreach'])
+        dataset = Dataset(data_folder, 32, augment_horizontal_flip=False, convert_image_to='L')
+        if levers['data'] == 'cached':
+            self.data = CachedImages(dataset, batch_size)
+        else:
+            self.data = cycle(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
+                                         persistent_workers=True))
+        self.autocast = levers['precision'] == 'autocast'
+        self.memory_format = torch.channels_last if levers['channels_last'] else torch.contiguous_format
+        self.batch_size, self.last_loss = batch_size, None
+
+    def run(self, timer):
+        torch = self.torch
+        timer.start()
+        data = next(self.data).contiguous(memory_format=self.memory_format)
+        timer.mark('data')
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.diffusion(data)
+        timer.mark('forward')
+        loss.backward()
+        timer.mark('backward')
+        torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad()
+        timer.mark('optimiser')
+        self.ema.update()
+        timer.mark('ema')
+        timer.steps += 1
+        self.last_loss = loss.item()
+
+    def flops_per_image(self):
+        torch = self.torch
+        from torch.utils.flop_counter import FlopCounterMode
+        data = next(self.data)
+        with FlopCounterMode(display=False) as counter, \
+                torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+            self.diffusion(data).backward()
+        self.opt.zero_grad()
+        return counter.get_total_flops() / len(data)
+
+
+def markdown(result):
+    peak = result['gemm_peak_gflops']
+    lines = [f'Machine: {result["machine"]} (torch {result["torch"]}). GEMM peak measured in the same run: '
+             f'fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s. Command: `{result["command"]}`.',
+             '', 'A step is forward + backward + gradient clipping + Adam + EMA update, as the Trainer runs it; '
+             'FLOPs counted by FlopCounterMode over forward + backward.', '',
+             '| recipe | variant | batch | threads | img/s | GFLOP/s | % of peak | data ms | forward ms | backward ms '
+             '| optimiser ms | EMA ms |', '|' + '---|' * 12]
+    for r in result['rows']:
+        ms = r['ms_per_step']
+        lines.append(f'| {r["recipe"]} | {r["variant"]} | {r["batch"]} | {r["threads"]} | {r["images_per_s"]:.1f} '
+                     f'| {r["gflops"]:.0f} | {100 * r["peak_fraction"]:.0f}% ({r["precision"]}) | {ms["data"]:.0f} '
+                     f'| {ms["forward"]:.0f} | {ms["backward"]:.0f} | {ms["optimiser"]:.0f} | {ms["ema"]:.0f} |')
+    return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+    main()

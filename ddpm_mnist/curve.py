@@ -1,0 +1,84 @@
+"""Quality over training: score every milestone of a run with one cheap sampler, paired seeds, and plot FID
+against images seen with the real-data floor. Scores are cached per milestone in the run folder, keyed by
+everything that changes them, so rerunning after more milestones only scores the new ones."""
+import csv
+from collections import namedtuple
+from pathlib import Path
+
+from .checkpoint import load_model, milestone_path, milestones
+from .metrics import METRICS_VERSION
+from .sampling import prepare_for_inference, sample
+from .utils import UserError, file_digest, read_json, write_json
+
+CACHE = 'milestone_scores.json'
+CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
+
+
+def images_seen(config, step):
+    t = config['training']
+    return step * t['train_batch_size'] * t['gradient_accumulate_every'] * t.get('num_processes', 1)
+
+
+def score_milestone(path, evaluator, settings, device='cpu'):
+    diffusion, config, info = load_model(path, device=device)
+    prepare_for_inference(diffusion, settings.precision)
+    images = sample(diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
+                    steps=settings.steps, eta=settings.eta, seed=settings.seed)
+    scores = evaluator.score(images)
+    return dict(step=info['step'], images_seen=images_seen(config, info['step']), **scores)
+
+
+def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', log=print):
+    """Rows of scores, one per milestone, oldest first; cached in FOLDER/milestone_scores.json."""
+    folder = Path(folder)
+    found = milestones(folder)
+    if not found:
+        raise UserError(f'{folder} has no milestones (model-N.pt); train first or give another --results_folder')
+    cache_path = folder / CACHE
+    cache = read_json(cache_path) if cache_path.is_file() else {}
+    key = (f'ddim{settings.steps}-eta{settings.eta}-n{settings.num_samples}-seed{settings.seed}-'
+           f'{settings.precision}-metrics{METRICS_VERSION}-clf{classifier_digest}')
+    rows = []
+    for milestone in found:
+        path = milestone_path(folder, milestone)
+        entry_key = f'{milestone}:{file_digest(path)}:{key}'
+        if entry_key not in cache:
+            cache[entry_key] = dict(milestone=milestone, **score_milestone(path, evaluator, settings, device))
+            write_json(cache_path, cache)
+        row = cache[entry_key]
+        log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, FID {row["fid"]:.2f}')
+        rows.append(row)
+    return rows
+
+
+def write_curve(rows, floor, out_stem, *, title):
+    """out_stem.csv / .md (the table) and out_stem.png (FID against images seen, floor drawn)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    out_stem = Path(out_stem)
+    columns = ('milestone', 'step', 'images_seen', 'fid', 'inception_score', 'confidence', 'min_class_share',
+               'near_copy_share')
+    with open(out_stem.with_suffix('.csv'), 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([[row[c] for c in columns] for row in rows])
+    lines = ['| milestone | step | images seen | FID | FID / floor | IS | confidence | smallest class | near-copies |',
+             '|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| {r["milestone"]} | {r["step"]} | {r["images_seen"]:,} | {r["fid"]:.2f} | {r["fid"] / floor:.2f}x | '
+              f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
+              f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
+    lines.append(f'\nReal-data floor (real training digits, same N): FID {floor:.2f}.')
+    out_stem.with_suffix('.md').write_text(title + '\n\n' + '\n'.join(lines) + '\n')
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r['images_seen'] for r in rows], [r['fid'] for r in rows], 'o-', label='model (EMA weights)')
+    ax.axhline(floor, color='grey', linestyle='--', label=f'real-data floor ({floor:.1f})')
+    ax.set_xlabel('training images seen')
+    ax.set_ylabel('FID (project classifier features)')
+    ax.set_yscale('log')
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_stem.with_suffix('.png'), dpi=120)
+    plt.close(fig)

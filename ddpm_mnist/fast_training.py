@@ -1,0 +1,172 @@
+"""The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py
+build the same step. Every lever keeps the maths; which ones are on by default is what the benchmark showed
+helps on a CPU (see docs/speed.md)."""
+import time
+from collections import defaultdict
+
+import torch
+from torch.func import functional_call
+
+from denoising_diffusion_pytorch import Unet
+
+from .attention import use_fast_attention
+
+# One training setup per row of the benchmark. 'baseline' is the step as the Trainer ran it before any lever
+# (PNG decoding in 2 DataLoader workers, accelerate's bf16 autocast, library attention, for-loop Adam and EMA,
+# glibc's default allocator); each '+' row adds one lever to the row above it.
+BASELINE = dict(data='png', keep_freed_memory=False, precision='autocast', channels_last=False,
+                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False)
+
+
+def _chain(*steps):
+    rows, levers = {'baseline': BASELINE}, dict(BASELINE)
+    for name, change in steps:
+        levers = {**levers, **change}
+        rows[name] = levers
+    return rows
+
+
+VARIANTS = _chain(('+ cached data', dict(data='cached')),
+                  ('+ keep freed memory', dict(keep_freed_memory=True)),
+                  ('+ channels_last', dict(channels_last=True)),
+                  ('+ fast attention', dict(fast_attention=True)),
+                  ('+ foreach EMA', dict(ema_foreach=True)),
+                  ('+ fused Adam', dict(adam='fused')),
+                  ('+ compiled Unet', dict(compile=True)))
+DEFAULT_LEVERS = VARIANTS['+ compiled Unet']
+VARIANTS.update({
+    'default with bf16 weights': {**DEFAULT_LEVERS, 'precision': 'bf16'},
+    'default in fp32': {**DEFAULT_LEVERS, 'precision': 'fp32'},
+    'fp32 (baseline, no autocast)': {**BASELINE, 'precision': 'fp32'},
+})
+
+
+class Bf16ComputeUnet(Unet):
+    """A Unet whose forward runs in bf16 from its fp32 master weights: the weights are cast once per forward,
+    inside autograd, so gradients land on the fp32 parameters that the optimiser, EMA and checkpoints keep
+    (same state dict). Unlike autocast, activations stay bf16 between ops instead of being cast back and forth.
+    The time MLP stays fp32 (the timestep needs more than bf16's 8 bits), as in sampling's Bf16Unet."""
+
+    def forward(self, x, time, x_self_cond=None):
+        if self.inside_bf16_call:
+            return super().forward(x, time, x_self_cond)
+        weights = {name: p if name.startswith('time_mlp') else p.to(torch.bfloat16)
+                   for name, p in self.named_parameters()}
+        handle = self.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
+        self.inside_bf16_call = True
+        try:
+            out = functional_call(self, weights, (x.to(torch.bfloat16), time, x_self_cond))
+        finally:
+            self.inside_bf16_call = False
+            handle.remove()
+        return out.float()
+
+
+def use_bf16_compute(unet):
+    unet.__class__, unet.inside_bf16_call = Bf16ComputeUnet, False
+    return unet
+
+
+def apply_levers(diffusion, levers):
+    """Switch the model-side levers on, in place: attention twins, channels_last, bf16 compute, compile."""
+    if levers['fast_attention']:
+        use_fast_attention(diffusion.model)
+    if levers['channels_last']:
+        diffusion.model.to(memory_format=torch.channels_last)
+    if levers['precision'] == 'bf16':
+        use_bf16_compute(diffusion.model)
+    if levers['compile']:
+        diffusion.model.compile()  # in place: the state dict keeps its keys; the first steps take ~1 min longer
+    return diffusion
+
+
+def make_adam(params, kind, **kwargs):
+    """The library's Adam, with PyTorch's for-loop, foreach or fused implementation."""
+    flags = dict(fused=kind == 'fused', foreach=kind == 'foreach') if kind != 'for-loop' else dict(foreach=False)
+    return torch.optim.Adam(params, **flags, **kwargs)
+
+
+# ---------------------------------------------------------------- data
+
+class CachedImages:
+    """The whole training folder decoded once, through the library's own transform, into one uint8 tensor;
+    batches are random draws without replacement, epoch after epoch, like a shuffled DataLoader. The library's
+    transform without flips is deterministic, so this yields exactly the tensors its Dataset would."""
+
+    def __init__(self, dataset, batch_size, *, generator=None, device='cpu', memory_format=None):
+        self.images = decode_all(dataset).to(device)
+        self.batch_size, self.generator = batch_size, generator
+        self.memory_format = memory_format or torch.contiguous_format
+        self.order, self.position = None, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.order is None or self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.images[index].float().div_(255).contiguous(memory_format=self.memory_format)
+
+
+def decode_all(dataset):
+    """Every image of the library's Dataset as one uint8 tensor (N, C, H, W). An unreadable file stops here,
+    before training starts, with its name."""
+    from PIL import UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    from .utils import UserError
+    out = None
+    for i in tqdm(range(len(dataset)), desc='decoding training images', unit='img', mininterval=2, leave=False):
+        try:
+            image = dataset[i]
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise UserError(f'training image {dataset.paths[i]} cannot be read ({err}); delete or replace it, '
+                            'or rebuild the folder with get_mnist_data.py --force') from None
+        if out is None:
+            out = torch.empty((len(dataset), *image.shape), dtype=torch.uint8)
+        out[i] = (image * 255).round().to(torch.uint8)
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+class StepTimer:
+    """Wall time per phase of a training step, summed over steps."""
+
+    PHASES = ('data', 'forward', 'backward', 'optimiser', 'ema')
+
+    def __init__(self):
+        self.seconds, self.steps, self.last = defaultdict(float), 0, None
+
+    def start(self):
+        self.last = time.perf_counter()
+
+    def mark(self, phase):
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+    def per_step(self):
+        out = {phase: self.seconds[phase] / max(self.steps, 1) for phase in self.PHASES}
+        out['total'] = sum(out.values())
+        return out
+
+
+def gemm_peak(n=2048, repeats=8):
+    """Measured matmul GFLOP/s on this CPU, fp32 and bf16: the ceiling a training step is compared with."""
+    peaks = {}
+    for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        peaks[name] = 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+    return peaks

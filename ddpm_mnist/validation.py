@@ -1,0 +1,64 @@
+"""One table of rules for every numeric flag of the scripts, checked right after parsing (before torch is
+imported or anything is written), so a bad value is one line naming the flag, the value and what is allowed."""
+import math
+from collections import namedtuple
+
+from .utils import UserError
+
+Rule = namedtuple('Rule', 'ok allowed')
+MAX_SEED = 2 ** 32 - 1
+
+
+def at_least(low):
+    return Rule(lambda v: v >= low, f'an integer >= {low}')
+
+
+def fraction(*, closed_top):
+    top = ']' if closed_top else ')'
+    return Rule(lambda v: math.isfinite(v) and 0 <= v and (v <= 1 if closed_top else v < 1), f'a number in [0, 1{top}')
+
+
+def each(rule):
+    return Rule(lambda values: all(rule.ok(v) for v in values), f'a comma-separated list of {rule.allowed}s')
+
+
+POSITIVE_NUMBER = Rule(lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
+SQUARE = Rule(lambda v: v >= 1 and math.isqrt(v) ** 2 == v, 'a square number >= 1 (the sample grid is square)')
+
+RULES = {
+    # model and diffusion
+    'unet_dim': at_least(1), 'dim_mults': each(at_least(1)), 'train_timesteps': at_least(1),
+    'channels': Rule(lambda v: v in (1, 3), '1 (MNIST is greyscale) or 3'),
+    'image_size': at_least(8),
+    # training
+    'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
+    'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
+    'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
+    'sampling_timesteps': at_least(1), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
+    'seed': Rule(lambda v: 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
+    # sampling
+    'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
+    'ddim_eta': fraction(closed_top=True),  # eta > 1 adds more noise than DDPM's posterior: not a DDIM sampler
+    'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
+}
+
+
+def check_flags(args, rules=RULES, extra=None):
+    """Raise a one-line UserError for the first flag of `args` (a Namespace) that breaks its rule."""
+    rules = {**rules, **(extra or {})}
+    for name, value in vars(args).items():
+        rule = rules.get(name)
+        if rule is not None and value is not None and not rule.ok(value):
+            shown = ','.join(map(str, value)) if isinstance(value, list) else value
+            raise UserError(f'--{name} {shown} is not allowed: use {rule.allowed}')
+
+
+def check_relations(*, image_size, dim_mults, timesteps, sampling_timesteps=None):
+    """Rules between settings: the Unet halves the image once per level but the last; S <= T."""
+    halvings = 2 ** (len(dim_mults) - 1)
+    if image_size % halvings:
+        raise UserError(f'--image_size {image_size} does not fit a Unet with {len(dim_mults)} levels: use a multiple '
+                        f'of {halvings}')
+    if sampling_timesteps is not None and sampling_timesteps > timesteps:
+        raise UserError(f'--sampling_timesteps {sampling_timesteps} is more than the training timesteps T = '
+                        f'{timesteps}: use 1 to {timesteps}')

@@ -1,0 +1,65 @@
+"""Quality over training: score every milestone of a run and draw FID against images seen.
+
+Each milestone's EMA weights sample N images with one cheap sampler (default DDIM-50, eta 1; same x_T for every
+milestone), scored with the project metrics against the MNIST test split; the real-data floor at the same N is
+drawn. Scores are cached in the run folder, so a rerun after more milestones only scores the new ones.
+
+  python3 scripts/training_curve.py --results_folder runs/full60k --raw-dir ../shared/data/mnist-full
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
+    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir',
+                   help='MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    p.add_argument('--data_root', default='./data', help='torchvision MNIST cache folder (default: %(default)s)')
+    p.add_argument('--num_samples', type=int, default=500, help='images per milestone (default: %(default)s)')
+    p.add_argument('--sample_steps', type=int, default=50, help='DDIM steps (default: %(default)s)')
+    p.add_argument('--ddim_eta', type=float, default=1.0, help='DDIM eta (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='seed of x_T and the per-step noise (default: %(default)s)')
+    p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
+    p.add_argument('--output', default='assets/training_curve',
+                   help='output stem: writes STEM.png, STEM.csv and STEM.md (default: %(default)s)')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from ddpm_mnist.classifier import WEIGHTS
+    from ddpm_mnist.utils import file_digest
+    from ddpm_mnist.curve import CurveSettings, score_run, write_curve
+    from ddpm_mnist.data import load_split
+    from ddpm_mnist.metrics import Evaluator
+    from ddpm_mnist.sampling import default_precision, keep_freed_memory, pick_device
+    from ddpm_mnist.utils import UserError
+
+    if args.num_samples < 10 or args.batch_size < 1 or args.sample_steps < 1 or not 0 <= args.ddim_eta <= 1:
+        raise UserError('--num_samples must be >= 10, --batch_size and --sample_steps >= 1, --ddim_eta in [0, 1]')
+    device = pick_device('auto')
+    if device.type == 'cpu':
+        keep_freed_memory()
+    reference, _ = load_split('test', args.raw_dir, args.data_root)
+    train, _ = load_split('train', args.raw_dir, args.data_root)
+    evaluator = Evaluator(reference, train, seed=args.seed)
+    settings = CurveSettings(steps=args.sample_steps, eta=args.ddim_eta, num_samples=args.num_samples,
+                             seed=args.seed, batch_size=args.batch_size, precision=default_precision(device))
+    rows = score_run(args.results_folder, evaluator, settings, classifier_digest=file_digest(WEIGHTS),
+                     device=device)
+    floor = evaluator.score(evaluator.floor_images(args.num_samples))['fid']
+    title = (f'{Path(args.results_folder).name}: DDIM-{args.sample_steps}, eta {args.ddim_eta}, N = '
+             f'{args.num_samples}, seed {args.seed}, {len(train):,} training digits')
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_curve(rows, floor, args.output, title=title)
+    print(Path(args.output).with_suffix('.md').read_text())
+    print(f'wrote {args.output}.png, .csv and .md')
+
+
+if __name__ == '__main__':
+    from ddpm_mnist.utils import run_cli
+    run_cli(main)

@@ -1,0 +1,55 @@
+"""Every numeric flag of every script refuses a bad value up front: exit 2, one line naming the flag, the value
+and what is allowed, no traceback, nothing written. Add a row for every bad input found."""
+import pytest
+
+import get_mnist_data
+import inference_comparison
+import train_ddpm_mnist
+from conftest import assert_one_line_error, run_main
+
+TRAIN_BAD = [
+    ('--train_lr', '-1'), ('--train_lr', 'nan'), ('--train_lr', 'inf'), ('--train_batch_size', '0'),
+    ('--train_num_steps', '0'), ('--gradient_accumulate_every', '0'), ('--ema_decay', '5'), ('--ema_decay', '1'),
+    ('--ema_update_every', '0'), ('--save_and_sample_every', '0'), ('--num_samples', '10'),
+    ('--sampling_timesteps', '0'), ('--num_fid_samples', '1'), ('--num_workers', '-1'), ('--seed', '-1'),
+    ('--seed', str(2 ** 32)), ('--unet_dim', '0'), ('--dim_mults', '1,0'), ('--train_timesteps', '0'),
+    ('--channels', '2'), ('--image_size', '7'),
+]
+INFERENCE_BAD = [
+    ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
+    ('--num_samples', '0'), ('--batch_size', '0'), ('--seed', '99999999999999'), ('--seed', '-3'),
+    ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'),
+]
+
+
+@pytest.mark.parametrize('flag, value', TRAIN_BAD)
+def test_bad_training_flag(tmp_path, monkeypatch, capsys, flag, value):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(train_ddpm_mnist.main, ['--preset', 'small', flag, value], capsys)
+    assert_one_line_error(code, err, f'{flag} ', 'is not allowed: use')
+    assert 'Traceback' not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('flag, value', INFERENCE_BAD)
+@pytest.mark.parametrize('mode', [[], ['--compare']])
+def test_bad_inference_flag(tmp_path, monkeypatch, capsys, flag, value, mode):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(inference_comparison.main, [*mode, flag, value], capsys)
+    assert_one_line_error(code, err, f'{flag} ', 'is not allowed')
+    assert 'Traceback' not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--preset', 'small', '--image_size', '30', '--dim_mults', '1,2,4'], 'multiple of 4'),
+    (['--preset', 'small', '--sampling_timesteps', '5000'], 'more than the training timesteps T = 1000'),
+    (['--preset', 'small', '--train_batch_size', '4'], 'at least 16'),
+])
+def test_bad_training_combinations(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_raw_dir_is_spelled_both_ways():
+    assert get_mnist_data.parse_args(['--raw_dir', 'x']).raw_dir == get_mnist_data.parse_args(['--raw-dir', 'x']).raw_dir
