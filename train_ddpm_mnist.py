@@ -134,6 +134,7 @@ def main(argv=None):
     import sys
     from accelerate import PartialState
 
+    from ddpm_mnist.checkpoint import check_agrees, load_checkpoint, milestone_path
     from ddpm_mnist.data import check_training_folder, folder_info
     from ddpm_mnist.model import write_config
     from ddpm_mnist.training import (FolderLock, mixed_precision, resolve_resume,
@@ -150,7 +151,10 @@ def main(argv=None):
     config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
     if state.is_main_process:
         check_against_folder(config, folder)
-        resolve_resume(folder, args.resume)
+        latest = resolve_resume(folder, args.resume)
+        if latest is not None:  # weights and buffers of what we resume must be this run's model
+            path = milestone_path(folder, latest)
+            check_agrees(path, load_checkpoint(path), config, 'the settings of this run')
     created = not Path(folder).exists()
     ensure_writable_dir(folder)
     try:

@@ -129,19 +129,41 @@ def detect_legacy_config(ckpt, unet_state):
     """Config for a checkpoint without one: the original's defaults, corrected by what the file reveals."""
     config = copy.deepcopy(ORIGINAL)
     config['model'].update(infer_unet_arch(unet_state))
-    buffers = diffusion_buffers(ckpt)
-    found = {}
+    found = detected_from_buffers(ckpt)
+    config['diffusion'].update(found)
+    config['detected'] = found
+    return config
+
+
+def buffer_conflicts(ckpt, config):
+    """Where the diffusion buffers saved in a checkpoint (betas, loss_weight) contradict a config."""
+    found = detected_from_buffers(ckpt)
+    return [f'{key}: {value} in the weights vs {config["diffusion"].get(key)} in the config'
+            for key, value in found.items() if value != config['diffusion'].get(key)]
+
+
+def detected_from_buffers(ckpt):
+    buffers, found = diffusion_buffers(ckpt), {}
     if 'betas' in buffers:
-        config['diffusion']['timesteps'] = found['timesteps'] = len(buffers['betas'])
+        found['timesteps'] = len(buffers['betas'])
         schedule = detect_schedule(buffers['betas'])
         if schedule:
-            config['diffusion']['beta_schedule'] = found['beta_schedule'] = schedule
+            found['beta_schedule'] = schedule
         if 'loss_weight' in buffers and 'alphas_cumprod' in buffers:
             objective = detect_objective(buffers['loss_weight'], buffers['alphas_cumprod'])
             if objective:
-                config['diffusion']['objective'] = found['objective'] = objective
-    config['detected'] = found
-    return config
+                found['objective'] = objective
+    return found
+
+
+def check_agrees(path, ckpt, config, what):
+    """Refuse a checkpoint whose weights or buffers say another model than `config` (named by `what`)."""
+    state = unet_weights(ckpt, path, use_ema='unet' in ckpt or not ckpt.get('model'))
+    diffs = arch_differences({'model': infer_unet_arch(state), 'diffusion': config['diffusion']}, config)
+    diffs += buffer_conflicts(ckpt, config)
+    if diffs:
+        raise UserError(f'{path} holds another model than {what} ({"; ".join(diffs)}); use a new --results_folder, '
+                        'or settings that match the checkpoint')
 
 
 def resolve_config(path, ckpt, unet_state, overrides):
@@ -172,6 +194,10 @@ def resolve_config(path, ckpt, unet_state, overrides):
     diffs = arch_differences(config, {'model': infer_unet_arch(unet_state), 'diffusion': config['diffusion']})
     if diffs:
         raise UserError(f'{path} holds weights of another architecture than its config says ({"; ".join(diffs)})')
+    conflicts = [] if legacy else buffer_conflicts(ckpt, config)
+    if conflicts:
+        raise UserError(f'{path}: its saved diffusion buffers contradict its config ({"; ".join(conflicts)}); '
+                        'the config is wrong, do not trust it')
     return config
 
 

@@ -2,6 +2,7 @@
 import os
 import time
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 
@@ -24,7 +25,12 @@ class MnistTrainer(Trainer):
 
     def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, train_lr=1e-4,
                  **kwargs):
-        super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
+        try:
+            super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
+        except (URLError, ConnectionError, TimeoutError) as err:  # only the Inception download reaches the network
+            raise UserError(f'--calculate_fid needs the Inception weights, which are downloaded on first use, and the '
+                            f'download failed ({getattr(err, "reason", err)}); run once with internet, or drop '
+                            '--calculate_fid (scripts/training_curve.py scores milestones offline)') from None
         self.config = config
         self.wall_seconds_before, self.started = 0.0, time.time()  # wall time of earlier sessions, and this one
         self.machines = [machine_name(self.device)]

@@ -26,7 +26,10 @@ def parse_args(argv=None):
     p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
     p.add_argument('--output', default='assets/training_curve',
                    help='output stem: writes STEM.png, STEM.csv and STEM.md (default: %(default)s)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from ddpm_mnist.validation import at_least, check_flags
+    check_flags(args, extra={'num_samples': at_least(10)})
+    return args
 
 
 def main(argv=None):
@@ -37,10 +40,6 @@ def main(argv=None):
     from ddpm_mnist.data import load_split
     from ddpm_mnist.metrics import Evaluator
     from ddpm_mnist.sampling import default_precision, keep_freed_memory, pick_device
-    from ddpm_mnist.utils import UserError
-
-    if args.num_samples < 10 or args.batch_size < 1 or args.sample_steps < 1 or not 0 <= args.ddim_eta <= 1:
-        raise UserError('--num_samples must be >= 10, --batch_size and --sample_steps >= 1, --ddim_eta in [0, 1]')
     device = pick_device('auto')
     if device.type == 'cpu':
         keep_freed_memory()

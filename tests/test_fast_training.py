@@ -38,14 +38,21 @@ def loss_and_grads(diffusion, images):
     return loss.item(), {n: p.grad.clone() for n, p in diffusion.named_parameters() if p.grad is not None}
 
 
-def test_layout_levers_keep_loss_and_gradients(image_folder):
+def plain_and_changed(image_folder, change):
+    """Eight real images, a tiny diffusion model, and a copy of it with `change` applied."""
     images = decode_all(library_dataset(image_folder))[:8].float() / 255
     torch.manual_seed(0)
     plain = build_diffusion(TINY_CONFIG)
-    fast = build_diffusion(TINY_CONFIG)
-    fast.load_state_dict(plain.state_dict())
-    apply_levers(fast, {**BASELINE, 'channels_last': True, 'fast_attention': True})
-    assert fast.state_dict().keys() == plain.state_dict().keys()
+    changed = build_diffusion(TINY_CONFIG)
+    changed.load_state_dict(plain.state_dict())
+    change(changed)
+    assert changed.state_dict().keys() == plain.state_dict().keys()
+    return images, plain, changed
+
+
+def test_layout_levers_keep_loss_and_gradients(image_folder):
+    images, plain, fast = plain_and_changed(
+        image_folder, lambda d: apply_levers(d, {**BASELINE, 'channels_last': True, 'fast_attention': True}))
     loss_a, grads_a = loss_and_grads(plain, images)
     loss_b, grads_b = loss_and_grads(fast, images.contiguous(memory_format=torch.channels_last))
     assert abs(loss_a - loss_b) < 1e-5
@@ -53,13 +60,7 @@ def test_layout_levers_keep_loss_and_gradients(image_folder):
 
 
 def test_bf16_compute_trains_the_fp32_master_weights(image_folder):
-    images = decode_all(library_dataset(image_folder))[:8].float() / 255
-    torch.manual_seed(0)
-    plain = build_diffusion(TINY_CONFIG)
-    bf16 = build_diffusion(TINY_CONFIG)
-    bf16.load_state_dict(plain.state_dict())
-    use_bf16_compute(bf16.model)
-    assert bf16.state_dict().keys() == plain.state_dict().keys()
+    images, plain, bf16 = plain_and_changed(image_folder, lambda d: use_bf16_compute(d.model))
     loss_a, _ = loss_and_grads(plain, images)
     loss_b, grads_b = loss_and_grads(bf16, images)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())

@@ -134,3 +134,64 @@ def test_damaged_latest_milestone_is_a_clear_error(tmp_path, image_folder, capsy
     (results / 'model-1.pt').write_bytes(data[:len(data) // 3])
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
     assert_one_line_error(code, err, 'model-1.pt', 'truncated')
+
+
+def original_project_folder(tmp_path, image_folder):
+    """A results folder of the original project: plain lucidrains checkpoints (pred_noise, linear), no config."""
+    from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
+    folder = tmp_path / 'original'
+    diffusion = GaussianDiffusion(Unet(dim=8, dim_mults=(1, 2), channels=1), image_size=32, timesteps=100,
+                                  beta_schedule='linear', objective='pred_noise')  # T=20 would end at beta = 1
+    trainer = Trainer(diffusion, str(image_folder), train_batch_size=16, results_folder=str(folder),
+                      calculate_fid=False, num_samples=4, amp=False, save_and_sample_every=2)
+    trainer.step = 2
+    trainer.save(1)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)  # that Trainer fixed fp32; our run picks its own
+    return folder
+
+
+@pytest.mark.parametrize('extra, fragments', [
+    ([], ['objective: pred_noise in the weights vs pred_v', 'beta_schedule: linear in the weights vs cosine']),
+    (['--unet_dim', '16', '--objective', 'pred_noise', '--beta_schedule', 'linear'], ['dim: 8 vs 16']),
+])
+def test_resuming_an_original_folder_with_other_settings_is_refused(tmp_path, image_folder, capsys, extra,
+                                                                     fragments):  # issue 15
+    folder = original_project_folder(tmp_path, image_folder)
+    before = sorted(p.name for p in folder.iterdir())
+    argv = train_argv(image_folder, folder, steps=4, extra=['--train_timesteps', '100', *extra])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, 'model-1.pt holds another model than the settings of this run', *fragments)
+    assert sorted(p.name for p in folder.iterdir()) == before  # no config.json left behind
+
+
+def test_resuming_an_original_folder_with_its_settings_works(tmp_path, image_folder, capsys):
+    folder = original_project_folder(tmp_path, image_folder)
+    extra = ['--objective', 'pred_noise', '--beta_schedule', 'linear', '--train_timesteps', '100']
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, folder, steps=4, extra=extra), capsys)
+    assert code == 0, err
+    assert milestones(folder) == [1, 2]
+
+
+def test_config_contradicting_the_buffers_is_refused_at_inference(tmp_path, image_folder, capsys):
+    import inference_comparison
+    folder = original_project_folder(tmp_path, image_folder)
+    ckpt = torch.load(folder / 'model-1.pt', weights_only=True)
+    ckpt['config'] = {'model': dict(dim=8, dim_mults=[1, 2], channels=1),
+                      'diffusion': dict(image_size=32, timesteps=100, beta_schedule='cosine', objective='pred_v')}
+    torch.save(ckpt, folder / 'model-1.pt')
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(folder / 'model-1.pt')], capsys)
+    assert_one_line_error(code, err, 'contradict its config', 'objective: pred_noise in the weights vs pred_v')
+
+
+def test_calculate_fid_without_internet_is_one_line(tmp_path, image_folder, monkeypatch, capsys):  # issue 15
+    import pytorch_fid.inception
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(pytorch_fid.inception, 'load_state_dict_from_url', offline)
+    argv = train_argv(image_folder, tmp_path / 'r', extra=['--calculate_fid'])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, '--calculate_fid needs the Inception weights', 'name resolution')
+    assert not (tmp_path / 'r').exists()
