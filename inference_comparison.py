@@ -80,10 +80,15 @@ def parse_args(argv=None):
 def resolve_checkpoint(args):
     """(path, output folder name) for --checkpoint, --milestone or the shipped model."""
     from ddpm_mnist.checkpoint import find_milestone
+    from ddpm_mnist.utils import file_digest
     if args.checkpoint and args.milestone is not None:
         raise UserError('give either --checkpoint or --milestone, not both')
     if args.checkpoint:
-        return Path(args.checkpoint), f'inference_{Path(args.checkpoint).stem}'
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise UserError(f'checkpoint {path} does not exist')
+        # the file's digest keeps a/model-1.pt and b/model-1.pt from writing over each other's grids
+        return path, f'inference_{path.stem}_{file_digest(path)[:8]}'
     if args.milestone is not None:
         return find_milestone(args.results_folder, args.milestone), f'inference_milestone_{args.milestone}'
     if SHIPPED.is_file():
@@ -147,6 +152,7 @@ def main(argv=None):
         raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
     name = grid_name(args.strategy, steps, args.ddim_eta)
     grid = out_dir / f'{name}.png'
+    grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
     save_grid(images, grid)
     calls = nfe(args.strategy, steps, total)
     record = dict(strategy=args.strategy, sample_steps=steps, ddim_eta=args.ddim_eta if args.strategy == 'ddim'

@@ -263,3 +263,15 @@ def test_shipped_model_makes_recognisable_digits():
     assert probs.max(1).mean() > 0.75 and len(set(probs.argmax(1).tolist())) >= 6
     assert len(set(noise_probs.argmax(1).tolist())) <= 3
     assert 0.05 < images.mean() < 0.3 and (images < 0.1).float().mean() > 0.6
+
+
+def test_same_file_name_in_two_folders_gets_two_output_folders(trained_run, tmp_path):  # issue 15
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    ckpt = torch.load(trained_run / 'model-2.pt', weights_only=True)
+    torch.save(ckpt, tmp_path / 'a' / 'model-1.pt')
+    ckpt['step'] += 1
+    torch.save(ckpt, tmp_path / 'b' / 'model-1.pt')
+    names = {inference_comparison.resolve_checkpoint(inference_comparison.parse_args(
+        ['--checkpoint', str(tmp_path / sub / 'model-1.pt')]))[1] for sub in 'ab'}
+    assert len(names) == 2 and all(n.startswith('inference_model-1_') for n in names)

@@ -102,7 +102,7 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
 
     code, out, _ = run_main(inference_comparison.main, argv('2,5'), capsys)
     assert code == 0, out
-    folder = trained_run / 'inference_model-2' / 'comparison'
+    folder = next(trained_run.glob('inference_model-2_*')) / 'comparison'
     for name in ('comparison.json', 'comparison.csv', 'comparison.md', 'comparison.png'):
         assert (folder / name).stat().st_size > 0
     result = json.loads((folder / 'comparison.json').read_text())

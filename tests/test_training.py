@@ -195,3 +195,17 @@ def test_calculate_fid_without_internet_is_one_line(tmp_path, image_folder, monk
     code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
     assert_one_line_error(code, err, '--calculate_fid needs the Inception weights', 'name resolution')
     assert not (tmp_path / 'r').exists()
+
+
+def test_malicious_milestone_is_refused_at_resume(tmp_path, image_folder, capsys):  # issue 15
+    results = tmp_path / 'r'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
+    marker = tmp_path / 'pwned'
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+    torch.save({'model': {}, 'ema': RunsCode(), 'step': 2}, results / 'model-1.pt')
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert_one_line_error(code, err, 'model-1.pt', 'refusing to unpickle', 'could run code')
+    assert not marker.exists()
