@@ -152,14 +152,14 @@ def main(argv=None):
         raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
     name = grid_name(args.strategy, steps, args.ddim_eta)
     grid = out_dir / f'{name}.png'
-    grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
-    save_grid(images, grid)
     calls = nfe(args.strategy, steps, total)
     record = dict(strategy=args.strategy, sample_steps=steps, ddim_eta=args.ddim_eta if args.strategy == 'ddim'
                   else None, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                   precision=args.precision, device=str(device), nfe_per_image=calls, seconds=round(seconds, 4),
                   seconds_per_image=round(seconds / args.num_samples, 5), **info,
                   model=config['model'], diffusion=config['diffusion'])
+    grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
+    save_grid(images, grid, record)  # the grid carries its record; the JSON beside it is a copy
     write_json(grid.with_suffix('.json'), record)
     print(f'{args.strategy.upper()} {steps} steps' + (f', eta {args.ddim_eta}' if args.strategy == 'ddim' else '')
           + f': {args.num_samples} images in {seconds:.2f} s ({seconds / args.num_samples:.4f} s/image, '
@@ -173,7 +173,7 @@ def compare(args, device):
     from ddpm_mnist.sampling import default_batch_size
     from ddpm_mnist.data import load_split
     from ddpm_mnist.metrics import Evaluator, inception_fid, inception_model
-    from ddpm_mnist.utils import ensure_writable_dir
+    from ddpm_mnist.utils import ensure_writable_dir, remove_stale_temporaries
 
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f'--inception_weights {args.inception_weights} not found; download the pytorch-fid weights '
@@ -187,6 +187,8 @@ def compare(args, device):
         raise UserError(f'--num_samples must be at least 2 for --compare (got {n})')
     out_dir = ensure_writable_dir(Path(args.results_folder) / run_name / ('quick_comparison' if args.quick
                                                                           else 'comparison'))
+    for folder in (out_dir, out_dir / 'grids', out_dir / 'cache'):
+        remove_stale_temporaries(folder)
     reference, _ = load_split('test', args.raw_dir, args.data_root)
     train, _ = load_split('train', args.raw_dir, args.data_root)
     evaluator = Evaluator(reference, train, image_size=config['diffusion']['image_size'], seed=args.seed)

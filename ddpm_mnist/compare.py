@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .metrics import METRICS_VERSION
@@ -41,10 +42,27 @@ def grid_name(strategy, steps, eta):
     return f'ddpm_steps{steps}' if strategy == 'ddpm' else f'ddim_steps{steps}_eta{eta}'
 
 
-def save_grid(images, path):
-    from torchvision.utils import save_image
+def save_grid(images, path, record=None):
+    """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
+    so a grid always carries its own description, even if the JSON copy beside it was never written."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    from torchvision.utils import make_grid
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))))
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
+    info = PngInfo()
+    if record is not None:
+        info.add_text('ddpm_mnist', json.dumps(record))
     with atomic_path(path) as tmp:
-        save_image(images, tmp, nrow=math.ceil(math.sqrt(len(images))), format='png')
+        Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)
+
+
+def grid_record(path):
+    """The settings stored inside a grid by save_grid (None if it has none)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        text = image.text.get('ddpm_mnist')
+    return json.loads(text) if text else None
 
 
 def cache_key(**settings):
