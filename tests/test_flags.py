@@ -18,8 +18,11 @@ TRAIN_BAD = [
 INFERENCE_BAD = [
     ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
     ('--num_samples', '0'), ('--batch_size', '0'), ('--seed', '99999999999999'), ('--seed', '-3'),
-    ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'),
+    ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'), ('--dim_mults', '0,2'),
+    ('--channels', '2'), ('--image_size', '4'), ('--train_timesteps', '0'),
 ]
+CURVE_BAD = [('--num_samples', '5'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--seed', '-1'),
+             ('--batch_size', '0')]
 
 
 @pytest.mark.parametrize('flag, value', TRAIN_BAD)
@@ -37,6 +40,19 @@ def test_bad_inference_flag(tmp_path, monkeypatch, capsys, flag, value, mode):
     code, _, err = run_main(inference_comparison.main, [*mode, flag, value], capsys)
     assert_one_line_error(code, err, f'{flag} ', 'is not allowed')
     assert 'Traceback' not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('flag, value', CURVE_BAD)
+def test_bad_training_curve_flag(tmp_path, monkeypatch, capsys, flag, value):
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('training_curve', ROOT / 'scripts' / 'training_curve.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(script.main, ['--results_folder', 'r', flag, value], capsys)
+    assert_one_line_error(code, err, f'{flag} ', 'is not allowed: use')
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize('argv, message', [
