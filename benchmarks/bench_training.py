@@ -125,7 +125,7 @@ class BenchStep:
         from ema_pytorch import EMA
         from torch.utils.data import DataLoader
 
-        from ddpm_mnist.fast_training import CachedImages, apply_levers, make_adam
+        from ddpm_mnist.fast_training import CachedImages, apply_levers, decode_all, make_adam
         from ddpm_mnist.sampling import keep_freed_memory
         from ddpm_mnist.model import build_diffusion
 
@@ -140,7 +140,7 @@ class BenchStep:
                        use_foreach=levers['ema_foreach'])
         dataset = Dataset(data_folder, 32, augment_horizontal_flip=False, convert_image_to='L')
         if levers['data'] == 'cached':
-            self.data = CachedImages(dataset, batch_size)
+            self.data = CachedImages(decode_all(dataset), batch_size)
         else:
             self.data = cycle(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
                                          persistent_workers=True))

@@ -1,6 +1,6 @@
 """The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py
-build the same step. Every lever keeps the maths; which ones are on by default is what the benchmark showed
-helps on a CPU (see docs/speed.md)."""
+build the same step. The default levers keep the maths (bf16 compute, a benchmark row only, changes the numerics);
+which ones are on by default is what the benchmark showed helps on a CPU (see docs/speed.md)."""
 import time
 from collections import defaultdict
 
@@ -89,12 +89,12 @@ def make_adam(params, kind, **kwargs):
 # ---------------------------------------------------------------- data
 
 class CachedImages:
-    """The whole training folder decoded once, through the library's own transform, into one uint8 tensor;
-    batches are random draws without replacement, epoch after epoch, like a shuffled DataLoader. The library's
-    transform without flips is deterministic, so this yields exactly the tensors its Dataset would."""
+    """Batches from the training images held in memory (decode_all: the library's own transform, once, as uint8),
+    drawn without replacement epoch after epoch like a shuffled DataLoader. The library's transform without flips
+    is deterministic, so the batches hold exactly the tensors its Dataset would give."""
 
-    def __init__(self, dataset, batch_size, *, generator=None, device='cpu', memory_format=None):
-        self.images = decode_all(dataset).to(device)
+    def __init__(self, images, batch_size, *, generator=None, device='cpu', memory_format=None):
+        self.images = images.to(device)  # uint8 (N, C, H, W), from decode_all
         self.batch_size, self.generator = batch_size, generator
         self.memory_format = memory_format or torch.contiguous_format
         self.order, self.position = None, 0

@@ -11,7 +11,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, milestone_path, milestones, save_checkpoint
-from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, make_adam
+from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
 from .sampling import cpu_has_bf16, keep_freed_memory, pick_device
 from .utils import UserError, atomic_path, machine_name
 
@@ -36,9 +36,11 @@ class MnistTrainer(Trainer):
         self.machines = [machine_name(self.device)]
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
         self.model.register_forward_hook(self.record_loss)
-        if fast:
-            self.use_fast_path(train_lr, compile)
-        else:  # the library hard-codes num_workers=cpu_count(); rebuild the loader with the requested count
+        images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
+        # The levers were measured for one process; several (accelerate launch) keep the library's plain step.
+        if fast and self.accelerator.num_processes == 1:
+            self.use_fast_path(images, train_lr, compile)
+        else:  # the library's loader (it shards batches across processes), with a settable worker count
             dl = DataLoader(self.ds, batch_size=self.batch_size, shuffle=True, num_workers=num_workers,
                             pin_memory=self.device.type == 'cuda', persistent_workers=num_workers > 0)
             self.dl = cycle(self.accelerator.prepare(dl))
@@ -48,13 +50,13 @@ class MnistTrainer(Trainer):
             step = self.step + 1
             self.losses[step] = self.losses.get(step, 0.0) + loss.item() / self.gradient_accumulate_every
 
-    def use_fast_path(self, train_lr, compile):
+    def use_fast_path(self, images, train_lr, compile):
         levers = {**DEFAULT_LEVERS, 'compile': compile}
+        self.dl = CachedImages(images, self.batch_size, device=self.device,
+                               memory_format=torch.channels_last if levers['channels_last'] else None)
         if self.device.type == 'cpu' and levers['keep_freed_memory']:
             keep_freed_memory()
         apply_levers(self.accelerator.unwrap_model(self.model), levers)
-        self.dl = CachedImages(self.ds, self.batch_size, device=self.device,
-                               memory_format=torch.channels_last if levers['channels_last'] else None)
         self.opt = self.accelerator.prepare(make_adam(self.model.parameters(), levers['adam'], lr=train_lr,
                                                       betas=(0.9, 0.99)))
         if self.accelerator.is_main_process:

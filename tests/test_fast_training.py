@@ -25,7 +25,7 @@ def test_cached_images_are_what_the_library_dataset_yields(image_folder):
     cached = decode_all(dataset)
     expected = torch.stack([dataset[i] for i in range(len(dataset))])
     assert torch.equal(cached.float() / 255, expected)
-    batches = CachedImages(dataset, 16, generator=torch.Generator().manual_seed(0))
+    batches = CachedImages(cached, 16, generator=torch.Generator().manual_seed(0))
     epoch = torch.cat([next(batches) for _ in range(len(dataset) // 16)])
     rows = {tuple(row.flatten().tolist()) for row in epoch}
     assert len(rows) == len(epoch)  # no image twice within an epoch (shuffled without replacement)
