@@ -8,7 +8,7 @@ from pathlib import Path
 from .checkpoint import load_model, milestone_path, milestones
 from .metrics import METRICS_VERSION
 from .sampling import prepare_for_inference, sample
-from .utils import UserError, file_digest, read_json, write_json
+from .utils import UserError, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
@@ -34,6 +34,7 @@ def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', l
     found = milestones(folder)
     if not found:
         raise UserError(f'{folder} has no milestones (model-N.pt); train first or give another --results_folder')
+    remove_stale_temporaries(folder)
     cache_path = folder / CACHE
     cache = read_json(cache_path) if cache_path.is_file() else {}
     key = (f'ddim{settings.steps}-eta{settings.eta}-n{settings.num_samples}-seed{settings.seed}-'
