@@ -3,11 +3,13 @@
 For the small and the original-size Unet, per precision and batch size: seconds per NFE (one sampler
 step), images per second for DDPM-1000 and DDIM S in {10, 50, 200}, achieved GFLOP/s (FLOPs counted with
 torch.utils.flop_counter.FlopCounterMode) and that as a fraction of a GEMM peak measured in the same run.
-End-to-end runs check that the sampler's own overhead is negligible (DDIM-50 vs DDPM-1000).
+End-to-end runs check that the sampler's own overhead is negligible (DDIM-50 vs DDPM-1000, and every sampler
+of the registry at S steps against S x one Unet forward).
 
     python3 benchmarks/bench_sampling.py                 # CPU default, about 5 minutes on 2 cores
     python3 benchmarks/bench_sampling.py --device cuda   # GPU table (adds fp16)
-Writes benchmarks/results/bench_<device>.json and .md.
+    python3 benchmarks/bench_sampling.py --overhead_only # only the per-sampler overhead table (about a minute)
+Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>.* with --overhead_only).
 """
 import argparse
 import json
@@ -22,9 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.utils import machine_name  # noqa: E402
-from ddpm_mnist.model import PRESETS, build_diffusion  # noqa: E402
-from ddpm_mnist.sampling import (autocast, default_precision, keep_freed_memory, prepare_for_inference,  # noqa: E402
-                                 sample, synchronize)
+from ddpm_mnist.model import build_diffusion  # noqa: E402
+from ddpm_mnist.samplers import SAMPLERS  # noqa: E402
+from ddpm_mnist.sampling import (default_precision, keep_freed_memory, prepare_for_inference, sample,  # noqa: E402
+                                 synchronize)
+from ddpm_mnist.settings import PRESETS  # noqa: E402
 
 ARCHS = {'small': PRESETS['small'], 'original': PRESETS['seed']}
 STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim', 50), 'DDIM-200': ('ddim', 200)}
@@ -51,12 +55,12 @@ def forward_flops(diffusion, batch):
     return counter.get_total_flops()
 
 
-def seconds_per_nfe(diffusion, batch, precision, repeats):
+def seconds_per_nfe(diffusion, batch, repeats):
     """Median time of one DDIM step (Unet forward + update) at this batch, after warm-up."""
     x = torch.randn(batch, 1, 32, 32, device=diffusion.device)
     t = torch.full((batch,), 500, dtype=torch.long, device=diffusion.device)
     times = []
-    with torch.inference_mode(), autocast(diffusion.device, precision):
+    with torch.inference_mode():
         for i in range(repeats + 2):
             synchronize(diffusion.device)
             start = time.perf_counter()
@@ -74,9 +78,9 @@ def measure(device, arch, batch, precision, repeats, peaks, compiled=False):
     first = None
     if compiled:  # the compile happens in the first calls; time them separately
         start = time.perf_counter()
-        seconds_per_nfe(diffusion, batch, precision, repeats=1)
+        seconds_per_nfe(diffusion, batch, repeats=1)
         first = time.perf_counter() - start
-    spn = seconds_per_nfe(diffusion, batch, precision, repeats)
+    spn = seconds_per_nfe(diffusion, batch, repeats)
     gflops = flops / spn / 1e9
     row = dict(arch=arch, batch=batch, precision=precision, compiled=compiled, first_call_seconds=first,
                seconds_per_nfe=spn, gflop_per_nfe=flops / 1e9, gflops=gflops, peak_fraction=gflops / peaks[precision],
@@ -87,14 +91,40 @@ def measure(device, arch, batch, precision, repeats, peaks, compiled=False):
     return row
 
 
-def end_to_end(diffusion, strategy, steps, num_images, precision, batch=None):
+def end_to_end(diffusion, strategy, steps, num_images, batch=None):
     batch = batch or num_images
-    sample(diffusion, strategy='ddim', num_samples=batch, batch_size=batch, steps=2, precision=precision)
+    sample(diffusion, strategy='ddim', num_samples=batch, batch_size=batch, steps=2)
     synchronize(diffusion.device)
     start = time.perf_counter()
-    sample(diffusion, strategy=strategy, num_samples=num_images, batch_size=batch, steps=steps, precision=precision)
+    sample(diffusion, strategy=strategy, num_samples=num_images, batch_size=batch, steps=steps)
     synchronize(diffusion.device)
     return time.perf_counter() - start
+
+
+def sampler_overhead(device, precision, batch, steps, repeats):
+    """Each sampler of the registry at S steps, end to end, against S x the median time of one Unet forward
+    (with the library's prediction maths) at the same batch: the sampler's own cost is the difference."""
+    diffusion = prepare_for_inference(build_diffusion(ARCHS['small']).to(device).eval(), precision)
+    forward = seconds_per_nfe(diffusion, batch, repeats)
+    rows = []
+    for name, spec in SAMPLERS.items():
+        if spec.all_steps:
+            continue  # DDPM's step is DDIM's with eta = 1; its T = 1000 steps would take minutes here
+        seconds = statistics.median(end_to_end(diffusion, name, steps, batch) for _ in range(3))
+        rows.append(dict(sampler=name, label=spec.label, steps=steps, batch=batch, seconds=seconds,
+                         forward_seconds=forward, overhead=seconds / (steps * forward) - 1))
+        print(f'{spec.label:22s} {steps} steps, batch {batch}: {seconds:.3f} s vs {steps} x {forward * 1e3:.1f} ms '
+              f'forward = {steps * forward:.3f} s ({100 * rows[-1]["overhead"]:+.1f}%)', flush=True)
+    return rows
+
+
+def overhead_markdown(machine, precision, rows):
+    lines = [f'Sampler overhead on {machine}, small Unet, {precision}: seconds for one batch at S steps against S x '
+             'one Unet forward (median of 3 runs; forward = median of the timed forwards).', '',
+             '| sampler | S | batch | seconds | S x forward | overhead |', '|---|---|---|---|---|---|']
+    lines += [f'| {r["label"]} | {r["steps"]} | {r["batch"]} | {r["seconds"]:.3f} | {r["steps"] * r["forward_seconds"]:.3f}'
+              f' | {100 * r["overhead"]:+.1f}% |' for r in rows]
+    return '\n'.join(lines) + '\n'
 
 
 def main():
@@ -107,12 +137,27 @@ def main():
                    help='batch of the end-to-end runs (default: 25 on CPU, 1000 on CUDA)')
     p.add_argument('--compile', action='store_true',
                    help='also time torch.compile of the small Unet (adds its start-up time; off by default)')
+    p.add_argument('--overhead_only', action='store_true',
+                   help='only time every sampler at --overhead_steps against S x one Unet forward')
+    p.add_argument('--overhead_steps', type=int, default=20, help='steps S of the overhead runs (default: %(default)s)')
     p.add_argument('--out', default=str(Path(__file__).parent / 'results'), help='output folder')
     args = p.parse_args()
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
     if not cuda:
         keep_freed_memory()  # as inference_comparison.py does
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overhead_only:
+        precision = default_precision(device)
+        rows = sampler_overhead(device, precision, args.end_to_end_batch or (1000 if cuda else 100),
+                                args.overhead_steps, args.repeats or (20 if cuda else 5))
+        stem = out / f'sampler_overhead_{device.type}'
+        stem.with_suffix('.json').write_text(json.dumps(dict(machine=machine_name(device), precision=precision,
+                                                             torch=str(torch.__version__), rows=rows), indent=2) + '\n')
+        stem.with_suffix('.md').write_text(overhead_markdown(machine_name(device), precision, rows))
+        print(overhead_markdown(machine_name(device), precision, rows))
+        return
     batches = args.batches or ([100, 1000] if cuda else [25, 100])
     repeats = args.repeats or (20 if cuda else 3)
     precisions = ['fp32', 'bf16', 'fp16'] if cuda else ['fp32', 'bf16']
@@ -134,11 +179,11 @@ def main():
     diffusion = small(best)
     for name, (strategy, steps) in STEPS.items():
         runs = 1 if strategy == 'ddpm' else 3  # median of 3 for the short runs, which are noisier
-        e2e[name] = statistics.median(end_to_end(diffusion, strategy, steps, e2e_batch, best) for _ in range(runs))
+        e2e[name] = statistics.median(end_to_end(diffusion, strategy, steps, e2e_batch) for _ in range(runs))
         print(f'end-to-end small {best} batch {e2e_batch} {name}: {e2e[name]:.2f} s', flush=True)
     hundred = {}  # 100 images of DDIM-50 per batch size and precision
     for batch in (100,) if cuda else (25, 100):
-        hundred[batch] = {prec: end_to_end(small(prec), 'ddim', 50, 100, prec, batch) for prec in ('fp32', 'bf16')}
+        hundred[batch] = {prec: end_to_end(small(prec), 'ddim', 50, 100, batch) for prec in ('fp32', 'bf16')}
         print(f'end-to-end small DDIM-50, 100 images in batches of {batch}: fp32 {hundred[batch]["fp32"]:.2f} s, '
               f'bf16 {hundred[batch]["bf16"]:.2f} s ({hundred[batch]["fp32"] / hundred[batch]["bf16"]:.2f}x)',
               flush=True)
@@ -148,8 +193,6 @@ def main():
         rows += [measure(device, 'small', batch, precision, repeats, peaks, compiled=True)
                  for batch in batches for precision in precisions]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = dict(machine=machine_name(device), device=str(device), torch=str(torch.__version__), peaks=peaks,
                   rows=rows, end_to_end=dict(batch=e2e_batch, precision=best, seconds=e2e,
                                              ddim50_over_ddpm1000=speedup, ddim50_100_images=hundred))

@@ -93,7 +93,7 @@ def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads
     import torch
 
     from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, StepTimer
-    from ddpm_mnist.model import PRESETS
+    from ddpm_mnist.settings import PRESETS
 
     config = PRESETS[recipe]
     levers = DEFAULT_LEVERS if variant == 'default' else VARIANTS[variant]

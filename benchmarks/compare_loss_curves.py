@@ -23,7 +23,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ddpm_mnist.training import read_loss_log
+    from ddpm_mnist.run_folder import read_loss_log
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in args.runs:

@@ -5,7 +5,7 @@ import csv
 from collections import namedtuple
 from pathlib import Path
 
-from .checkpoint import load_model, milestone_path, milestones
+from .run_folder import load_model, milestone_path, milestones
 from .metrics import METRICS_VERSION
 from .sampling import prepare_for_inference, sample
 from .utils import UserError, file_digest, read_json, remove_stale_temporaries, write_json

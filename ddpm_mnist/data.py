@@ -21,7 +21,7 @@ MIN_TRAIN_IMAGES = 100                       # the library's Trainer asserts thi
 MANIFEST, INFO = 'labels.csv', 'dataset.json'
 DOWNLOAD_HELP = ('download the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
                  't10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror on a machine with '
-                 'internet, copy them into a folder, and rerun with --raw-dir FOLDER')
+                 'internet, copy them into a folder, and rerun with --raw_dir FOLDER')
 
 
 # ---------------------------------------------------------------- IDX files

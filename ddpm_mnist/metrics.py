@@ -4,12 +4,15 @@ FID here is the Fréchet distance between Gaussian fits of the classifier's penu
 Inception FID; numbers are comparable only with the same classifier, reference set and N).
 """
 import warnings
+from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 
-from .classifier import as_training_resolution, classify, load_classifier, to_classifier_input
+from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
+from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
 METRICS_VERSION = 2
@@ -19,9 +22,21 @@ K_NEIGHBOURS = 3
 NEAR_COPY_L2 = 1.0
 
 
+# Statistics of the MNIST test split in the classifier's feature space, shipped beside the classifier so FID,
+# IS, confidence and class balance work with no MNIST on disk (scripts/train_classifier.py writes them).
+REFERENCE_STATS = WEIGHTS.with_name('mnist_test_features.safetensors')
+STATS_IMAGE_SIZE = 32  # the stats are of test digits resampled 28 -> 32 -> 28, as the models are trained
+FLOOR_SIZES = (36, 100, 300, 500, 1000, 2000)
+ReferenceStats = namedtuple('ReferenceStats', 'mean cov count floors')
+
+
+def gaussian_fit(features):
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
 def frechet_distance(a, b):
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    """Fréchet distance between the Gaussian fits of two feature sets (each an array, or a (mean, cov) pair)."""
+    (mu_a, cov_a), (mu_b, cov_b) = (x if isinstance(x, tuple) else gaussian_fit(x) for x in (a, b))
     with warnings.catch_warnings():  # dead ReLU features make the covariances singular; harmless here
         warnings.simplefilter('ignore')
         covmean = linalg.sqrtm(cov_a @ cov_b)
@@ -88,32 +103,51 @@ def memorisation(images, train_pixels):
 class Evaluator:
     """Scores sets of images against a reference set, with floor and ceiling calibration.
 
-    reference: real digits the samples are compared with (default: the MNIST test split);
+    reference: real digits the samples are compared with (the MNIST test split);
     train: the digits the model was trained on (for the floor and the memorisation check).
     Both are uint8 (N, 28, 28) arrays; they pass through the same 28 -> image_size -> 28 resampling as
     the training data did, so real and generated digits are treated alike.
+    Without them (no MNIST on disk) give `stats` (load_reference_stats()): FID, IS, confidence and class
+    balance still work; precision/recall, memorisation and the data-based calibration rows are NaN or left out.
     """
 
-    def __init__(self, reference, train, image_size=32, classifier=None, seed=0):
+    def __init__(self, reference=None, train=None, image_size=32, classifier=None, seed=0, stats=None):
         self.classifier = classifier or load_classifier()
-        self.image_size = image_size
-        self.seed = seed
-        self.reference = as_training_resolution(reference, image_size)
-        self.train = as_training_resolution(train, image_size)
-        self.reference_features, _ = classify(self.classifier, self.reference)
-        self.train_pixels = to_classifier_input(self.train).flatten(1).numpy()
+        self.image_size, self.seed, self.stats = image_size, seed, stats
+        self.reference_features = self.train = self.train_pixels = None
+        if reference is not None:
+            self.reference_features, _ = classify(self.classifier, as_training_resolution(reference, image_size))
+            self.reference_fit = gaussian_fit(self.reference_features)
+            self.reference_count = len(reference)
+        elif stats is not None:
+            self.reference_fit, self.reference_count = (stats.mean, stats.cov), stats.count
+        else:
+            raise UserError('the metrics need MNIST test digits or the shipped reference statistics')
+        if train is not None:
+            self.train = as_training_resolution(train, image_size)
+            self.train_pixels = to_classifier_input(self.train).flatten(1).numpy()
+        self.train_count = 0 if train is None else len(train)
+
+    @property
+    def identity(self):
+        """What the scores depend on besides the images (sweep caches are keyed by it)."""
+        return dict(classifier=classifier_digest(), image_size=self.image_size, seed=self.seed,
+                    reference=self.reference_count, train=self.train_count, shipped_stats=self.stats is not None)
 
     def score(self, images):
-        """All metrics for images (N, 1, H, W) in [0, 1]."""
+        """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
         features, probs = classify(self.classifier, images)
         _, flipped_probs = classify(self.classifier, images.flip(-1))
-        n = len(images)
-        rng = np.random.default_rng(self.seed)
-        ref_subset = self.reference_features[rng.permutation(len(self.reference_features))[:n]]
-        precision, recall = precision_recall(ref_subset, features) if n > K_NEIGHBOURS else (float('nan'),) * 2
+        n, nan = len(images), float('nan')
+        precision = recall = median_nn = near_copies = nan
+        if self.reference_features is not None and n > K_NEIGHBOURS:
+            rng = np.random.default_rng(self.seed)
+            ref_subset = self.reference_features[rng.permutation(len(self.reference_features))[:n]]
+            precision, recall = precision_recall(ref_subset, features)
+        if self.train_pixels is not None:
+            median_nn, near_copies = memorisation(images, self.train_pixels)
         share, smallest, kl = class_balance(probs)
-        median_nn, near_copies = memorisation(images, self.train_pixels)
-        return dict(n=n, fid=frechet_distance(features, self.reference_features),
+        return dict(n=n, fid=frechet_distance(features, self.reference_fit),
                     inception_score=inception_score(probs),
                     confidence=float(probs.max(1).mean()), min_class_share=smallest, class_kl_uniform=kl,
                     class_shares=[round(float(s), 4) for s in share], precision=precision, recall=recall,
@@ -132,10 +166,55 @@ class Evaluator:
         return ((noise + 1) / 2).clamp(0, 1)
 
     def calibration(self, n):
+        if self.train is None:  # no digits on disk: the shipped floor (if computed at this N) and the noise row
+            rows = {}
+            floor = (self.stats.floors.get(str(n)) if self.stats is not None and self.seed == 0 else None)
+            if floor is not None:
+                rows['real training digits (floor)'] = {**{k: float('nan') for k in SCORE_KEYS}, 'fid': floor, 'n': n}
+            rows['pure noise (ceiling)'] = self.score(self.ceiling_images(n))
+            return rows
         floor = self.floor_images(n)
         return {'real training digits (floor)': self.score(floor),
                 'mirrored real digits': self.score(floor.flip(-1)),
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
+
+
+SCORE_KEYS = ('fid', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
+              'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
+
+
+def classifier_digest(path=WEIGHTS):
+    return file_digest(path) if Path(path).is_file() else None
+
+
+def write_reference_stats(classifier, reference, train, path=REFERENCE_STATS, sizes=FLOOR_SIZES):
+    """Save the test split's feature statistics and the real-data floor FID at each N in `sizes` (seed 0)."""
+    from safetensors.torch import save_file
+    evaluator = Evaluator(reference, train, image_size=STATS_IMAGE_SIZE, classifier=classifier, seed=0)
+    mean, cov = evaluator.reference_fit
+    floors = {str(n): frechet_distance(classify(classifier, evaluator.floor_images(n))[0], evaluator.reference_fit)
+              for n in sizes}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({'mean': torch.from_numpy(mean), 'cov': torch.from_numpy(cov)}, str(tmp))
+    write_json(path.with_suffix('.json'), dict(reference='MNIST test split', count=len(reference),
+                                               image_size=STATS_IMAGE_SIZE, classifier_sha256_16=classifier_digest(),
+                                               floor_fid_by_n=floors, floor_from=f'{len(train)} training digits'))
+    return floors
+
+
+def load_reference_stats(path=REFERENCE_STATS, image_size=STATS_IMAGE_SIZE):
+    """The shipped statistics, or None (with a one-line warning) if missing or made for another classifier."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        return None
+    info = read_json(path.with_suffix('.json'))
+    if info.get('classifier_sha256_16') != classifier_digest() or info.get('image_size') != image_size:
+        warn(f'{path} was made for another classifier or image size; ignoring it')
+        return None
+    tensors = load_file(str(path))
+    return ReferenceStats(tensors['mean'].numpy(), tensors['cov'].numpy(), info['count'], info['floor_fid_by_n'])
 
 
 def inception_model(weights_path, device='cpu'):
@@ -143,8 +222,7 @@ def inception_model(weights_path, device='cpu'):
     code)."""
     import pytorch_fid.inception as fid_inception
 
-    from .checkpoint import load_weights_file
-    from .utils import UserError
+    from .run_folder import load_weights_file
     state = load_weights_file(weights_path, 'Inception weights')  # weights_only: the file cannot run code
     # pytorch-fid fetches its weights with torch.hub's unpickler (weights_only=False); hand it ours instead.
     fetch = fid_inception.load_state_dict_from_url

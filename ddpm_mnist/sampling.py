@@ -1,11 +1,11 @@
-"""DDPM and DDIM sampling from a library GaussianDiffusion, with paired seeds and honest timing.
+"""Sampling a library GaussianDiffusion with any sampler of samplers.SAMPLERS: device and precision set up
+in one place, paired seeds and honest timing.
 
 The library's own loops draw their noise from the global RNG, so DDPM and DDIM would start from
 different x_T whenever more than one batch is sampled, and it silently runs DDPM when asked for
-DDIM with S = T. These loops reuse the library's maths (p_mean_variance, model_predictions) and
-only add: a given x_T, a seeded generator for the per-step noise, and DDIM for any 1 <= S <= T.
+DDIM with S = T. Here every sampler starts image i from the same x_T (from --seed), draws its per-step
+noise from a seeded generator, and runs on the library's own model predictions.
 """
-import contextlib
 import ctypes
 import math
 import time
@@ -13,6 +13,7 @@ import time
 import torch
 
 from .attention import use_fast_attention
+from .samplers import SAMPLERS, build_sampler, resolve_steps
 from .utils import UserError
 
 
@@ -91,23 +92,34 @@ class Bf16Unet(torch.nn.Module):
         return self.unet(x.to(torch.bfloat16), time, x_self_cond).float()
 
 
+class AutocastUnet(torch.nn.Module):
+    """The Unet under fp16 autocast (CUDA only: fp16 needs fp32 norms, which autocast keeps)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.channels, self.self_condition = unet.channels, unet.self_condition
+
+    def forward(self, x, time, x_self_cond=None):
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            return self.unet(x, time, x_self_cond).float()
+
+
+PRECISION_WRAPPERS = {'bf16': Bf16Unet, 'fp16': AutocastUnet}
+
+
 def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compile=False):
-    """Set the Unet up for sampling: layout-aware attention, channels_last, bf16 weights, optional compile."""
+    """Set the Unet up for sampling, the one place precision is applied: layout-aware attention,
+    channels_last, bf16 weights or fp16 autocast, optional compile."""
     use_fast_attention(diffusion.model)
     if channels_last:
         diffusion.model.to(memory_format=torch.channels_last)
-    if precision == 'bf16' and not isinstance(diffusion.model, Bf16Unet):
-        diffusion.model = Bf16Unet(diffusion.model)
+    wrapper = PRECISION_WRAPPERS.get(precision)
+    if wrapper and not isinstance(diffusion.model, tuple(PRECISION_WRAPPERS.values())):
+        diffusion.model = wrapper(diffusion.model)
     if compile:
         diffusion.model = torch.compile(diffusion.model)
     return diffusion
-
-
-def autocast(device, precision):
-    """fp16 runs under autocast (its range needs fp32 norms); bf16 is handled by Bf16Unet's weights."""
-    if precision != 'fp16':
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16)
 
 
 def initial_noise(num_images, channels, image_size, seed):
@@ -116,47 +128,10 @@ def initial_noise(num_images, channels, image_size, seed):
     return torch.randn(num_images, channels, image_size, image_size, generator=generator)
 
 
-def ddim_times(total_timesteps, steps):
-    """The library's DDIM time pairs [(T-1, next), ..., (0, -1)], exact for every 1 <= S <= T."""
-    times = torch.linspace(-1, total_timesteps - 1, steps + 1, dtype=torch.float64).add(1e-6).floor().long()
-    times = list(reversed(times.tolist()))
-    return list(zip(times[:-1], times[1:]))
-
-
-@torch.inference_mode()
-def ddpm_loop(diffusion, img, generator):
-    """Ancestral sampling over all T steps (the library's p_sample, with seeded noise)."""
-    for t in reversed(range(diffusion.num_timesteps)):
-        times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
-        mean, _, log_variance, _ = diffusion.p_mean_variance(img, times, clip_denoised=True)
-        if t > 0:
-            noise = torch.randn(img.shape, generator=generator, device=img.device)
-            img = mean + (0.5 * log_variance).exp() * noise
-        else:
-            img = mean
-    return img
-
-
-@torch.inference_mode()
-def ddim_loop(diffusion, img, steps, eta, generator):
-    """DDIM (Song et al. 2021) with the library's time spacing and clipping; eta=1, S=T equals DDPM."""
-    alphas_cumprod = diffusion.alphas_cumprod
-    for t, t_next in ddim_times(diffusion.num_timesteps, steps):
-        times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
-        pred_noise, x_start = diffusion.model_predictions(img, times, clip_x_start=True, rederive_pred_noise=True)
-        if t_next < 0:
-            img = x_start
-            continue
-        alpha, alpha_next = alphas_cumprod[t], alphas_cumprod[t_next]
-        sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
-        c = (1 - alpha_next - sigma ** 2).clamp(min=0).sqrt()
-        img = x_start * alpha_next.sqrt() + c * pred_noise
-        if eta > 0:
-            img = img + sigma * torch.randn(img.shape, generator=generator, device=img.device)
-    return img
-
-
 def check_settings(strategy, steps, eta, num_samples, batch_size, total_timesteps):
+    """The rules every sampling run obeys; sample() calls this once, before any work."""
+    if strategy not in SAMPLERS:
+        raise UserError(f'unknown strategy {strategy}; use one of {", ".join(SAMPLERS)}')
     if num_samples < 1:
         raise UserError(f'--num_samples must be at least 1 (got {num_samples})')
     if batch_size < 1:
@@ -166,64 +141,64 @@ def check_settings(strategy, steps, eta, num_samples, batch_size, total_timestep
                         f'(got {steps})')
     if eta < 0 or not math.isfinite(eta):
         raise UserError(f'--ddim_eta must be a number >= 0 (got {eta})')
-    if strategy not in ('ddpm', 'ddim'):
-        raise UserError(f'unknown strategy {strategy}; use ddpm or ddim')
 
 
 def batch_generator(seed, start, device):
-    """Per-step noise for the batch beginning at image `start`; the same for DDPM and DDIM."""
+    """Per-step noise for the batch beginning at image `start`; the same for every sampler."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed << 20) + start + 1)
     return generator
 
 
-def run_batch(diffusion, x_T, strategy, steps, eta, generator, precision):
-    device = diffusion.device
-    with autocast(device, precision):
-        img = x_T.to(device).contiguous(memory_format=torch.channels_last)
-        img = ddpm_loop(diffusion, img, generator) if strategy == 'ddpm' else \
-            ddim_loop(diffusion, img, steps, eta, generator)
-    return diffusion.unnormalize(img.float()).clamp(0, 1)
+@torch.inference_mode()
+def denoise(diffusion, sampler, x_T, generator, clip_x0=True):
+    """One sampler loop from x_T to x_0 in [-1, 1] units: the library's model prediction at each timestep."""
+    img = x_T.to(diffusion.device).contiguous(memory_format=torch.channels_last) * sampler.init_noise_sigma
+    for t in sampler.timesteps:
+        times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
+        prediction = diffusion.model_predictions(sampler.scale_model_input(img, t), times, clip_x_start=clip_x0,
+                                                 rederive_pred_noise=clip_x0)
+        img = sampler.step(prediction, t, img, generator)
+    return img.float()
 
 
-def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=50, eta=0.0, seed=0,
-           precision='fp32', noise=None):
-    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU. DDPM ignores `steps`.
+def run_batch(diffusion, sampler, x_T, generator, clip_x0=True):
+    return diffusion.unnormalize(denoise(diffusion, sampler, x_T, generator, clip_x0)).clamp(0, 1)
 
-    `precision` only switches fp16 autocast on; bf16 comes from prepare_for_inference(diffusion, 'bf16').
-    """
-    if strategy == 'ddpm':
-        steps = diffusion.num_timesteps
+
+def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None, eta=0.0, seed=0, noise=None,
+           clip_x0=True):
+    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU, with any sampler of
+    samplers.SAMPLERS. DDPM always runs all T steps; `steps` defaults to 50 for the others. Precision is
+    whatever prepare_for_inference() set on the diffusion's Unet."""
+    steps = resolve_steps(strategy, steps, diffusion.num_timesteps) if strategy in SAMPLERS else steps
     check_settings(strategy, steps, eta, num_samples, batch_size, diffusion.num_timesteps)
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
+    sampler = build_sampler(strategy, diffusion, eta=eta)
     out = []
     for start in range(0, num_samples, batch_size):
+        sampler.set_timesteps(steps)
         generator = batch_generator(seed, start, diffusion.device)
-        out.append(run_batch(diffusion, noise[start:start + batch_size], strategy, steps, eta, generator,
-                             precision).cpu())
+        out.append(run_batch(diffusion, sampler, noise[start:start + batch_size], generator, clip_x0).cpu())
     return torch.cat(out)
 
 
-def nfe(strategy, steps, total_timesteps):
-    """Unet evaluations per image."""
-    return total_timesteps if strategy == 'ddpm' else steps
-
-
-def warm_up(diffusion, batch_size, precision):
-    """One Unet forward at the sampling batch size, so timing excludes one-off start-up costs."""
+def warm_up(diffusion, batch_size, strategy='ddim'):
+    """One Unet forward at the sampling batch size, and the sampler built once (diffusers' import), so timing
+    excludes one-off start-up costs."""
+    build_sampler(strategy, diffusion)
     device = diffusion.device
     x = torch.zeros(batch_size, diffusion.channels, *diffusion.image_size, device=device)
     t = torch.full((batch_size,), diffusion.num_timesteps - 1, device=device, dtype=torch.long)
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode():
         diffusion.model(x, t)
     synchronize(device)
 
 
 def timed_sample(diffusion, **kwargs):
     """sample() after a warm-up, with the device synchronised; returns (images, seconds)."""
-    warm_up(diffusion, min(kwargs.get('batch_size', 25), kwargs.get('num_samples', 25)),
-            kwargs.get('precision', 'fp32'))
+    warm_up(diffusion, min(kwargs.get('batch_size', 25), kwargs.get('num_samples', 25)), kwargs.get('strategy', 'ddim'))
     start = time.perf_counter()
     images = sample(diffusion, **kwargs)
     synchronize(diffusion.device)

@@ -1,5 +1,10 @@
-"""The library's Trainer, corrected for MNIST and for safe resuming."""
+"""Training: the library's Trainer corrected for MNIST and for safe resuming, and the training command."""
+import contextlib
+import copy
+import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from urllib.error import URLError
@@ -10,10 +15,15 @@ from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, milestone_path, milestones, save_checkpoint
+from .data import check_training_folder, folder_info
+from .model import build_diffusion, versions
+from .run_folder import (FolderLock, check_against_folder, check_resumable, load_checkpoint, milestone_path,
+                         prepare_folder, read_loss_log, resolve_resume, save_checkpoint, write_loss_log)
+from .settings import PRESETS, TRAINING_FLAGS, model_overrides
 from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
 from .sampling import cpu_has_bf16, keep_freed_memory, pick_device
-from .utils import UserError, atomic_path, machine_name
+from .utils import UserError, ensure_writable_dir, machine_name, warn
+from .validation import check_relations
 
 
 class MnistTrainer(Trainer):
@@ -105,47 +115,6 @@ class MnistTrainer(Trainer):
         self.started = time.time()
 
 
-LOSS_LOG = 'loss.csv'
-
-
-def write_loss_log(folder, losses):
-    with atomic_path(Path(folder) / LOSS_LOG) as tmp:
-        tmp.write_text('step,loss\n' + ''.join(f'{step},{loss:.6f}\n' for step, loss in sorted(losses.items())))
-
-
-def read_loss_log(folder):
-    """{step: loss} from a run's loss.csv (empty if there is none)."""
-    path = Path(folder) / LOSS_LOG
-    if not path.is_file():
-        return {}
-    rows = path.read_text().splitlines()[1:]
-    return {int(step): float(loss) for step, loss in (row.split(',') for row in rows if row)}
-
-
-def resolve_resume(folder, resume):
-    """Milestone to resume from (or None), refusing anything that would roll back or overwrite."""
-    existing = milestones(folder)
-    latest = existing[-1] if existing else None
-    if resume == 'auto':
-        return latest
-    if resume == 'none':
-        if existing:
-            raise UserError(f'{folder} already has milestones up to {latest}; starting over would overwrite them. '
-                            'Use --resume auto, or a new --results_folder')
-        return None
-    try:
-        wanted = int(resume)
-    except ValueError:
-        raise UserError(f'--resume must be auto, none or a milestone number (got {resume})') from None
-    if wanted not in existing:
-        have = ', '.join(map(str, existing)) or 'none'
-        raise UserError(f'milestone {wanted} not found in {folder} (milestones there: {have})')
-    if wanted != latest:
-        raise UserError(f'milestone {wanted} is older than the latest, {latest}; resuming from it would overwrite '
-                        f'newer milestones. Use --resume auto, or copy model-{wanted}.pt to a new --results_folder')
-    return wanted
-
-
 def mixed_precision(amp, requested, device_type):
     """The accelerate mixed-precision mode that works on this device: fp16 on CUDA, bf16 on CPU/MPS."""
     if not amp:
@@ -168,33 +137,123 @@ def training_device(name):
     return pick_device(name).type
 
 
-class FolderLock:
-    """An exclusive lock on a results folder, so two runs never write the same milestones.
+# ---------------------------------------------------------------- the training command
 
-    flock is released by the kernel when the process dies, so a crashed or killed run never leaves the
-    folder locked; the PID inside the file is only there to name the holder in the error message.
-    """
+def build_config(args):
+    config = copy.deepcopy(PRESETS[args.preset])
+    for section, values in model_overrides(args).items():
+        config[section].update(values)
+    training = config['training']
+    training.update({k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None})
+    if args.amp is not None:
+        training['amp'] = args.amp
+    training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path)
+    check_training_settings(training)
+    check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
+                    timesteps=config['diffusion']['timesteps'], sampling_timesteps=training['sampling_timesteps'])
+    config['versions'] = versions()
+    return config
 
-    def __init__(self, folder):
-        self.path = Path(folder) / '.lock'
-        self.handle = None
 
-    def __enter__(self):
-        import fcntl
-        self.handle = open(self.path, 'a+')
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or 'another process'
-            self.handle.close()
-            raise UserError(f'{self.path.parent} is in use by a running training process (pid {holder}); wait for '
-                            'it to finish or use another --results_folder') from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        return self
+def check_training_settings(t):
+    """Rules the library asserts deep inside Trainer, said up front (single flags are checked at parsing)."""
+    if math.isqrt(t['num_samples']) ** 2 != t['num_samples']:
+        raise UserError(f'--num_samples must be a square number for the sample grid (got {t["num_samples"]})')
+    if t['train_batch_size'] * t['gradient_accumulate_every'] < 16:
+        raise UserError('--train_batch_size x --gradient_accumulate_every must be at least 16 (the library requires '
+                        'it)')
 
-    def __exit__(self, *exc):
-        self.handle.close()
+
+CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (README, "Setup")
+
+
+def cpu_warning(config, device):
+    if device != 'cpu' or config['model']['dim'] <= 32:
+        return
+    t = config['training']
+    seconds = t['train_num_steps'] * CPU_SECONDS_PER_STEP * t['train_batch_size'] * t['gradient_accumulate_every'] / 256
+    estimate = f'{seconds / 86400:.0f} days' if seconds > 2 * 86400 else f'{seconds / 3600:.1f} hours'
+    warn(f'training the original-size model on the CPU: about {CPU_SECONDS_PER_STEP} s per 256 images on a 2-core '
+         f'CPU (measured), so {t["train_num_steps"]} steps take roughly {estimate}. Use a GPU, or --preset small '
+         'for CPU training.')
+
+
+def train_from_args(args, argv=None):
+    """The whole training command: check, build, lock the folder, write config.json, train."""
+    from accelerate import PartialState
+
+    config = build_config(args)
+    config['command'] = shlex.join(['python3', 'train_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)])
+    folder = config['training']['results_folder']
+    num_images = check_training_folder(args.data_folder)
+    device = training_device(args.device)
+    state = PartialState(cpu=device == 'cpu')  # on CPU, accelerate only goes multi-process (gloo) when told
+    precision = mixed_precision(config['training']['amp'], args.mixed_precision_type, device)
+    config['training']['mixed_precision'] = precision
+    config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
+    if state.is_main_process:
+        check_against_folder(config, folder)
+        latest = resolve_resume(folder, args.resume)
+        if latest is not None:
+            check_resumable(folder, latest, config)
+    created = not Path(folder).exists()
+    ensure_writable_dir(folder)
+    try:
+        trainer = build_trainer(args, config, state, device, precision, num_images)
+    except BaseException:  # nothing half-made: a folder this run created is removed again while still empty
+        if created and state.is_main_process and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+        raise
+    with contextlib.ExitStack() as stack:
+        if state.is_main_process:  # one writer: config, lock and checkpoints belong to the main process
+            stack.enter_context(FolderLock(folder))
+            prepare_folder(folder, config)
+        state.wait_for_everyone()
+        train(trainer, config, state, resolve_resume(folder, args.resume))
+
+
+def build_trainer(args, config, state, device, precision, num_images):
+    """The library's classes, built and checked (data decoded) before anything is written to the folder."""
+    from accelerate.utils import set_seed
+
+    training = config['training']
+    if args.seed is not None:
+        set_seed(args.seed)
+    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    state.print(f'preset {args.preset}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
+                f'objective {config["diffusion"]["objective"]}, {num_images} training images, device {device} x '
+                f'{state.num_processes}, precision {precision}, effective batch {effective} '
+                f'({training["train_batch_size"]} per process x {training["gradient_accumulate_every"]} accumulation'
+                f' x {state.num_processes} processes)')
+    if state.is_main_process:
+        cpu_warning(config, device)
+    diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
+    return MnistTrainer(
+        diffusion, args.data_folder, config=config, num_workers=args.num_workers, fast=args.fast_path,
+        compile=args.fast_path and (device == 'cpu' if args.compile is None else args.compile),
+        train_batch_size=training['train_batch_size'], train_lr=training['train_lr'],
+        train_num_steps=training['train_num_steps'],
+        gradient_accumulate_every=training['gradient_accumulate_every'],
+        ema_decay=training['ema_decay'], ema_update_every=training['ema_update_every'],
+        amp=precision != 'no', mixed_precision_type=precision if precision != 'no' else 'fp16',
+        results_folder=training['results_folder'], save_and_sample_every=training['save_and_sample_every'],
+        num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
+        num_fid_samples=args.num_fid_samples)
+
+
+def train(trainer, config, state, resume):
+    training = config['training']
+    folder = training['results_folder']
+    if resume is not None:
+        trainer.load(resume)
+        state.print(f'resumed from milestone {resume} (step {trainer.step}) in {folder}')
+    if trainer.step >= training['train_num_steps']:
+        state.print(f'already trained to step {trainer.step} of {training["train_num_steps"]}; nothing to do '
+                    '(raise --train_num_steps to train further)')
+        return
+    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    started, first_step = time.time(), trainer.step
+    trainer.train()
+    seconds = time.time() - started
+    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({(trainer.step - first_step) * effective / seconds:.1f} '
+                f'images/s, milestone grids included); checkpoints in {folder}')

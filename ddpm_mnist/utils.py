@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -124,3 +125,29 @@ def machine_name(device):
                platform.processor() or platform.machine())
     extras = [flag for flag in ('avx512_bf16', 'amx_bf16') if flag in cpuinfo]
     return f'{cpu}{" (" + ", ".join(extras) + ")" if extras else ""}, {torch.get_num_threads()} threads'
+
+
+# ---------------------------------------------------------------- image grids
+
+def save_grid(images, path, record=None):
+    """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
+    so a grid always carries its own description, even if the JSON copy beside it was never written."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    import torch
+    from torchvision.utils import make_grid
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))))
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
+    info = PngInfo()
+    if record is not None:
+        info.add_text('ddpm_mnist', json.dumps(record))
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)
+
+
+def grid_record(path):
+    """The settings stored inside a grid by save_grid (None if it has none)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        text = image.text.get('ddpm_mnist')
+    return json.loads(text) if text else None

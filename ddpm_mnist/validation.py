@@ -3,6 +3,7 @@ imported or anything is written), so a bad value is one line naming the flag, th
 import math
 from collections import namedtuple
 
+from .samplers import SAMPLERS
 from .utils import UserError
 
 Rule = namedtuple('Rule', 'ok allowed')
@@ -40,6 +41,9 @@ RULES = {
     'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
     'ddim_eta': fraction(closed_top=True),  # eta > 1 adds more noise than DDPM's posterior: not a DDIM sampler
     'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
+    'compare_solver_steps': each(at_least(1)),
+    'compare_samplers': Rule(lambda names: all(n in SAMPLERS for n in names),
+                             f'a comma-separated list from {",".join(SAMPLERS)}'),
 }
 
 

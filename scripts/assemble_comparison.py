@@ -16,10 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.compare import (DEFAULT_ETAS, DEFAULT_STEPS, config_label, sweep_configs,  # noqa: E402
-                                write_outputs)
+from ddpm_mnist.samplers import SAMPLERS  # noqa: E402
+from ddpm_mnist.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label,  # noqa: E402
+                              sweep_configs, write_outputs)
 from ddpm_mnist.data import load_split  # noqa: E402
 from ddpm_mnist.metrics import Evaluator  # noqa: E402
+from ddpm_mnist.settings import add_raw_dir_arg  # noqa: E402
 from ddpm_mnist.utils import file_digest, run_cli  # noqa: E402
 
 
@@ -27,7 +29,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
     p.add_argument('--checkpoint', default='pretrained/ddpm_mnist_small.safetensors', help='checkpoint swept')
-    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help='MNIST IDX folder (offline); default: torchvision download')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline); default: torchvision download')
     p.add_argument('--machine', required=True, help='the machine the sweep ran on, as it should be named')
     p.add_argument('--device', default='cuda', help='device the sweep ran on')
     p.add_argument('--precision', default='bf16', help='precision the sweep ran with')
@@ -40,14 +42,15 @@ def main(argv=None):
         row = json.loads(path.read_text())
         if 'config' in row:
             rows[row['config']] = row
-    order = [config_label(c) for c in sweep_configs(DEFAULT_STEPS, DEFAULT_ETAS, 1000)]
+    order = [config_label(c) for c in sweep_configs(tuple(SAMPLERS), steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
+                                                    solver_steps=DEFAULT_SOLVER_STEPS, total_timesteps=1000)]
     n = {r['n'] for r in rows.values()}.pop()
     reference, _ = load_split('test', args.raw_dir)
     train, _ = load_split('train', args.raw_dir)
     evaluator = Evaluator(reference, train, seed=args.seed)
     result = dict(checkpoint=args.checkpoint, checkpoint_sha256_16=file_digest(args.checkpoint), machine=args.machine,
                   device=args.device, precision=args.precision, num_samples=n, batch_size=args.batch_size,
-                  seed=args.seed, reference_images=len(reference), train_images=len(train),
+                  seed=args.seed, reference_images=evaluator.reference_count, train_images=evaluator.train_count,
                   rows=[rows[k] for k in order if k in rows], missing=[k for k in order if k not in rows],
                   calibration=evaluator.calibration(n),
                   note='assembled by scripts/assemble_comparison.py from the per-config cache of a sweep that '

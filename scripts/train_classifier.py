@@ -1,7 +1,10 @@
-"""Train the LeNet feature network used by the metrics and write pretrained/mnist_classifier.safetensors.
+"""Train the LeNet feature network used by the metrics and write pretrained/mnist_classifier.safetensors, then
+the MNIST test split's feature statistics and real-data floors beside it (pretrained/mnist_test_features.*),
+which let the metrics run with no MNIST on disk.
 
 Offline: python3 scripts/train_classifier.py --raw_dir ../shared/data/mnist-full   (all 60,000 digits)
 Online:  python3 scripts/train_classifier.py                                       (the same, via torchvision)
+Statistics only, for the classifier already there: add --stats_only
 """
 import argparse
 import sys
@@ -10,21 +13,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.classifier import WEIGHTS, accuracy, save_classifier, train_classifier  # noqa: E402
-from ddpm_mnist.data import load_split  # noqa: E402
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 from ddpm_mnist.utils import run_cli  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help='folder with the MNIST IDX files (offline); default: download via torchvision')
-    p.add_argument('--root', default='./data', help='torchvision download folder (default: %(default)s)')
+    add_raw_dir_arg(p, 'folder with the MNIST IDX files (offline); default: download via torchvision')
+    add_data_root_arg(p)
     p.add_argument('--epochs', type=int, default=4, help='training epochs (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
-    p.add_argument('--output', default=str(WEIGHTS), help='weights file to write (default: %(default)s)')
+    p.add_argument('--output', default='pretrained/mnist_classifier.safetensors',
+                   help='weights file to write (default: %(default)s)')
+    p.add_argument('--stats_only', action='store_true',
+                   help='keep the classifier in --output; only rewrite the reference statistics beside it')
     args = p.parse_args(argv)
-    train_x, train_y = load_split('train', args.raw_dir, args.root)
-    test_x, test_y = load_split('test', args.raw_dir, args.root)
+    from ddpm_mnist.classifier import accuracy, load_classifier, save_classifier, train_classifier
+    from ddpm_mnist.data import load_split
+    from ddpm_mnist.metrics import write_reference_stats
+    train_x, train_y = load_split('train', args.raw_dir, args.data_root)
+    test_x, test_y = load_split('test', args.raw_dir, args.data_root)
+    stats_path = Path(args.output).with_name('mnist_test_features.safetensors')
+    if args.stats_only:
+        floors = write_reference_stats(load_classifier(args.output), test_x, train_x, stats_path)
+        print(f'wrote {stats_path}; real-data floor FID by N: {floors}')
+        return
     start = time.time()
     model = train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed)
     acc = accuracy(model, test_x, test_y)
@@ -35,6 +48,8 @@ def main(argv=None):
     save_classifier(model, args.output, info)
     print(f'test accuracy {acc:.4f} on {len(test_y)} images ({len(train_y)} training images, '
           f'{info["seconds"]} s); wrote {args.output}')
+    floors = write_reference_stats(model, test_x, train_x, stats_path)
+    print(f'wrote {stats_path}; real-data floor FID by N: {floors}')
 
 
 if __name__ == '__main__':

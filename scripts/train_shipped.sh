@@ -36,7 +36,7 @@ sys.exit(0 if n == 60000 else f'error: {sys.argv[1]} holds {n} images, not the 6
 PYCHECK
 echo "== $(date -u +%FT%TZ) training (resumes from the latest milestone)"
 $PY train_ddpm_mnist.py --preset shipped --data_folder "$DATA" --results_folder "$RUN" --seed 0 --resume auto
-final=$($PY -c "from ddpm_mnist.model import PRESETS as P; t = P['shipped']['training']; print(t['train_num_steps'] // t['save_and_sample_every'])")
+final=$($PY -c "from ddpm_mnist.settings import PRESETS as P; t = P['shipped']['training']; print(t['train_num_steps'] // t['save_and_sample_every'])")
 echo "== $(date -u +%FT%TZ) export milestone $final"
 $PY -m ddpm_mnist.export "$RUN/model-$final.pt" pretrained/ddpm_mnist_small
 if [ -z "${SKIP_CURVE:-}" ]; then

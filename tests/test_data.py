@@ -73,7 +73,7 @@ def test_offline_download_gives_one_clear_message(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
     code, _, err = run_main(get_mnist_data.main, ['--root', str(tmp_path), '--output', str(tmp_path / 'o')], capsys)
-    assert_one_line_error(code, err, 'could not download MNIST', '--raw-dir')
+    assert_one_line_error(code, err, 'could not download MNIST', '--raw_dir')
     assert not (tmp_path / 'o').exists()
 
 

@@ -9,8 +9,8 @@ from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
 import inference_comparison
 from conftest import assert_one_line_error, run_main
 from ddpm_mnist import sampling
-from ddpm_mnist.checkpoint import load_model
-from ddpm_mnist.model import detect_objective, detect_schedule
+from ddpm_mnist.inference import SHIPPED, resolve_checkpoint
+from ddpm_mnist.run_folder import detect_objective, detect_schedule, load_model
 
 
 def tiny_diffusion(timesteps=20, objective='pred_v', schedule='cosine', seed=0):
@@ -33,7 +33,7 @@ def test_inference_from_training_checkpoint(trained_run, capsys):
     record = json.loads(grid.with_suffix('.json').read_text())
     assert grid.is_file() and record['num_samples'] == 5 and record['weights'] == 'ema'
     assert record['nfe_per_image'] == 4 and record['seconds'] > 0 and record['step'] == 4
-    from ddpm_mnist.compare import grid_record
+    from ddpm_mnist.utils import grid_record
     assert grid_record(grid) == record  # the grid carries its own record (issue 15: no grid without one)
 
 
@@ -73,12 +73,13 @@ def test_ddim_eta0_is_deterministic_and_batching_does_not_matter():
 def test_same_seed_same_initial_noise_for_both_strategies(monkeypatch):  # bug 6
     seen = []
     real = sampling.run_batch
-    monkeypatch.setattr(sampling, 'run_batch', lambda d, x_T, *a: seen.append(x_T.clone()) or real(d, x_T, *a))
+    monkeypatch.setattr(sampling, 'run_batch', lambda d, sampler, x_T, *a: seen.append(x_T.clone())
+                        or real(d, sampler, x_T, *a))
     diffusion = tiny_diffusion()
     sampling.sample(diffusion, strategy='ddpm', num_samples=5, batch_size=2, seed=9)
-    sampling.sample(diffusion, strategy='ddim', num_samples=5, batch_size=5, steps=3, seed=9)
-    sampling.sample(diffusion, strategy='ddim', num_samples=5, batch_size=5, steps=7, seed=9)
-    assert torch.equal(torch.cat(seen[:3]), seen[3]) and torch.equal(seen[3], seen[4])
+    for strategy in ('ddim', 'dpmpp_2m', 'euler_a'):
+        sampling.sample(diffusion, strategy=strategy, num_samples=5, batch_size=5, steps=3, seed=9)
+    assert torch.equal(torch.cat(seen[:3]), seen[3]) and all(torch.equal(seen[3], x) for x in seen[4:])
 
 
 def test_identical_output_on_rerun(trained_run, capsys):
@@ -257,7 +258,7 @@ def test_fast_attention_matches_the_library(dim_mults):
 def test_shipped_model_makes_recognisable_digits():
     from ddpm_mnist.classifier import classify, load_classifier
     from ddpm_mnist.sampling import prepare_for_inference
-    diffusion, config, info = load_model(inference_comparison.SHIPPED)
+    diffusion, config, info = load_model(SHIPPED)
     assert info['weights'] == 'ema' and config['model']['dim'] == 32
     images = sampling.sample(prepare_for_inference(diffusion, 'bf16'), strategy='ddim', num_samples=20,
                              batch_size=20, steps=10, seed=0)
@@ -276,13 +277,13 @@ def test_same_file_name_in_two_folders_gets_two_output_folders(trained_run, tmp_
     torch.save(ckpt, tmp_path / 'a' / 'model-1.pt')
     ckpt['step'] += 1
     torch.save(ckpt, tmp_path / 'b' / 'model-1.pt')
-    names = {inference_comparison.resolve_checkpoint(inference_comparison.parse_args(
+    names = {resolve_checkpoint(inference_comparison.parse_args(
         ['--checkpoint', str(tmp_path / sub / 'model-1.pt')]))[1] for sub in 'ab'}
     assert len(names) == 2 and all(n.startswith('inference_model-1_') for n in names)
 
 
 def test_shipped_model_says_what_it_came_from():  # issue 11
-    record = json.loads(inference_comparison.SHIPPED.with_suffix('.json').read_text())
+    record = json.loads(SHIPPED.with_suffix('.json').read_text())
     prov = record['provenance']
     assert prov['training_images'] == 60000 and prov['steps'] == record['training']['train_num_steps']
     assert prov['images_seen'] == prov['steps'] * record['training']['train_batch_size']

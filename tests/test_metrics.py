@@ -7,9 +7,9 @@ import torch
 
 import inference_comparison
 from conftest import SHARED_MNIST, assert_one_line_error, run_main
-from ddpm_mnist import compare, metrics, sampling
+from ddpm_mnist import metrics, sampling, sweep
 from ddpm_mnist.classifier import as_training_resolution, classify, load_classifier
-from ddpm_mnist.compare import COLUMNS
+from ddpm_mnist.sweep import COLUMNS
 from ddpm_mnist.data import read_raw_split
 
 
@@ -93,11 +93,12 @@ def test_flip_preference_separates_real_from_mirrored_digits(digits, classifier)
 def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsys):
     seen = []
     real = sampling.run_batch
-    monkeypatch.setattr(sampling, 'run_batch', lambda d, x_T, strategy, steps, *a: seen.append(
-        (strategy, steps, x_T.clone())) or real(d, x_T, strategy, steps, *a))
+    monkeypatch.setattr(sampling, 'run_batch', lambda d, sampler, x_T, *a: seen.append(
+        (type(sampler).__name__.lower(), len(sampler.timesteps), x_T.clone())) or real(d, sampler, x_T, *a))
+
     def argv(steps):
         return ['--checkpoint', str(trained_run / 'model-2.pt'), '--compare', '--compare_steps', steps,
-                '--compare_etas', '0,1', '--num_samples', '8', '--batch_size', '8', '--raw-dir', str(idx_dir),
+                '--compare_samplers', 'ddpm,ddim', '--compare_etas', '0,1', '--num_samples', '8', '--batch_size', '8', '--raw-dir', str(idx_dir),
                 '--results_folder', str(trained_run), '--device', 'cpu']
 
     code, out, _ = run_main(inference_comparison.main, argv('2,5'), capsys)
@@ -128,17 +129,26 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
     assert len(json.loads((folder / 'comparison.json').read_text())['rows']) == 7
     # results scored by an older version of the metrics are not reused
     seen.clear()
-    monkeypatch.setattr(compare, 'METRICS_VERSION', compare.METRICS_VERSION + 1)
+    monkeypatch.setattr(sweep, 'METRICS_VERSION', sweep.METRICS_VERSION + 1)
     code, _, _ = run_main(inference_comparison.main, argv('2'), capsys)
     assert code == 0 and {(s, k) for s, k, _ in seen} == {('ddpm', 20), ('ddim', 2)}
 
 
 def test_sweep_leaves_out_ddim_that_is_ddpm():
-    from ddpm_mnist.compare import config_label, sweep_configs
-    labels = [config_label(c) for c in sweep_configs((10, 20), (0.0, 1.0), 20)]
+    from ddpm_mnist.sweep import config_label, sweep_configs
+    labels = [config_label(c) for c in sweep_configs(('ddpm', 'ddim'), steps=(10, 20), etas=(0.0, 1.0),
+                                                     solver_steps=(5,), total_timesteps=20)]
     assert labels == ['DDPM 20', 'DDIM 10, eta 0.0', 'DDIM 10, eta 1.0', 'DDIM 20, eta 0.0']
     # without the DDPM row there is nothing it would repeat
-    assert 'DDIM 20, eta 1.0' in [config_label(c) for c in sweep_configs((20,), (1.0,), 20, ddpm=False)]
+    assert 'DDIM 20, eta 1.0' in [config_label(c) for c in sweep_configs(('ddim',), steps=(20,), etas=(1.0,),
+                                                                          solver_steps=(5,), total_timesteps=20)]
+
+
+def test_sweep_runs_the_new_samplers_at_their_own_steps():
+    from ddpm_mnist.sweep import config_label, sweep_configs
+    labels = [config_label(c) for c in sweep_configs(('ddim', 'dpmpp_2m', 'unipc'), steps=(10,), etas=(0.0,),
+                                                     solver_steps=(5, 10), total_timesteps=20)]
+    assert labels == ['DDIM 10, eta 0.0', 'DPM-Solver++(2M) 5', 'DPM-Solver++(2M) 10', 'UniPC(2) 5', 'UniPC(2) 10']
 
 
 def test_missing_inception_weights_is_a_clear_error(trained_run, tmp_path, capsys):

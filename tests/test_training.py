@@ -5,9 +5,9 @@ import torch
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
-from ddpm_mnist.checkpoint import load_checkpoint, milestones
+from ddpm_mnist.run_folder import load_checkpoint, milestones
 from ddpm_mnist.sampling import cpu_has_bf16
-from ddpm_mnist.training import MnistTrainer, mixed_precision
+from ddpm_mnist.training import MnistTrainer, build_config, mixed_precision
 
 
 def test_training_writes_config_milestones_and_samples(trained_run):
@@ -25,7 +25,7 @@ def test_training_writes_config_milestones_and_samples(trained_run):
 
 def test_seed_preset_is_the_original():
     args = train_ddpm_mnist.parse_args([])
-    config = train_ddpm_mnist.build_config(args)
+    config = build_config(args)
     assert config['model'] == {'dim': 64, 'dim_mults': [1, 2, 4, 8], 'channels': 1}
     assert config['diffusion'] == {'image_size': 32, 'timesteps': 1000, 'beta_schedule': 'cosine',
                                    'objective': 'pred_v'}
@@ -37,7 +37,7 @@ def test_seed_preset_is_the_original():
 
 
 def test_flags_override_preset():
-    config = train_ddpm_mnist.build_config(train_ddpm_mnist.parse_args(
+    config = build_config(train_ddpm_mnist.parse_args(
         ['--preset', 'small', '--unet_dim', '16', '--objective', 'pred_noise', '--train_lr', '3e-4', '--no-amp']))
     assert config['model']['dim'] == 16 and config['diffusion']['objective'] == 'pred_noise'
     assert config['training']['train_lr'] == 3e-4 and config['training']['amp'] is False
@@ -45,7 +45,8 @@ def test_flags_override_preset():
 
 
 def test_digits_are_never_flipped(image_folder):
-    from ddpm_mnist.model import PRESETS, build_diffusion
+    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.settings import PRESETS
     config = dict(PRESETS['small'], versions={'denoising_diffusion_pytorch': 'x'})
     trainer = MnistTrainer(build_diffusion({'model': dict(dim=8, dim_mults=[1, 2], channels=1),
                                             'diffusion': config['diffusion']}),
