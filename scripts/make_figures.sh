@@ -1,39 +1,42 @@
 #!/usr/bin/env bash
 # Regenerate every README figure from the shipped model:
 #   assets/ddpm_steps1000.png, assets/ddim_steps{200,50,10}_eta0.0.png (64 images each, seed 0, one batch),
-#   assets/comparison.{png,md,json,csv}: the DDPM-vs-DDIM sweep, 1000 images per config,
+#   assets/comparison.{png,md,json,csv}: the sampler sweep (every sampler of the registry), 1000 images per config,
 # and, with RUN=<training results folder>, the training grids assets/sample-1.png and assets/sample-<last>.png
 # copied from that run and its training curve assets/training_curve.{png,md,csv} (the shipped model's run:
 # scripts/train_shipped.sh, runs/shipped60k).
-# The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (DDPM and DDIM
-# S in {10, 50} x eta in {0, 1}, N = 300; cached in runs/figures, so an interrupted run resumes) and copies it to
-# assets/; SWEEP=quick runs the demo's 36-image one (left in runs/figures); SWEEP=none skips it.
+# The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (every sampler;
+# DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20, 50 steps; N = 500: about 70 minutes on
+# 2 cores; cached in runs/figures, so an interrupted run resumes) and copies it to assets/; SWEEP=quick runs the
+# demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/.
 #   bash scripts/make_figures.sh                                  # grids and the full sweep (GPU)
 #   SWEEP=none RUN=runs/shipped60k bash scripts/make_figures.sh   # grids, training grids and training curve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 raw=()
-[ -d ../shared/data/mnist-full ] && raw=(--raw-dir ../shared/data/mnist-full)  # else downloaded (torchvision)
+[ -d ../shared/data/mnist-full ] && raw=(--raw_dir ../shared/data/mnist-full)  # else downloaded (torchvision)
 out=runs/figures
 grids=$out/inference_pretrained
-for steps in 200 50 10; do
-  python inference_comparison.py --strategy ddim --sample_steps $steps --num_samples 64 --batch_size 64 \
-    --results_folder $out
-  cp $grids/ddim/ddim_steps${steps}_eta0.0.png assets/
-done
-python inference_comparison.py --strategy ddpm --num_samples 64 --batch_size 64 --results_folder $out
-cp $grids/ddpm/ddpm_steps1000.png assets/
+if [ "${GRIDS:-yes}" != no ]; then
+  for steps in 200 50 10; do
+    python inference_comparison.py --strategy ddim --sample_steps $steps --num_samples 64 --batch_size 64 \
+      --results_folder $out
+    cp $grids/ddim/ddim_steps${steps}_eta0.0.png assets/
+  done
+  python inference_comparison.py --strategy ddpm --num_samples 64 --batch_size 64 --results_folder $out
+  cp $grids/ddpm/ddpm_steps1000.png assets/
+fi
 case "${SWEEP:-full}" in
   full) python inference_comparison.py --compare "${raw[@]}" --num_samples 1000 --batch_size 1000 --precision bf16 \
           --results_folder $out  # the README's settings
         cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
-  cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 300 --compare_steps 10,50 \
-         --compare_etas 0,1 --results_folder $out
+  cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 500 --compare_steps 10,20,50 \
+         --compare_etas 0,1 --compare_solver_steps 5,10,20,50 --results_folder $out
        cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
-  *) echo "error: SWEEP=$SWEEP; use full, quick or none" >&2; exit 1 ;;
+  *) echo "error: SWEEP=$SWEEP; use full, cpu, quick or none" >&2; exit 1 ;;
 esac
 if [ -n "${RUN:-}" ]; then
   last=$(ls "$RUN" | sed -n 's/^sample-\([0-9]*\)\.png$/\1/p' | sort -n | tail -1)
