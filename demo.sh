@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: install into ./.venv, then sample the shipped model with DDPM and DDIM and run the quick
-# DDPM-vs-DDIM comparison. About 4 minutes on a 2-core CPU; no GPU, no internet, no training needed.
+# sampler comparison (DDPM, DDIM, DPM-Solver++, UniPC). About 4 minutes on a 2-core CPU; no GPU, no training.
+# No MNIST on disk and no internet? The metrics then use the test-split statistics shipped in pretrained/
+# (FID, IS, confidence, class balance; precision/recall and near-copies need the digits and are skipped).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_env.sh

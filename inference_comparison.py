@@ -27,9 +27,9 @@ def parse_args(argv=None):
     p.add_argument('--milestone', type=int, help='load model-N.pt from --results_folder')
     p.add_argument('--checkpoint', help='load this file instead (model-N.pt of any denoising-diffusion-pytorch '
                                         'Trainer, or a .safetensors export)')
-    p.add_argument('--results_folder', default='./results_mnist_ddpm',
+    p.add_argument('--results_folder',
                    help='training results folder; grids go to RESULTS_FOLDER/inference_milestone_N/STRATEGY/ '
-                        '(default: %(default)s)')
+                        '(default: ./results_mnist_ddpm, as the original; ./runs for the shipped model)')
     p.add_argument('--sample_steps', type=int,
                    help='sampling steps S = Unet evaluations per image (default: T for ddpm, 50 otherwise; 1..T)')
     p.add_argument('--ddim_eta', type=float, default=0.0,

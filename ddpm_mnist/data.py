@@ -164,7 +164,7 @@ def list_images(folder):
 def check_training_folder(folder):
     """Return the number of training images, or raise a one-line error naming what to do."""
     folder = Path(folder)
-    hint = 'create it with: python3 get_mnist_data.py (offline: --raw-dir ../shared/data/mnist)'
+    hint = 'create it with: python3 get_mnist_data.py (offline: --raw_dir ../shared/data/mnist-full)'
     if not folder.is_dir():
         raise UserError(f'data folder {folder} does not exist; {hint}')
     count = len(list_images(folder))

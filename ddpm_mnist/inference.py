@@ -5,11 +5,15 @@ from .settings import model_overrides
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
 
 SHIPPED = Path(__file__).resolve().parent.parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
+TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 
 
 def resolve_checkpoint(args):
-    """(path, output folder name) for --checkpoint, --milestone or the shipped model."""
+    """(path, output folder name) for --checkpoint, --milestone or the shipped model; sets the default
+    --results_folder: the original's folder for a training run, ./runs for the shipped model."""
     from .run_folder import find_milestone
+    shipped = not args.checkpoint and args.milestone is None
+    args.results_folder = args.results_folder or (SHIPPED_RESULTS if shipped else TRAINING_RESULTS)
     if args.checkpoint and args.milestone is not None:
         raise UserError('give either --checkpoint or --milestone, not both')
     if args.checkpoint:

@@ -4,7 +4,7 @@ Each milestone's EMA weights sample N images with one cheap sampler (default DDI
 milestone), scored with the project metrics against the MNIST test split; the real-data floor at the same N is
 drawn. Scores are cached in the run folder, so a rerun after more milestones only scores the new ones.
 
-  python3 scripts/training_curve.py --results_folder runs/full60k --raw-dir ../shared/data/mnist-full
+  python3 scripts/training_curve.py --results_folder runs/shipped60k --raw_dir ../shared/data/mnist-full
 """
 import argparse
 import sys
@@ -12,13 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
-    p.add_argument('--raw_dir', '--raw-dir', dest='raw_dir',
-                   help='MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    p.add_argument('--data_root', default='./data', help='torchvision MNIST cache folder (default: %(default)s)')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
     p.add_argument('--num_samples', type=int, default=500, help='images per milestone (default: %(default)s)')
     p.add_argument('--sample_steps', type=int, default=50, help='DDIM steps (default: %(default)s)')
     p.add_argument('--ddim_eta', type=float, default=1.0, help='DDIM eta (default: %(default)s)')

@@ -16,7 +16,7 @@ TRAIN_BAD = [
     ('--channels', '2'), ('--image_size', '7'),
 ]
 INFERENCE_BAD = [
-    ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
+    ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
     ('--num_samples', '0'), ('--batch_size', '0'), ('--seed', '99999999999999'), ('--seed', '-3'),
     ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'), ('--dim_mults', '0,2'),
     ('--channels', '2'), ('--image_size', '4'), ('--train_timesteps', '0'),
@@ -69,3 +69,15 @@ def test_bad_training_combinations(tmp_path, monkeypatch, capsys, argv, message)
 
 def test_raw_dir_is_spelled_both_ways():
     assert get_mnist_data.parse_args(['--raw_dir', 'x']).raw_dir == get_mnist_data.parse_args(['--raw-dir', 'x']).raw_dir
+
+
+@pytest.mark.parametrize('script, argv', [('get_mnist_data', []), ('train_ddpm_mnist', ['--preset', 'small']),
+                                          ('inference_comparison', ['--strategy', 'unipc', '--compare'])])
+def test_parsing_imports_no_torch(script, argv):
+    """--help and flag errors are instant: parsing the flags loads neither torch nor the library."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = (f'import sys, {script}; {script}.parse_args({argv!r}); '
+            'assert not {"torch", "denoising_diffusion_pytorch"} & set(sys.modules), sorted(sys.modules)')
+    subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True)

@@ -1,0 +1,62 @@
+"""The Quick start's demo on a machine with no MNIST on disk and no internet: its commands must finish and show
+the comparison, scored against the test-split statistics shipped beside the classifier."""
+import shlex
+
+import pytest
+
+import inference_comparison
+from conftest import ROOT, run_main
+
+
+def demo_commands():
+    """The inference_comparison.py command lines of demo.sh, with the data-folder flags ("${raw[@]}") dropped,
+    as the demo runs them where ../shared is missing."""
+    lines = [line for line in (ROOT / 'demo.sh').read_text().splitlines()
+             if line.startswith('python inference_comparison.py')]
+    return [[arg for arg in shlex.split(line)[2:] if arg != '${raw[@]}'] for line in lines]
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import torchvision.datasets
+
+    class OfflineMNIST:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError('Error downloading t10k-images-idx3-ubyte.gz:\nName or service not known')
+    monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
+
+
+def test_demo_finishes_offline_with_no_mnist(offline, tmp_path, capsys):
+    commands = demo_commands()
+    assert len(commands) == 3 and '--quick' in commands[-1]
+    small = ['--num_samples', '4', '--batch_size', '4', '--results_folder', str(tmp_path),
+             '--data_root', str(tmp_path / 'no-mnist-here')]
+    for argv in commands:
+        code, out, err = run_main(inference_comparison.main, argv + small, capsys)
+        assert code == 0, err
+    table = (tmp_path / 'inference_pretrained' / 'quick_comparison' / 'comparison.md').read_text()
+    warnings = [line for line in err.splitlines() if line.startswith('WARNING')]
+    assert len(warnings) == 1 and 'MNIST not found' in warnings[0] and 'To get MNIST' in warnings[0], err
+    assert 'DDPM 1000' in table and 'UniPC(2) 10' in table and 'DPM-Solver++(2M) SDE 10' in table
+    assert '*pure noise (ceiling)*' in table
+    ddpm_row = next(line for line in table.splitlines() if line.startswith('| DDPM 1000'))
+    fid, inception_score = (float(cell) for cell in ddpm_row.split('|')[4:6])
+    assert fid > 0 and inception_score > 1  # scored, not NaN
+    assert (tmp_path / 'inference_pretrained' / 'ddpm' / 'ddpm_steps1000.png').is_file()
+
+
+def test_shipped_statistics_reproduce_the_reference_fid(tmp_path):
+    """FID against the shipped statistics equals FID against the digits themselves."""
+    from ddpm_mnist.data import read_raw_split
+    from ddpm_mnist.metrics import Evaluator, load_reference_stats
+    full = ROOT.parent / 'shared' / 'data' / 'mnist-full'
+    if not full.is_dir():
+        pytest.skip('needs ../shared/data/mnist-full')
+    reference, _ = read_raw_split(full, 'test')
+    train, _ = read_raw_split(full, 'train')
+    stats = load_reference_stats()
+    assert stats is not None and stats.count == len(reference)
+    with_digits = Evaluator(reference, train[:2000])
+    offline = Evaluator(stats=stats)
+    images = with_digits.floor_images(300)
+    assert abs(with_digits.score(images)['fid'] - offline.score(images)['fid']) < 1e-6
