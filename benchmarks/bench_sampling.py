@@ -23,11 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.utils import machine_name  # noqa: E402
+from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize  # noqa: E402
 from ddpm_mnist.model import build_diffusion  # noqa: E402
 from ddpm_mnist.samplers import SAMPLERS  # noqa: E402
-from ddpm_mnist.sampling import (default_precision, keep_freed_memory, prepare_for_inference, sample,  # noqa: E402
-                                 synchronize)
+from ddpm_mnist.sampling import default_precision, prepare_for_inference, sample  # noqa: E402
 from ddpm_mnist.settings import PRESETS  # noqa: E402
 
 ARCHS = {'small': PRESETS['small'], 'original': PRESETS['seed']}

@@ -44,7 +44,7 @@ def main(argv=None):
     import torch
 
     from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, gemm_peak
-    from ddpm_mnist.utils import machine_name
+    from ddpm_mnist.device import machine_name
 
     if args.one:
         return print(json.dumps(time_one(**json.loads(args.one), steps=args.steps, warmup=args.warmup,
@@ -126,7 +126,7 @@ class BenchStep:
         from torch.utils.data import DataLoader
 
         from ddpm_mnist.fast_training import CachedImages, apply_levers, decode_all, make_adam
-        from ddpm_mnist.sampling import keep_freed_memory
+        from ddpm_mnist.device import keep_freed_memory
         from ddpm_mnist.model import build_diffusion
 
         torch.manual_seed(0)

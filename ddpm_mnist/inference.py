@@ -50,7 +50,7 @@ def load_for_sampling(args, device):
 
 def run_inference(args):
     """Set up the device (and its precision), then sample one grid or run the sweep."""
-    from .sampling import keep_freed_memory, pick_device
+    from .device import keep_freed_memory, pick_device
     device = pick_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     if device.type == 'cpu':

@@ -6,63 +6,21 @@ different x_T whenever more than one batch is sampled, and it silently runs DDPM
 DDIM with S = T. Here every sampler starts image i from the same x_T (from --seed), draws its per-step
 noise from a seeded generator, and runs on the library's own model predictions.
 """
-import ctypes
 import math
 import time
 
 import torch
 
 from .attention import use_fast_attention
+from .device import cpu_has_bf16, synchronize
 from .samplers import SAMPLERS, build_sampler, resolve_steps
 from .utils import UserError
-
-
-def pick_device(name='auto'):
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
-    available = {'cpu': True, 'cuda': torch.cuda.is_available(),
-                 'mps': bool(getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available())}
-    if not available.get(name.split(':')[0], False):
-        raise UserError(f'--device {name} is not available on this machine; use --device auto or cpu')
-    return torch.device(name)
-
-
-def synchronize(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elif device.type == 'mps':
-        torch.mps.synchronize()
 
 
 def default_batch_size(device, num_samples):
     """Images per forward when --batch_size is not given. On a 2-core CPU batch 100 was as fast as or faster
     than 25 per image in both precisions (benchmarks/bench_sampling.py, 100 images of DDIM-50); GPUs want more."""
     return min(num_samples, 100 if device.type == 'cpu' else 500)
-
-
-def keep_freed_memory():
-    """Let glibc reuse freed activation buffers instead of returning them to the OS and page-faulting them
-    back in at every Unet op (glibc mmaps large tensors by default). Measured with inference_comparison.py,
-    100 images of DDIM-50 at batch 100 on a 2-core CPU: fp32 38-40 s -> 35 s; bf16 unchanged (about 20 s).
-    Process-wide, so only the command-line scripts call it; a no-op off glibc."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-def cpu_has_bf16():
-    try:
-        flags = open('/proc/cpuinfo').read()
-    except OSError:
-        return False
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
 def default_precision(device):

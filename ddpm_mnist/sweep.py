@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 from .metrics import METRICS_VERSION
 from .samplers import SAMPLERS, grid_name, label, nfe
 from .sampling import initial_noise, timed_sample
-from .utils import UserError, atomic_path, file_digest, machine_name, save_grid, write_json
+from .device import machine_name
+from .utils import UserError, atomic_path, file_digest, save_grid, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
 DEFAULT_ETAS = (0.0, 0.5, 1.0)                # DDIM

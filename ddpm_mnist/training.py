@@ -21,8 +21,8 @@ from .run_folder import (FolderLock, check_against_folder, check_resumable, load
                          prepare_folder, read_loss_log, resolve_resume, save_checkpoint, write_loss_log)
 from .settings import PRESETS, TRAINING_FLAGS, model_overrides
 from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
-from .sampling import cpu_has_bf16, keep_freed_memory, pick_device
-from .utils import UserError, ensure_writable_dir, machine_name, warn
+from .device import cpu_has_bf16, keep_freed_memory, machine_name, pick_device
+from .utils import UserError, ensure_writable_dir, warn
 from .validation import check_relations
 
 

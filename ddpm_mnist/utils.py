@@ -111,22 +111,6 @@ def file_digest(path):
     return h.hexdigest()[:16]
 
 
-def machine_name(device):
-    """The GPU's name, or the CPU model with its bf16 instruction sets and torch's thread count."""
-    import torch
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    try:
-        cpuinfo = Path('/proc/cpuinfo').read_text()
-    except OSError:
-        cpuinfo = ''
-    import platform
-    cpu = next((line.split(':', 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith('model name')),
-               platform.processor() or platform.machine())
-    extras = [flag for flag in ('avx512_bf16', 'amx_bf16') if flag in cpuinfo]
-    return f'{cpu}{" (" + ", ".join(extras) + ")" if extras else ""}, {torch.get_num_threads()} threads'
-
-
 # ---------------------------------------------------------------- image grids
 
 def save_grid(images, path, record=None):

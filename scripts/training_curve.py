@@ -40,7 +40,8 @@ def main(argv=None):
     from ddpm_mnist.curve import CurveSettings, score_run, write_curve
     from ddpm_mnist.data import load_split
     from ddpm_mnist.metrics import Evaluator
-    from ddpm_mnist.sampling import default_precision, keep_freed_memory, pick_device
+    from ddpm_mnist.device import keep_freed_memory, pick_device
+    from ddpm_mnist.sampling import default_precision
     device = pick_device('auto')
     if device.type == 'cpu':
         keep_freed_memory()

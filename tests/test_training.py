@@ -6,7 +6,7 @@ import torch
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
 from ddpm_mnist.run_folder import load_checkpoint, milestones
-from ddpm_mnist.sampling import cpu_has_bf16
+from ddpm_mnist.device import cpu_has_bf16
 from ddpm_mnist.training import MnistTrainer, build_config, mixed_precision
 
 
