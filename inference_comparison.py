@@ -44,13 +44,13 @@ def parse_args(argv=None):
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
                    help='precision of the Unet: bf16 runs it with bf16 weights, fp16 under autocast (CUDA only); '
-                        'auto = bf16 on CPUs with native bf16, else fp32 (measured fastest; see README "Speed") '
+                        'auto = bf16 on CPUs with native bf16, else fp32 (measured fastest; see docs/speed.md) '
                         '(default: %(default)s)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the Unet (first calls take 30-45 s; no faster for bf16 on a 2-core CPU, '
-                        'see README "Speed"; untested on GPU)')
+                        'see docs/speed.md; untested on GPU)')
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)

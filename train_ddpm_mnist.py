@@ -1,7 +1,7 @@
 """Train a DDPM on a folder of MNIST PNGs with denoising-diffusion-pytorch (Unet, GaussianDiffusion, Trainer).
 
 Writes config.json, milestone checkpoints model-N.pt and sample grids sample-N.png into --results_folder.
-Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see README).
+Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see docs/usage.md).
 """
 import argparse
 
@@ -23,8 +23,10 @@ def parse_args(argv=None):
         g.add_argument(f'--{name}', type=kind, help=help_text)
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                    help='mixed precision (original: on); fp16 on CUDA, bf16 on CPU')
-    g.add_argument('--mixed_precision_type', choices=['auto', 'fp16', 'bf16'], default='auto',
-                   help='precision used when --amp is on (default: fp16 on CUDA, bf16 elsewhere)')
+    g.add_argument('--mixed_precision_type', choices=['auto', 'fp16', 'bf16', 'bf16_compute'], default='auto',
+                   help='precision used when --amp is on: fp16 or bf16 autocast (accelerate), or bf16_compute: the '
+                        'Unet computes in bf16 from fp32 master weights (fast path only; see docs/speed.md) '
+                        '(default: fp16 on CUDA, bf16 autocast on CPUs with native bf16)')
     g.add_argument('--calculate_fid', action='store_true',
                    help="compute the library's Inception FID at each milestone (downloads Inception weights; "
                         'slow; off by default)')

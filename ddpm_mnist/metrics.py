@@ -89,7 +89,7 @@ def precision_recall(real, fake, k=K_NEIGHBOURS):
 def flip_preferred_share(probs, flipped_probs):
     """Share of images the classifier reads more confidently after a horizontal flip. A mirrored digit looks
     more like a real one once flipped back; so do a few real digits, and symmetric ones (0, 1, 8) tie, so read it
-    against the calibration rows (README sweep: 0.10 for real training digits, 0.90 for the same digits mirrored)."""
+    against the calibration rows (sweep calibration rows: about 0.10 for real training digits, 0.90 for the same digits mirrored)."""
     return float((flipped_probs.max(1) > probs.max(1)).mean())
 
 

@@ -24,7 +24,7 @@ def default_batch_size(device, num_samples):
 
 
 def default_precision(device):
-    """Fastest precision that keeps sample quality (README, "Speed"): bf16 on CPUs that have it; fp32 on
+    """Fastest precision that keeps sample quality (docs/speed.md): bf16 on CPUs that have it; fp32 on
     GPUs, where these small Unets are launch-bound and fp32 (TF32 convolutions) measured as fast as bf16."""
     if device.type == 'cpu' and cpu_has_bf16():
         return 'bf16'

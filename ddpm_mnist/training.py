@@ -33,8 +33,8 @@ class MnistTrainer(Trainer):
     once into memory, glibc keeping freed memory, channels_last with the layout-aware attention, fused Adam, a
     foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
 
-    def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, train_lr=1e-4,
-                 **kwargs):
+    def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, bf16_compute=False,
+                 train_lr=1e-4, **kwargs):
         try:
             super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
         except (URLError, ConnectionError, TimeoutError) as err:  # only the Inception download reaches the network
@@ -49,7 +49,9 @@ class MnistTrainer(Trainer):
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
         # The levers were measured for one process; several (accelerate launch) keep the library's plain step.
         if fast and self.accelerator.num_processes == 1:
-            self.use_fast_path(images, train_lr, compile)
+            self.use_fast_path(images, train_lr, compile, bf16_compute)
+        elif bf16_compute:
+            raise UserError('--mixed_precision_type bf16_compute needs the fast path in a single process; use bf16')
         else:  # the library's loader (it shards batches across processes), with a settable worker count
             dl = DataLoader(self.ds, batch_size=self.batch_size, shuffle=True, num_workers=num_workers,
                             pin_memory=self.device.type == 'cuda', persistent_workers=num_workers > 0)
@@ -60,8 +62,8 @@ class MnistTrainer(Trainer):
             step = self.step + 1
             self.losses[step] = self.losses.get(step, 0.0) + loss.item() / self.gradient_accumulate_every
 
-    def use_fast_path(self, images, train_lr, compile):
-        levers = {**DEFAULT_LEVERS, 'compile': compile}
+    def use_fast_path(self, images, train_lr, compile, bf16_compute=False):
+        levers = {**DEFAULT_LEVERS, 'compile': compile, **({'precision': 'bf16'} if bf16_compute else {})}
         self.dl = CachedImages(images, self.batch_size, device=self.device,
                                memory_format=torch.channels_last if levers['channels_last'] else None)
         if self.device.type == 'cpu' and levers['keep_freed_memory']:
@@ -119,6 +121,8 @@ def mixed_precision(amp, requested, device_type):
     """The accelerate mixed-precision mode that works on this device: fp16 on CUDA, bf16 on CPU/MPS."""
     if not amp:
         return 'no'
+    if requested == 'bf16_compute':  # our lever, not accelerate's: the Unet computes in bf16 itself
+        return requested
     if requested in (None, 'auto'):  # a CPU without bf16 instructions emulates it, slower than fp32
         return 'fp16' if device_type == 'cuda' else 'bf16' if device_type != 'cpu' or cpu_has_bf16() else 'no'
     if requested == 'fp16' and device_type != 'cuda':
@@ -164,7 +168,7 @@ def check_training_settings(t):
                         'it)')
 
 
-CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (README, "Setup")
+CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (docs/usage.md, "Setup")
 
 
 def cpu_warning(config, device):
@@ -235,7 +239,8 @@ def build_trainer(args, config, state, device, precision, num_images):
         train_num_steps=training['train_num_steps'],
         gradient_accumulate_every=training['gradient_accumulate_every'],
         ema_decay=training['ema_decay'], ema_update_every=training['ema_update_every'],
-        amp=precision != 'no', mixed_precision_type=precision if precision != 'no' else 'fp16',
+        bf16_compute=precision == 'bf16_compute', amp=precision not in ('no', 'bf16_compute'),
+        mixed_precision_type=precision if precision not in ('no', 'bf16_compute') else 'fp16',
         results_folder=training['results_folder'], save_and_sample_every=training['save_and_sample_every'],
         num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
         num_fid_samples=args.num_fid_samples)

@@ -28,7 +28,7 @@ if [ -z "$sweep_only" ]; then
   cp pretrained/ddpm_mnist_small.safetensors pretrained/ddpm_mnist_small.json "$OUT"/
 fi
 rm -f /tmp/sweep.done
-setsid nohup bash -c "python3 inference_comparison.py --compare --raw-dir '$IDX' --num_samples 1000 \
+setsid nohup bash -c "python3 inference_comparison.py --compare --raw_dir '$IDX' --num_samples 1000 \
   --batch_size 1000 --precision bf16 --results_folder /tmp/cmp --device cuda > /tmp/sweep.log 2>&1; \
   touch /tmp/sweep.done" > /dev/null 2>&1 &
 echo "sweep started at ${SECONDS}s"

@@ -186,3 +186,11 @@ def test_wrong_inception_weights_are_a_clear_error(trained_run, tmp_path, capsys
             '--results_folder', str(tmp_path / 'out')]
     code, _, err = run_main(inference_comparison.main, argv, capsys)
     assert_one_line_error(code, err, 'does not hold the pytorch-fid Inception weights')
+
+
+def test_shipped_classifier_is_the_60k_one_and_accurate(digits, classifier):  # issue 11
+    import json
+    from ddpm_mnist.classifier import WEIGHTS, accuracy
+    info = json.loads(WEIGHTS.with_suffix('.json').read_text())
+    assert info['train_images'] == 60000 and info['test_accuracy'] >= 0.99
+    assert accuracy(classifier, *digits) >= 0.985  # 600 test digits, measured here
