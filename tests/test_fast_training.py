@@ -107,3 +107,16 @@ def test_nan_weights_are_never_resumed(tmp_path, image_folder, capsys):
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
     assert_one_line_error(code, err, 'model-1.pt', 'NaN')
     assert sorted(p.name for p in results.glob('model-*.pt')) == ['model-1.pt']
+
+
+def test_bf16_compute_from_the_command_line(tmp_path, image_folder, capsys):  # issue 12
+    results = tmp_path / 'r'
+    argv = train_argv(image_folder, results, steps=2, extra=('--mixed_precision_type', 'bf16_compute'))
+    assert run_main(train_ddpm_mnist.main, argv, capsys)[0] == 0
+    ckpt = load_checkpoint(results / 'model-1.pt')
+    assert ckpt['config']['training']['mixed_precision'] == 'bf16_compute'
+    assert all(v.dtype == torch.float32 for k, v in ckpt['model'].items() if v.is_floating_point())  # fp32 master
+    assert all(0 < loss < 10 for loss in read_loss_log(results).values())
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, tmp_path / 's', steps=2, extra=(
+        '--mixed_precision_type', 'bf16_compute', '--no-fast_path')), capsys)
+    assert code == 2 and 'needs the fast path' in err
