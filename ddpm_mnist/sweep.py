@@ -10,7 +10,7 @@ from .metrics import METRICS_VERSION
 from .samplers import SAMPLERS, grid_name, label, nfe
 from .sampling import initial_noise, timed_sample
 from .device import machine_name
-from .utils import UserError, atomic_path, file_digest, save_grid, write_json
+from .utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
 DEFAULT_ETAS = (0.0, 0.5, 1.0)                # DDIM
@@ -91,7 +91,7 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     else:
         calibration = evaluator.calibration(num_samples)
         write_json(cached, calibration)
-    result = dict(checkpoint=str(checkpoint), checkpoint_sha256_16=digest, machine=machine_name(device),
+    result = dict(checkpoint=shown_path(checkpoint), checkpoint_sha256_16=digest, machine=machine_name(device),
                   device=str(device), precision=precision, num_samples=num_samples, batch_size=batch_size,
                   seed=seed, reference_images=evaluator.reference_count, train_images=evaluator.train_count,
                   rows=rows, calibration=calibration)
@@ -146,6 +146,7 @@ def plot(result, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     floor = result['calibration'].get('real training digits (floor)', {}).get('fid')
     for ax, x_key, x_label in ((axes[0], 'nfe', 'NFE (Unet evaluations per image)'),
@@ -154,12 +155,14 @@ def plot(result, path):
             points = sorted((r[x_key], r['fid']) for r in rows)
             if SAMPLERS[rows[0]['strategy']].all_steps:
                 ax.scatter(*zip(*points), marker='*', s=200, color='black', zorder=5, label=f'{name} (T steps)')
-            else:
-                ax.plot(*zip(*points), marker='o', label=name)
+            else:  # dashed where a sampler is another's twin (Euler ancestral is DDIM with eta 1)
+                ax.plot(*zip(*points), marker='o', label=name, ls='--' if 'eta=1' in name else '-')
         if floor is not None:
             ax.axhline(floor, ls='--', color='grey', label='real digits (floor)')
         ax.set_xscale('log')
         ax.set_yscale('log')
+        ax.yaxis.set_major_formatter(FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter('%g'))
         ax.set_xlabel(x_label)
         ax.set_ylabel(f'FID in classifier features (N={result["num_samples"]})')
         ax.grid(True, which='both', alpha=0.3)

@@ -102,6 +102,16 @@ def ensure_writable_dir(path):
     return path
 
 
+def shown_path(path):
+    """A path as written into records: relative to the working folder when inside it, else just its name
+    (a record should not carry the absolute paths of the machine that wrote it)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def file_digest(path):
     """First 16 hex digits of the file's SHA-256."""
     h = hashlib.sha256()

@@ -30,10 +30,12 @@ fi
 case "${SWEEP:-full}" in
   full) python inference_comparison.py --compare "${raw[@]}" --num_samples 1000 --batch_size 1000 --precision bf16 \
           --results_folder $out  # the README's settings
-        cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
+        cp $grids/comparison/comparison.{png,md,json,csv} assets/
+        cp $grids/comparison/grids/{unipc_steps10,dpmpp_2m_steps10,dpmpp_2m_sde_steps20}.png assets/ ;;
   cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 500 --compare_steps 10,20,50 \
          --compare_etas 0,1 --compare_solver_steps 5,10,20,50 --results_folder $out
-       cp $grids/comparison/comparison.{png,md,json,csv} assets/ ;;
+       cp $grids/comparison/comparison.{png,md,json,csv} assets/
+       cp $grids/comparison/grids/{unipc_steps10,dpmpp_2m_steps10,dpmpp_2m_sde_steps20}.png assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
   *) echo "error: SWEEP=$SWEEP; use full, cpu, quick or none" >&2; exit 1 ;;
