@@ -127,12 +127,10 @@ class Evaluator:
             self.train = as_training_resolution(train, image_size)
             self.train_pixels = to_classifier_input(self.train).flatten(1).numpy()
         self.train_count = 0 if train is None else len(train)
+        # what the scores depend on besides the images (sweep caches are keyed by it); hashed once, not per config
+        self.identity = dict(classifier=classifier_digest(), image_size=image_size, seed=seed,
+                             reference=self.reference_count, train=self.train_count, shipped_stats=stats is not None)
 
-    @property
-    def identity(self):
-        """What the scores depend on besides the images (sweep caches are keyed by it)."""
-        return dict(classifier=classifier_digest(), image_size=self.image_size, seed=self.seed,
-                    reference=self.reference_count, train=self.train_count, shipped_stats=self.stats is not None)
 
     def score(self, images):
         """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
