@@ -28,8 +28,13 @@ def parse_args(argv=None):
     p.add_argument('--variants', default=None, help=LEVERS_HELP)
     p.add_argument('--batch_sizes', default='',
                    help='extra batch sizes to time with the default setup, for images/s vs batch (e.g. 32,128,256)')
+    p.add_argument('--micro_batches', default='',
+                   help='extra micro-batch sizes to time with the default setup (the batch run in pieces with '
+                        'gradient accumulation; 0 = whole batch) (e.g. 0,8,32)')
     p.add_argument('--threads', default='',
                    help='extra thread counts to time with the default setup (e.g. 1)')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='rounds: every row is timed once per round and reports its median (default: 1)')
     p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: time one row in this process
     p.add_argument('--out', default=None, help='output stem (default: benchmarks/results/bench_training_<device>)')
     return p.parse_args(argv)
@@ -39,6 +44,7 @@ def main(argv=None):
     args = parse_args(argv)
     import json
     import platform
+    import statistics
     import subprocess
 
     import torch
@@ -53,35 +59,46 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f'error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
-    peak = gemm_peak()
     machine = machine_name(torch.device('cpu'))
-    print(f'{machine}; GEMM peak fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s',
-          flush=True)
     jobs = []
     for recipe in filter(None, args.recipes.split(',')):
         jobs += [dict(recipe=recipe, variant=v) for v in variants]
         jobs += [dict(recipe=recipe, variant='default', batch=int(b)) for b in filter(None, args.batch_sizes.split(','))]
         jobs += [dict(recipe=recipe, variant='default', threads=int(t)) for t in filter(None, args.threads.split(','))]
+        jobs += [dict(recipe=recipe, variant='default', micro_batch=int(m))
+                 for m in filter(None, args.micro_batches.split(','))]
+    # Shared machines drift by +-20 % within minutes: every row is timed once per round, rounds run one after
+    # another, and each row reports its median round (the peak too), so slow minutes hit all rows alike.
+    runs, peaks = [[] for _ in jobs], []
+    for round_ in range(args.repeats):
+        peaks.append(gemm_peak())
+        print(f'round {round_ + 1}/{args.repeats}: {machine}; GEMM peak fp32 {peaks[-1]["fp32"]:.0f} GFLOP/s, '
+              f'bf16 {peaks[-1]["bf16"]:.0f} GFLOP/s', flush=True)
+        for job, samples in zip(jobs, runs):  # each row in a fresh process: allocator settings and compiled
+            cmd = [sys.executable, __file__, '--one', json.dumps(job), '--steps', str(args.steps),  # code stay there
+                   '--warmup', str(args.warmup), '--data_folder', args.data_folder]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f'error: row {job} failed:\n{done.stderr[-2000:]}')
+            samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print_row(samples[-1], peaks[-1])
+    peak = {kind: statistics.median(p[kind] for p in peaks) for kind in ('fp32', 'bf16')}
     rows = []
-    for job in jobs:  # each row in a fresh process: allocator settings and compiled code do not leak between rows
-        cmd = [sys.executable, __file__, '--one', json.dumps(job), '--steps', str(args.steps), '--warmup',
-               str(args.warmup), '--data_folder', args.data_folder]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f'error: row {job} failed:\n{done.stderr[-2000:]}')
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        precision = row['precision']
-        row['peak_fraction'] = row['gflops'] / peak['fp32' if precision == 'fp32' else 'bf16']
+    for samples in runs:
+        row = dict(sorted(samples, key=lambda r: r['images_per_s'])[(len(samples) - 1) // 2])
+        row['images_per_s_rounds'] = [round(r['images_per_s'], 1) for r in samples]
+        row['peak_fraction'] = row['gflops'] / peak[row['precision']]
         rows.append(row)
-        parts = ' '.join(f'{k} {v:.0f}' for k, v in row['ms_per_step'].items())
-        print(f'{row["recipe"]:8s} {row["variant"]:30s} batch {row["batch"]:4d} thr {row["threads"]}: '
-              f'{row["images_per_s"]:6.1f} img/s, {row["gflops"]:6.1f} GFLOP/s ({100 * row["peak_fraction"]:.0f}% '
-              f'of {precision} peak) | ms: {parts}', flush=True)
+    if args.repeats > 1:
+        print(f'medians of {args.repeats} rounds (GEMM peak fp32 {peak["fp32"]:.0f}, bf16 {peak["bf16"]:.0f}):')
+        for row in rows:
+            print_row(row, peak)
 
     out = Path(args.out or Path(__file__).parent / 'results' / 'bench_training_cpu')
     out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(machine=machine, torch=torch.__version__, python=platform.python_version(),
-                  gemm_peak_gflops=peak, steps=args.steps, warmup=args.warmup, rows=rows,
+                  gemm_peak_gflops=peak, gemm_peak_rounds=peaks, repeats=args.repeats, steps=args.steps,
+                  warmup=args.warmup, rows=rows,
                   default_levers=DEFAULT_LEVERS,
                   command='python benchmarks/bench_training.py ' + ' '.join(sys.argv[1:]))
     out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
@@ -89,7 +106,15 @@ def main(argv=None):
     print(f'wrote {out}.md and .json')
 
 
-def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads=None):
+def print_row(row, peak):
+    parts = ' '.join(f'{k} {v:.0f}' for k, v in row['ms_per_step'].items())
+    fraction = row['gflops'] / peak[row['precision']]
+    print(f'{row["recipe"]:8s} {row["variant"]:30s} batch {row["batch"]:4d}/{row["micro_batch"]:<3d} '
+          f'thr {row["threads"]}: {row["images_per_s"]:6.1f} img/s, {row["gflops"]:6.1f} GFLOP/s ({100 * fraction:.0f}% '
+          f'of {row["precision"]} peak) | ms: {parts}', flush=True)
+
+
+def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads=None, micro_batch=None):
     import torch
 
     from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, StepTimer
@@ -97,6 +122,8 @@ def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads
 
     config = PRESETS[recipe]
     levers = DEFAULT_LEVERS if variant == 'default' else VARIANTS[variant]
+    if micro_batch is not None:
+        levers, variant = {**levers, 'micro_batch': micro_batch or None}, f'default, micro-batch {micro_batch or "-"}'
     batch = batch or config['training']['train_batch_size']
     if threads:
         torch.set_num_threads(threads)
@@ -109,7 +136,8 @@ def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads
     per_step = timer.per_step()
     images_per_s = batch / per_step['total']
     flops = step.flops_per_image()
-    return dict(recipe=recipe, variant=variant, batch=batch, threads=torch.get_num_threads(),
+    return dict(recipe=recipe, variant=variant, batch=batch, micro_batch=levers['micro_batch'] or batch,
+                threads=torch.get_num_threads(),
                 precision='fp32' if levers['precision'] == 'fp32' else 'bf16', images_per_s=images_per_s,
                 flops_per_image=flops, gflops=flops * images_per_s / 1e9,
                 ms_per_step={k: 1e3 * v for k, v in per_step.items()}, loss=step.last_loss)
@@ -146,18 +174,22 @@ class BenchStep:
                                          persistent_workers=True))
         self.autocast = levers['precision'] == 'autocast'
         self.memory_format = torch.channels_last if levers['channels_last'] else torch.contiguous_format
-        self.batch_size, self.last_loss = batch_size, None
+        self.batch_size, self.micro_batch, self.last_loss = batch_size, levers['micro_batch'], None
 
     def run(self, timer):
         torch = self.torch
         timer.start()
         data = next(self.data).contiguous(memory_format=self.memory_format)
         timer.mark('data')
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
-            loss = self.diffusion(data)
-        timer.mark('forward')
-        loss.backward()
-        timer.mark('backward')
+        pieces = data.split(self.micro_batch or len(data))
+        self.last_loss = 0.0
+        for piece in pieces:  # the library Trainer's gradient accumulation: loss / pieces, backward per piece
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.diffusion(piece) / len(pieces)
+            timer.mark('forward')
+            loss.backward()
+            timer.mark('backward')
+            self.last_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad()
@@ -165,12 +197,11 @@ class BenchStep:
         self.ema.update()
         timer.mark('ema')
         timer.steps += 1
-        self.last_loss = loss.item()
 
     def flops_per_image(self):
         torch = self.torch
         from torch.utils.flop_counter import FlopCounterMode
-        data = next(self.data)
+        data = next(self.data)[:self.micro_batch]
         with FlopCounterMode(display=False) as counter, \
                 torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
             self.diffusion(data).backward()
@@ -183,14 +214,18 @@ def markdown(result):
     lines = [f'Machine: {result["machine"]} (torch {result["torch"]}). GEMM peak measured in the same run: '
              f'fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s. Command: `{result["command"]}`.',
              '', 'A step is forward + backward + gradient clipping + Adam + EMA update, as the Trainer runs it; '
-             'FLOPs counted by FlopCounterMode over forward + backward.', '',
-             '| recipe | variant | batch | threads | img/s | GFLOP/s | % of peak | data ms | forward ms | backward ms '
-             '| optimiser ms | EMA ms |', '|' + '---|' * 12]
+             'FLOPs counted by FlopCounterMode over forward + backward. Each row is the median of '
+             f'{result.get("repeats", 1)} round(s), all rows timed once per round (img/s of every round in the last '
+             'column); the peak is the median of the rounds too.', '',
+             '| recipe | variant | batch | micro-batch | threads | img/s | GFLOP/s | % of peak | data ms | forward ms '
+             '| backward ms | optimiser ms | EMA ms | img/s per round |', '|' + '---|' * 14]
     for r in result['rows']:
         ms = r['ms_per_step']
-        lines.append(f'| {r["recipe"]} | {r["variant"]} | {r["batch"]} | {r["threads"]} | {r["images_per_s"]:.1f} '
+        lines.append(f'| {r["recipe"]} | {r["variant"]} | {r["batch"]} | {r["micro_batch"]} | {r["threads"]} '
+                     f'| {r["images_per_s"]:.1f} '
                      f'| {r["gflops"]:.0f} | {100 * r["peak_fraction"]:.0f}% ({r["precision"]}) | {ms["data"]:.0f} '
-                     f'| {ms["forward"]:.0f} | {ms["backward"]:.0f} | {ms["optimiser"]:.0f} | {ms["ema"]:.0f} |')
+                     f'| {ms["forward"]:.0f} | {ms["backward"]:.0f} | {ms["optimiser"]:.0f} | {ms["ema"]:.0f} '
+                     f'| {", ".join(map(str, r.get("images_per_s_rounds", [])))} |')
     return '\n'.join(lines) + '\n'
 
 

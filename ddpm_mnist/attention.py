@@ -5,7 +5,8 @@ full copy of each, then lets einsum copy them again. Here the 1x1-conv output, (
 dim) in memory, is split by views; the per-head products take those views as strided matrices (fp32 BLAS
 reads them in place; the bf16 kernels still copy them), full attention uses PyTorch's fused
 scaled_dot_product_attention, and the result comes back already channels_last.
-Same parameters, same state dict; only inference swaps them in (see sampling.prepare_for_inference).
+Same parameters, same state dict. Inference swaps both in (sampling.prepare_for_inference); training only the
+linear one (fast_training.apply_levers; see use_fast_attention).
 """
 import torch
 import torch.nn.functional as F
@@ -51,11 +52,13 @@ class FastAttention(Attention):
         return self.to_out(to_image(out.transpose(1, 2).flatten(2), h, w))
 
 
-def use_fast_attention(unet):
-    """Swap every library attention layer in `unet` for its layout-aware twin, in place."""
+def use_fast_attention(unet, *, full=True):
+    """Swap every library attention layer in `unet` for its layout-aware twin, in place. full=False keeps the
+    library's full attention, as training does: compiled, its einsum maths trains faster than the fused kernel,
+    whose backward is slow on a CPU for MNIST's 64-pixel sequences (benchmarks/bench_training.py)."""
     for module in unet.modules():
         if type(module) is LinearAttention:
             module.__class__ = FastLinearAttention
-        elif type(module) is Attention and not module.attend.flash and module.attend.dropout == 0:
+        elif full and type(module) is Attention and not module.attend.flash and module.attend.dropout == 0:
             module.__class__ = FastAttention
     return unet

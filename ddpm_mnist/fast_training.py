@@ -14,8 +14,11 @@ from .attention import use_fast_attention
 # One training setup per row of the benchmark. 'baseline' is the step as the Trainer ran it before any lever
 # (PNG decoding in 2 DataLoader workers, accelerate's bf16 autocast, library attention, for-loop Adam and EMA,
 # glibc's default allocator); each '+' row adds one lever to the row above it.
+# fast_attention: False, 'both' (the two layout-aware twins sampling uses) or 'linear' (the library's full
+# attention kept). micro_batch (benchmark rows only): the batch run in pieces of this size, their gradients
+# accumulated into one optimiser step, as --gradient_accumulate_every does; measured not faster (docs/speed.md).
 BASELINE = dict(data='png', keep_freed_memory=False, precision='autocast', channels_last=False,
-                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False)
+                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False, micro_batch=None)
 
 
 def _chain(*steps):
@@ -29,11 +32,12 @@ def _chain(*steps):
 VARIANTS = _chain(('+ cached data', dict(data='cached')),
                   ('+ keep freed memory', dict(keep_freed_memory=True)),
                   ('+ channels_last', dict(channels_last=True)),
-                  ('+ fast attention', dict(fast_attention=True)),
+                  ('+ fast attention', dict(fast_attention='both')),
                   ('+ foreach EMA', dict(ema_foreach=True)),
                   ('+ fused Adam', dict(adam='fused')),
-                  ('+ compiled Unet', dict(compile=True)))
-DEFAULT_LEVERS = VARIANTS['+ compiled Unet']
+                  ('+ compiled Unet', dict(compile=True)),
+                  ('+ library full attention', dict(fast_attention='linear')))
+DEFAULT_LEVERS = VARIANTS['+ library full attention']
 VARIANTS.update({
     'default with bf16 weights': {**DEFAULT_LEVERS, 'precision': 'bf16'},
     'default in fp32': {**DEFAULT_LEVERS, 'precision': 'fp32'},
@@ -70,7 +74,7 @@ def use_bf16_compute(unet):
 def apply_levers(diffusion, levers):
     """Switch the model-side levers on, in place: attention twins, channels_last, bf16 compute, compile."""
     if levers['fast_attention']:
-        use_fast_attention(diffusion.model)
+        use_fast_attention(diffusion.model, full=levers['fast_attention'] == 'both')
     if levers['channels_last']:
         diffusion.model.to(memory_format=torch.channels_last)
     if levers['precision'] == 'bf16':

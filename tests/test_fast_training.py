@@ -1,6 +1,7 @@
 """The training-speed levers keep the maths, the data and the results folder format."""
 import json
 
+import pytest
 import torch
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset
 
@@ -50,9 +51,12 @@ def plain_and_changed(image_folder, change):
     return images, plain, changed
 
 
-def test_layout_levers_keep_loss_and_gradients(image_folder):
+@pytest.mark.parametrize('attention', ['both', 'linear'])
+def test_layout_levers_keep_loss_and_gradients(image_folder, attention):
     images, plain, fast = plain_and_changed(
-        image_folder, lambda d: apply_levers(d, {**BASELINE, 'channels_last': True, 'fast_attention': True}))
+        image_folder, lambda d: apply_levers(d, {**BASELINE, 'channels_last': True, 'fast_attention': attention}))
+    kinds = {type(m).__name__ for m in fast.modules()}
+    assert 'FastLinearAttention' in kinds and ('FastAttention' in kinds) == (attention == 'both')
     loss_a, grads_a = loss_and_grads(plain, images)
     loss_b, grads_b = loss_and_grads(fast, images.contiguous(memory_format=torch.channels_last))
     assert abs(loss_a - loss_b) < 1e-5
