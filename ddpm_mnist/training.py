@@ -30,7 +30,7 @@ class MnistTrainer(Trainer):
     """Trainer with no horizontal flips (digits are not mirror-symmetric), a settable number of
     DataLoader workers, the run's config inside every checkpoint, atomic never-overwriting saves, and
     (fast=True) the training-speed levers that benchmarks/bench_training.py measured to help: the data decoded
-    once into memory, glibc keeping freed memory, channels_last with the layout-aware attention, fused Adam, a
+    once into memory, glibc keeping freed memory, channels_last with the layout-aware linear attention, fused Adam, a
     foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
 
     def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, bf16_compute=False,
