@@ -56,6 +56,8 @@ def main(argv=None):
         return print(json.dumps(time_one(**json.loads(args.one), steps=args.steps, warmup=args.warmup,
                                          data_folder=args.data_folder)))
     variants = args.variants.split(',') if args.variants else list(VARIANTS)
+    if args.repeats < 1:
+        sys.exit(f'error: --repeats {args.repeats} is not allowed: use an integer >= 1')
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f'error: unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
