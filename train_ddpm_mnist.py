@@ -33,9 +33,9 @@ def parse_args(argv=None):
     g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
     p.add_argument('--fast_path', action=argparse.BooleanOptionalAction, default=True,
                    help='the training-speed levers measured by benchmarks/bench_training.py: training images decoded '
-                        'once into memory, channels_last with layout-aware linear attention, fused Adam, foreach EMA; same '
-                        'maths. --no-fast_path runs the library\'s plain step (PNG decoding in DataLoader workers), '
-                        'as do runs of several processes (accelerate launch) (default: on)')
+                        'once into memory, channels_last with layout-aware linear attention, fused Adam, foreach '
+                        'EMA; same maths. --no-fast_path runs the library\'s plain step (PNG decoding in DataLoader '
+                        'workers), as do runs of several processes (accelerate launch) (default: on)')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                    help='torch.compile the Unet for training (fast path only; about a minute of compiling first). '
                         'Default: on for CPU training, where benchmarks/bench_training.py measured it faster; off '

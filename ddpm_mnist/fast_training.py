@@ -15,10 +15,9 @@ from .attention import use_fast_attention
 # (PNG decoding in 2 DataLoader workers, accelerate's bf16 autocast, library attention, for-loop Adam and EMA,
 # glibc's default allocator); each '+' row adds one lever to the row above it.
 # fast_attention: False, 'both' (the two layout-aware twins sampling uses) or 'linear' (the library's full
-# attention kept). micro_batch (benchmark rows only): the batch run in pieces of this size, their gradients
-# accumulated into one optimiser step, as --gradient_accumulate_every does; measured not faster (docs/speed.md).
+# attention kept).
 BASELINE = dict(data='png', keep_freed_memory=False, precision='autocast', channels_last=False,
-                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False, micro_batch=None)
+                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False)
 
 
 def _chain(*steps):

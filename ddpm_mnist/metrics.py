@@ -131,7 +131,6 @@ class Evaluator:
         self.identity = dict(classifier=classifier_digest(), image_size=image_size, seed=seed,
                              reference=self.reference_count, train=self.train_count, shipped_stats=stats is not None)
 
-
     def score(self, images):
         """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
         features, probs = classify(self.classifier, images)
