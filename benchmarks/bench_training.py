@@ -35,6 +35,9 @@ def parse_args(argv=None):
                    help='extra thread counts to time with the default setup (e.g. 1)')
     p.add_argument('--repeats', type=int, default=1,
                    help='rounds: every row is timed once per round and reports its median (default: 1)')
+    p.add_argument('--interleave', action='store_true',
+                   help='time all rows in one process, one step of each in turn (rows must agree on keep freed '
+                        'memory and threads): decides levers of a few percent that drift between processes hides')
     p.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: time one row in this process
     p.add_argument('--out', default=None, help='output stem (default: benchmarks/results/bench_training_<device>)')
     return p.parse_args(argv)
@@ -53,8 +56,8 @@ def main(argv=None):
     from ddpm_mnist.device import machine_name
 
     if args.one:
-        return print(json.dumps(time_one(**json.loads(args.one), steps=args.steps, warmup=args.warmup,
-                                         data_folder=args.data_folder)))
+        return print(json.dumps(time_rows(json.loads(args.one), steps=args.steps, warmup=args.warmup,
+                                          data_folder=args.data_folder)))
     variants = args.variants.split(',') if args.variants else list(VARIANTS)
     if args.repeats < 1:
         sys.exit(f'error: --repeats {args.repeats} is not allowed: use an integer >= 1')
@@ -71,24 +74,34 @@ def main(argv=None):
                  for m in filter(None, args.micro_batches.split(','))]
     # Shared machines drift by +-20 % within minutes: every row is timed once per round, rounds run one after
     # another, and each row reports its median round (the peak too), so slow minutes hit all rows alike.
+    # --interleave goes further: all rows in one process, one step of each in turn.
+    if args.interleave:
+        shared = {(VARIANTS.get(j['variant'], DEFAULT_LEVERS)['keep_freed_memory'], j.get('threads')) for j in jobs}
+        if len(shared) > 1:
+            sys.exit('error: --interleave runs every row in one process, so its rows must agree on the process-wide '
+                     'settings (keep freed memory, threads); time the others without --interleave')
+    groups = [jobs] if args.interleave else [[job] for job in jobs]
     runs, peaks = [[] for _ in jobs], []
     for round_ in range(args.repeats):
         peaks.append(gemm_peak())
         print(f'round {round_ + 1}/{args.repeats}: {machine}; GEMM peak fp32 {peaks[-1]["fp32"]:.0f} GFLOP/s, '
               f'bf16 {peaks[-1]["bf16"]:.0f} GFLOP/s', flush=True)
-        for job, samples in zip(jobs, runs):  # each row in a fresh process: allocator settings and compiled
-            cmd = [sys.executable, __file__, '--one', json.dumps(job), '--steps', str(args.steps),  # code stay there
+        samples = []
+        for group in groups:  # each group in a fresh process: allocator settings and compiled code stay there
+            cmd = [sys.executable, __file__, '--one', json.dumps(group), '--steps', str(args.steps),
                    '--warmup', str(args.warmup), '--data_folder', args.data_folder]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
-                sys.exit(f'error: row {job} failed:\n{done.stderr[-2000:]}')
-            samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print_row(samples[-1], peaks[-1])
+                sys.exit(f'error: rows {group} failed:\n{done.stderr[-2000:]}')
+            samples += json.loads(done.stdout.strip().splitlines()[-1])
+        for row, row_runs in zip(samples, runs):
+            row_runs.append(row)
+            print_row(row, peaks[-1])
     peak = {kind: statistics.median(p[kind] for p in peaks) for kind in ('fp32', 'bf16')}
     rows = []
-    for samples in runs:
-        row = dict(sorted(samples, key=lambda r: r['images_per_s'])[(len(samples) - 1) // 2])
-        row['images_per_s_rounds'] = [round(r['images_per_s'], 1) for r in samples]
+    for row_runs in runs:
+        row = dict(sorted(row_runs, key=lambda r: r['images_per_s'])[(len(row_runs) - 1) // 2])
+        row['images_per_s_rounds'] = [round(r['images_per_s'], 1) for r in row_runs]
         row['peak_fraction'] = row['gflops'] / peak[row['precision']]
         rows.append(row)
     if args.repeats > 1:
@@ -99,7 +112,8 @@ def main(argv=None):
     out = Path(args.out or Path(__file__).parent / 'results' / 'bench_training_cpu')
     out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(machine=machine, torch=torch.__version__, python=platform.python_version(),
-                  gemm_peak_gflops=peak, gemm_peak_rounds=peaks, repeats=args.repeats, steps=args.steps,
+                  gemm_peak_gflops=peak, gemm_peak_rounds=peaks, repeats=args.repeats, interleave=args.interleave,
+                  steps=args.steps,
                   warmup=args.warmup, rows=rows,
                   default_levers=DEFAULT_LEVERS,
                   command='python benchmarks/bench_training.py ' + ' '.join(sys.argv[1:]))
@@ -112,44 +126,52 @@ def print_row(row, peak):
     parts = ' '.join(f'{k} {v:.0f}' for k, v in row['ms_per_step'].items())
     fraction = row['gflops'] / peak[row['precision']]
     print(f'{row["recipe"]:8s} {row["variant"]:30s} batch {row["batch"]:4d}/{row["micro_batch"]:<3d} '
-          f'thr {row["threads"]}: {row["images_per_s"]:6.1f} img/s, {row["gflops"]:6.1f} GFLOP/s ({100 * fraction:.0f}% '
-          f'of {row["precision"]} peak) | ms: {parts}', flush=True)
+          f'thr {row["threads"]}: {row["images_per_s"]:6.1f} img/s, {row["gflops"]:6.1f} GFLOP/s '
+          f'({100 * fraction:.0f}% of {row["precision"]} peak) | ms: {parts}', flush=True)
 
 
-def time_one(*, recipe, variant, steps, warmup, data_folder, batch=None, threads=None, micro_batch=None):
+def time_rows(jobs, *, steps, warmup, data_folder):
+    """Time rows in this process, one step of each in turn, so that a slow minute slows every row alike. One
+    row is the plain case; several share process-wide settings (allocator, threads), so main() lets only rows
+    that agree on them share a process."""
     import torch
 
     from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, StepTimer
     from ddpm_mnist.settings import PRESETS
 
-    config = PRESETS[recipe]
-    levers = DEFAULT_LEVERS if variant == 'default' else VARIANTS[variant]
-    if micro_batch is not None:
-        levers, variant = {**levers, 'micro_batch': micro_batch or None}, f'default, micro-batch {micro_batch or "-"}'
-    batch = batch or config['training']['train_batch_size']
-    if threads:
-        torch.set_num_threads(threads)
-    step = BenchStep(config, levers, batch_size=batch, data_folder=data_folder)
-    for _ in range(warmup):
-        step.run(StepTimer())
-    timer = StepTimer()
+    built = []
+    for job in jobs:
+        config, micro_batch = PRESETS[job['recipe']], job.get('micro_batch')
+        levers = DEFAULT_LEVERS if job['variant'] == 'default' else VARIANTS[job['variant']]
+        batch = job.get('batch') or config['training']['train_batch_size']
+        if job.get('threads'):
+            torch.set_num_threads(job['threads'])
+        step = BenchStep(config, levers, batch_size=batch, data_folder=data_folder, micro_batch=micro_batch or None)
+        for _ in range(warmup):
+            step.run(StepTimer())
+        variant = job['variant'] if micro_batch is None else f'default, micro-batch {micro_batch or "-"}'
+        built.append((step, StepTimer(), dict(recipe=job['recipe'], variant=variant, batch=batch,
+                                              micro_batch=micro_batch or batch, levers=levers)))
     for _ in range(steps):
-        step.run(timer)
-    per_step = timer.per_step()
-    images_per_s = batch / per_step['total']
-    flops = step.flops_per_image()
-    return dict(recipe=recipe, variant=variant, batch=batch, micro_batch=levers['micro_batch'] or batch,
-                threads=torch.get_num_threads(),
-                precision='fp32' if levers['precision'] == 'fp32' else 'bf16', images_per_s=images_per_s,
-                flops_per_image=flops, gflops=flops * images_per_s / 1e9,
-                ms_per_step={k: 1e3 * v for k, v in per_step.items()}, loss=step.last_loss)
+        for step, timer, _ in built:
+            step.run(timer)
+    rows = []
+    for step, timer, row in built:
+        per_step, flops = timer.per_step(), step.flops_per_image()
+        images_per_s = row['batch'] / per_step['total']
+        levers = row.pop('levers')
+        rows.append(dict(row, threads=torch.get_num_threads(),
+                         precision='fp32' if levers['precision'] == 'fp32' else 'bf16', images_per_s=images_per_s,
+                         flops_per_image=flops, gflops=flops * images_per_s / 1e9,
+                         ms_per_step={k: 1e3 * v for k, v in per_step.items()}, loss=step.last_loss))
+    return rows
 
 
 class BenchStep:
     """One training step exactly as the library's Trainer.train runs it (forward under the precision's
     context, backward, clip_grad_norm_ 1.0, Adam step, zero_grad, EMA update), timed phase by phase."""
 
-    def __init__(self, recipe, levers, *, batch_size, data_folder):
+    def __init__(self, recipe, levers, *, batch_size, data_folder, micro_batch=None):
         import torch
         from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset, cycle
         from ema_pytorch import EMA
@@ -176,7 +198,7 @@ class BenchStep:
                                          persistent_workers=True))
         self.autocast = levers['precision'] == 'autocast'
         self.memory_format = torch.channels_last if levers['channels_last'] else torch.contiguous_format
-        self.batch_size, self.micro_batch, self.last_loss = batch_size, levers['micro_batch'], None
+        self.batch_size, self.micro_batch, self.last_loss = batch_size, micro_batch, None
 
     def run(self, timer):
         torch = self.torch
@@ -218,7 +240,9 @@ def markdown(result):
              '', 'A step is forward + backward + gradient clipping + Adam + EMA update, as the Trainer runs it; '
              'FLOPs counted by FlopCounterMode over forward + backward. Each row is the median of '
              f'{result.get("repeats", 1)} round(s), all rows timed once per round (img/s of every round in the last '
-             'column); the peak is the median of the rounds too.', '',
+             'column); the peak is the median of the rounds too. '
+             + ('Rows interleaved: all in one process, one step of each in turn.' if result.get('interleave')
+                else 'Each row in a fresh process.'), '',
              '| recipe | variant | batch | micro-batch | threads | img/s | GFLOP/s | % of peak | data ms | forward ms '
              '| backward ms | optimiser ms | EMA ms | img/s per round |', '|' + '---|' * 14]
     for r in result['rows']:
