@@ -11,7 +11,7 @@ Without --milestone or --checkpoint the shipped pretrained model is used.
 """
 import argparse
 
-from ddpm_mnist.samplers import SAMPLERS
+from ddpm_mnist.sampler_table import SAMPLERS
 from ddpm_mnist.settings import add_data_root_arg, add_model_args, add_raw_dir_arg, comma_floats, comma_ints
 from ddpm_mnist.utils import run_cli
 from ddpm_mnist.validation import check_flags
@@ -44,13 +44,12 @@ def parse_args(argv=None):
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
                    help='precision of the Unet: bf16 runs it with bf16 weights, fp16 under autocast (CUDA only); '
-                        'auto = bf16 on CPUs with native bf16, else fp32 (measured fastest; see docs/speed.md) '
+                        'auto = bf16 on CPUs with native bf16, else fp32 (the faster there; docs/speed.md) '
                         '(default: %(default)s)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
     p.add_argument('--compile', action='store_true',
-                   help='torch.compile the Unet (first calls take 30-45 s; no faster for bf16 on a 2-core CPU, '
-                        'see docs/speed.md; untested on GPU)')
+                   help='torch.compile the Unet (the first calls compile it; whether it pays off: docs/speed.md)')
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
@@ -81,16 +80,29 @@ def parse_args(argv=None):
                    help='also compute standard Inception FID (pytorch-fid) from this local weights file '
                         '(pt_inception-2015-12-05-6726825d.pth); never downloads')
     args = p.parse_args(argv)
-    check_flags(args)
+    check_flags(vars(args))
     if args.quick:
         args.compare = True
     return args
 
 
+MODEL_FLAGS = ('checkpoint', 'milestone', 'results_folder', 'device', 'precision', 'channels_last', 'compile',
+               'use_online_weights')
+GRID_FLAGS = ('strategy', 'sample_steps', 'ddim_eta', 'num_samples', 'batch_size', 'seed')
+SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'compare_etas', 'compare_solver_steps',
+               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from ddpm_mnist.inference import run_inference
-    return run_inference(args)
+    from ddpm_mnist.inference import run_comparison, sample_grid
+    from ddpm_mnist.settings import model_overrides
+    values = vars(args)
+    model = {name: values[name] for name in MODEL_FLAGS}
+    model['overrides'] = model_overrides(values)
+    if args.compare:
+        return run_comparison(**model, **{name: values[name] for name in SWEEP_FLAGS})
+    return sample_grid(**model, **{name: values[name] for name in GRID_FLAGS})
 
 
 if __name__ == '__main__':

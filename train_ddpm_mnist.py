@@ -4,8 +4,10 @@ Writes config.json, milestone checkpoints model-N.pt and sample grids sample-N.p
 Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see docs/usage.md).
 """
 import argparse
+import shlex
+import sys
 
-from ddpm_mnist.settings import PRESETS, TRAINING_FLAGS, add_model_args
+from ddpm_mnist.settings import PRESETS, TRAINING_FLAGS, add_model_args, model_overrides
 from ddpm_mnist.utils import run_cli
 from ddpm_mnist.validation import SQUARE, check_flags
 
@@ -13,8 +15,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', choices=sorted(PRESETS), default='seed',
                    help='seed: the original project exactly (36M-parameter Unet, 100k steps; needs a GPU); '
-                        'small: a 1.4M-parameter Unet that reaches recognisable digits in about an hour on a '
-                        '2-core CPU. Explicit flags override the preset. (default: %(default)s)')
+                        'small: a 1.4M-parameter Unet for CPU training; shipped: the recipe of the shipped model '
+                        '(docs/training.md). Explicit flags override the preset. (default: %(default)s)')
     p.add_argument('--data_folder', default='./data/mnist_image_folder',
                    help='folder of training PNGs made by get_mnist_data.py (default: %(default)s)')
     add_model_args(p)
@@ -30,18 +32,28 @@ def parse_args(argv=None):
     g.add_argument('--calculate_fid', action='store_true',
                    help="compute the library's Inception FID at each milestone (downloads Inception weights; "
                         'slow; off by default)')
+    g.add_argument('--max_minutes', type=float, default=None,
+                   help='stop at the first milestone after this many minutes of training in this session (a rerun '
+                        'resumes); for runs compared at equal wall time, and segments of a long run (default: none)')
+    g.add_argument('--min_snr_gamma', type=float, default=None,
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023; the library's min_snr_loss_weight), e.g. 5 "
+                        '(default: off)')
     g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
     p.add_argument('--fast_path', action=argparse.BooleanOptionalAction, default=True,
-                   help='the training-speed levers measured by benchmarks/bench_training.py: training images decoded '
+                   help='the training-speed levers of benchmarks/bench_training.py: training images decoded '
                         'once into memory, channels_last with layout-aware linear attention, fused Adam, foreach '
                         'EMA; same maths. --no-fast_path runs the library\'s plain step (PNG decoding in DataLoader '
                         'workers), as do runs of several processes (accelerate launch) (default: on)')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
-                   help='torch.compile the Unet for training (fast path only; about a minute of compiling first). '
-                        'Default: on for CPU training, where benchmarks/bench_training.py measured it faster; off '
-                        'on GPUs, where it was not measured')
+                   help='torch.compile the Unet for training (fast path only; the first steps compile it). '
+                        'Default: on for CPU training, off on GPUs (docs/speed.md says why)')
     p.add_argument('--num_workers', type=int, default=2,
                    help='DataLoader worker processes, used with --no-fast_path only (default: %(default)s)')
+    p.add_argument('--init_from', default=None,
+                   help='start from these weights (online and EMA): the shipped pretrained/ddpm_mnist_small.safetensors, '
+                        'an exported model or any model-N.pt, with a fresh optimiser and --lr_warmup_steps (default '
+                        '200 here); they must be the model this run trains. The parent\'s history goes into the new '
+                        'run\'s provenance')
     p.add_argument('--resume', default='auto',
                    help='auto: continue from the latest milestone in the results folder; N: from milestone N '
                         '(must be the latest); none: start fresh (refused if milestones exist) (default: auto)')
@@ -49,14 +61,27 @@ def parse_args(argv=None):
                    help='auto picks CUDA, then MPS, then CPU (under accelerate launch, accelerate decides)')
     p.add_argument('--seed', type=int, default=None, help='random seed for reproducible training')
     args = p.parse_args(argv)
-    check_flags(args, extra={'num_samples': SQUARE})
+    check_flags(vars(args), extra={'num_samples': SQUARE})
     return args
+
+
+def config_kwargs(args):
+    """The settings of build_config, from the flags: explicit model, diffusion and training flags over the preset."""
+    values = vars(args)
+    overrides = model_overrides(values)
+    return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
+                training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
+                calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path,
+                min_snr_gamma=args.min_snr_gamma)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from ddpm_mnist.training import train_from_args
-    train_from_args(args, argv)
+    from ddpm_mnist.training import train_model
+    train_model(**config_kwargs(args), data_folder=args.data_folder, mixed_precision_type=args.mixed_precision_type,
+                num_fid_samples=args.num_fid_samples, compile=args.compile, num_workers=args.num_workers,
+                resume=args.resume, init_from=args.init_from, max_minutes=args.max_minutes, device=args.device,
+                command=shlex.join(['python3', 'train_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == '__main__':

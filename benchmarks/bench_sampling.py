@@ -23,31 +23,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import gemm_peak  # noqa: E402
 from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize  # noqa: E402
 from ddpm_mnist.model import build_diffusion  # noqa: E402
-from ddpm_mnist.samplers import SAMPLERS, ddim_times  # noqa: E402
+from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
+from ddpm_mnist.samplers import ddim_times  # noqa: E402
 from ddpm_mnist.sampling import default_precision, denoise, initial_noise, prepare_for_inference, sample  # noqa: E402
 from ddpm_mnist.settings import PRESETS  # noqa: E402
 
-ARCHS = {'small': PRESETS['small'], 'original': PRESETS['seed']}
+# 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)
+LEAN = {**PRESETS['small'], 'model': {**PRESETS['small']['model'], 'attention': 'lowest'},
+        'diffusion': {**PRESETS['small']['diffusion'], 'image_size': 28}}
+ARCHS = {'small': PRESETS['small'], 'lean': LEAN, 'original': PRESETS['seed']}
 STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim', 50), 'DDIM-200': ('ddim', 200)}
 
 
-def gemm_peak(device, dtype, n=2048, repeats=10):
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
-
-
 def forward_flops(diffusion, batch):
-    x = torch.zeros(batch, 1, 32, 32, device=diffusion.device)
+    x = torch.zeros(batch, 1, diffusion.image_size, diffusion.image_size, device=diffusion.device)
     t = torch.zeros(batch, dtype=torch.long, device=diffusion.device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         diffusion.model(x, t)
@@ -56,7 +48,7 @@ def forward_flops(diffusion, batch):
 
 def seconds_per_nfe(diffusion, batch, repeats):
     """Median time of one DDIM step (Unet forward + update) at this batch, after warm-up."""
-    x = torch.randn(batch, 1, 32, 32, device=diffusion.device)
+    x = torch.randn(batch, 1, diffusion.image_size, diffusion.image_size, device=diffusion.device)
     t = torch.full((batch,), 500, dtype=torch.long, device=diffusion.device)
     times = []
     with torch.inference_mode():
@@ -116,7 +108,7 @@ class ForwardsOnly:
 
 
 def forwards_only(diffusion, steps, batch):
-    x_T = initial_noise(batch, 1, 32, seed=0)
+    x_T = initial_noise(batch, 1, diffusion.image_size, seed=0)
     denoise(diffusion, ForwardsOnly(diffusion, 2), x_T, None)
     synchronize(diffusion.device)
     start = time.perf_counter()
@@ -173,6 +165,9 @@ def main():
     p.add_argument('--overhead_only', action='store_true',
                    help='only time every sampler at --overhead_steps against S x one Unet forward')
     p.add_argument('--overhead_steps', type=int, default=20, help='steps S of the overhead runs (default: %(default)s)')
+    p.add_argument('--layout', action='store_true',
+                   help='only DDPM-1000 and DDIM-50 end to end, seconds per image, for the small Unet before and '
+                        'after the lean layout (28 px, attention at the lowest level only)')
     p.add_argument('--out', default=str(Path(__file__).parent / 'results'), help='output folder')
     args = p.parse_args()
     device = torch.device(args.device)
@@ -191,6 +186,8 @@ def main():
         stem.with_suffix('.md').write_text(overhead_markdown(machine_name(device), precision, rows))
         print(overhead_markdown(machine_name(device), precision, rows))
         return
+    if args.layout:
+        return layout_comparison(device, out, args.end_to_end_batch or (1000 if cuda else 100))
     batches = args.batches or ([100, 1000] if cuda else [25, 100])
     repeats = args.repeats or (20 if cuda else 3)
     precisions = ['fp32', 'bf16', 'fp16'] if cuda else ['fp32', 'bf16']
@@ -233,6 +230,37 @@ def main():
     stem.with_suffix('.json').write_text(json.dumps(result, indent=2) + '\n')
     stem.with_suffix('.md').write_text(markdown(result))
     print(markdown(result))
+
+
+def layout_comparison(device, out, batch):
+    """Seconds per image of DDPM-1000 and DDIM-50, one batch end to end, for the small Unet (32 px, the library's
+    attention) and the lean layout, in the default precision, with the GEMM peak measured in the same run."""
+    precision = default_precision(device)
+    peak = gemm_peak(device, torch.bfloat16 if precision == 'bf16' else torch.float32)
+    rows = []
+    for arch in ('small', 'lean'):
+        diffusion = prepare_for_inference(build_diffusion(ARCHS[arch]).to(device).eval(), precision)
+        for name in ('DDIM-50', 'DDPM-1000'):
+            strategy, steps = STEPS[name]
+            seconds = end_to_end(diffusion, strategy, steps, batch)
+            rows.append(dict(arch=arch, sampler=name, batch=batch, seconds=seconds, seconds_per_image=seconds / batch,
+                             gflop_per_nfe_image=forward_flops(diffusion, 1) / 1e9))
+            print(f'{arch:6s} {name:10s} batch {batch}: {seconds:.2f} s, {seconds / batch:.4f} s/image', flush=True)
+    machine = machine_name(device)
+    lines = [f'Sampling, small Unet before (32 px, library attention) and after (lean: 28 px, attention at the lowest '
+             f'level only), {precision}, one batch of {batch} end to end; {machine}, GEMM peak {precision} '
+             f'{peak:.0f} GFLOP/s in the same run.', '',
+             '| Unet | sampler | s/image | GFLOP per image per NFE |', '|---|---|---|---|']
+    lines += [f'| {r["arch"]} | {r["sampler"]} | {r["seconds_per_image"]:.4f} | {r["gflop_per_nfe_image"]:.3f} |'
+              for r in rows]
+    for name in ('DDIM-50', 'DDPM-1000'):
+        before, after = (next(r for r in rows if r['arch'] == a and r['sampler'] == name) for a in ('small', 'lean'))
+        lines.append(f'\n{name}: {before["seconds"] / after["seconds"]:.2f}x faster with the lean layout.')
+    stem = out / f'bench_layout_{device.type}'
+    stem.with_suffix('.json').write_text(json.dumps(dict(machine=machine, precision=precision, peak=peak, rows=rows,
+                                                         torch=str(torch.__version__)), indent=2) + '\n')
+    stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
 
 
 def markdown(r):

@@ -12,6 +12,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import StepTimer, gemm_peak  # noqa: E402
+from ddpm_mnist.fast_training import BASELINE, DEFAULT_LEVERS  # noqa: E402
+
+
+def _chain(*steps):
+    """Rows of the lever table: 'baseline', then each '+' row adds one lever to the row above it."""
+    rows, levers = {'baseline': BASELINE}, dict(BASELINE)
+    for name, change in steps:
+        levers = {**levers, **change}
+        rows[name] = levers
+    return rows
+
+
+# One training setup per row. 'baseline' is the step as the Trainer ran it before any lever (PNG decoding in 2
+# DataLoader workers, accelerate's bf16 autocast, library attention, for-loop Adam and EMA, glibc's allocator).
+VARIANTS = _chain(('+ cached data', dict(data='cached')),
+                  ('+ keep freed memory', dict(keep_freed_memory=True)),
+                  ('+ channels_last', dict(channels_last=True)),
+                  ('+ fast attention', dict(fast_linear_attention=True, fast_full_attention=True)),
+                  ('+ foreach EMA', dict(ema_foreach=True)),
+                  ('+ fused Adam', dict(adam='fused')),
+                  ('+ compiled Unet', dict(compile=True)),
+                  ('+ library full attention', dict(fast_full_attention=False)))
+assert VARIANTS['+ library full attention'] == DEFAULT_LEVERS, 'the last row must be the Trainer\'s default'
+VARIANTS.update({
+    'default with bf16 weights': {**DEFAULT_LEVERS, 'precision': 'bf16'},
+    'default in fp32': {**DEFAULT_LEVERS, 'precision': 'fp32'},
+    'fp32 (baseline, no autocast)': {**BASELINE, 'precision': 'fp32'},
+})
+
 LEVERS_HELP = ('comma-separated variants to time (default: all). Each is a training-step setup; see VARIANTS in '
                'this file')
 
@@ -23,8 +53,9 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=12, help='timed steps per variant, after warm-up (default: 12)')
     p.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default: 3)')
     p.add_argument('--recipes', default='small',
-                   help='comma-separated presets to time (the shipped preset is the small Unet at the same batch, '
-                        'so it runs at the same speed) (default: %(default)s)')
+                   help='comma-separated recipes to time: a preset, optionally with model/diffusion/training '
+                        'settings changed by +key=value, e.g. shipped+image_size=28+attention=lowest+dim=48 '
+                        '(default: %(default)s)')
     p.add_argument('--variants', default=None, help=LEVERS_HELP)
     p.add_argument('--batch_sizes', default='',
                    help='extra batch sizes to time with the default setup, for images/s vs batch (e.g. 32,128,256)')
@@ -52,7 +83,6 @@ def main(argv=None):
 
     import torch
 
-    from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, gemm_peak
     from ddpm_mnist.device import machine_name
 
     if args.one:
@@ -83,7 +113,7 @@ def main(argv=None):
     groups = [jobs] if args.interleave else [[job] for job in jobs]
     runs, peaks = [[] for _ in jobs], []
     for round_ in range(args.repeats):
-        peaks.append(gemm_peak())
+        peaks.append({'fp32': gemm_peak(dtype=torch.float32), 'bf16': gemm_peak(dtype=torch.bfloat16)})
         print(f'round {round_ + 1}/{args.repeats}: {machine}; GEMM peak fp32 {peaks[-1]["fp32"]:.0f} GFLOP/s, '
               f'bf16 {peaks[-1]["bf16"]:.0f} GFLOP/s', flush=True)
         samples = []
@@ -136,12 +166,9 @@ def time_rows(jobs, *, steps, warmup, data_folder):
     that agree on them share a process."""
     import torch
 
-    from ddpm_mnist.fast_training import DEFAULT_LEVERS, VARIANTS, StepTimer
-    from ddpm_mnist.settings import PRESETS
-
     built = []
     for job in jobs:
-        config, micro_batch = PRESETS[job['recipe']], job.get('micro_batch')
+        config, micro_batch = recipe_config(job['recipe']), job.get('micro_batch')
         levers = DEFAULT_LEVERS if job['variant'] == 'default' else VARIANTS[job['variant']]
         batch = job.get('batch') or config['training']['train_batch_size']
         if job.get('threads'):
@@ -167,6 +194,29 @@ def time_rows(jobs, *, steps, warmup, data_folder):
     return rows
 
 
+def recipe_config(recipe):
+    """'shipped+image_size=28+attention=lowest' -> the shipped preset's config with those settings changed."""
+    import copy
+    import json
+
+    from ddpm_mnist.settings import PRESETS
+    name, *changes = recipe.split('+')
+    if name not in PRESETS:
+        sys.exit(f'error: unknown preset {name!r} in recipe {recipe!r}; choose from {sorted(PRESETS)}')
+    config = copy.deepcopy(PRESETS[name])
+    for change in changes:
+        key, _, value = change.partition('=')
+        section = next((s for s in ('model', 'diffusion', 'training') if key in config[s]),
+                       'model' if key == 'attention' else None)
+        if section is None or not value:
+            sys.exit(f'error: {change!r} in recipe {recipe!r} is not key=value with a model, diffusion or training key')
+        try:
+            config[section][key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[section][key] = value
+    return config
+
+
 class BenchStep:
     """One training step exactly as the library's Trainer.train runs it (forward under the precision's
     context, backward, clip_grad_norm_ 1.0, Adam step, zero_grad, EMA update), timed phase by phase."""
@@ -190,7 +240,8 @@ class BenchStep:
         self.opt = make_adam(self.diffusion.parameters(), levers['adam'], lr=t['train_lr'], betas=(0.9, 0.99))
         self.ema = EMA(self.diffusion, beta=t['ema_decay'], update_every=t['ema_update_every'],
                        use_foreach=levers['ema_foreach'])
-        dataset = Dataset(data_folder, 32, augment_horizontal_flip=False, convert_image_to='L')
+        dataset = Dataset(data_folder, recipe['diffusion']['image_size'], augment_horizontal_flip=False,
+                          convert_image_to='L')
         if levers['data'] == 'cached':
             self.data = CachedImages(decode_all(dataset), batch_size)
         else:

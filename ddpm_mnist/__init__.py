@@ -1,1 +1,17 @@
-"""Shared logic behind the three DDPM/DDIM-on-MNIST scripts."""
+"""DDPM and DDIM on MNIST: train with denoising-diffusion-pytorch, sample with any sampler, score offline.
+
+    import ddpm_mnist
+    model = ddpm_mnist.load_model()
+    images = ddpm_mnist.sample(model, strategy='ddim', steps=50, n=16)
+
+The public API (load_model, sample, save_grid, evaluate, Model) is imported on first use, so the command-line
+scripts' --help stays free of torch.
+"""
+__all__ = ['Model', 'evaluate', 'load_model', 'sample', 'save_grid']
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

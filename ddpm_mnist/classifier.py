@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .utils import UserError, atomic_path, write_json
@@ -50,7 +51,6 @@ def as_training_resolution(images, size=32):
 
 
 def load_classifier(path=WEIGHTS):
-    from safetensors.torch import load_file
     path = Path(path)
     if not path.is_file():
         raise UserError(f'classifier weights {path} missing; train them with: python3 scripts/train_classifier.py')
@@ -109,7 +109,6 @@ def accuracy(model, images, labels):
 
 
 def save_classifier(model, path, info):
-    from safetensors.torch import save_file
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

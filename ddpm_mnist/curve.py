@@ -5,7 +5,8 @@ import csv
 from collections import namedtuple
 from pathlib import Path
 
-from .run_folder import load_model, milestone_path, milestones
+from .checkpoints import load_model, segments_of
+from .run_folder import milestone_path, milestones
 from .metrics import METRICS_VERSION
 from .sampling import prepare_for_inference, sample
 from .utils import UserError, file_digest, read_json, remove_stale_temporaries, write_json
@@ -14,26 +15,48 @@ CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
 
 
-def images_seen(config, step):
-    t = config['training']
-    return step * t['train_batch_size'] * t['gradient_accumulate_every'] * t.get('num_processes', 1)
-
-
 def score_milestone(path, evaluator, settings, device='cpu'):
     diffusion, config, info = load_model(path, device=device)
     prepare_for_inference(diffusion, settings.precision)
     images = sample(diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
                     steps=settings.steps, eta=settings.eta, seed=settings.seed)
     scores = evaluator.score(images)
-    return dict(step=info['step'], images_seen=images_seen(config, info['step']), **scores)
+    earlier = segments_of((config.get('init_from') or {}).get('provenance'))
+    before = sum(seg.get('images_seen') or 0 for seg in earlier)
+    return dict(step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
+                segment=len(earlier) + 1, total_images_seen=before + (info['images_seen'] or 0), **scores)
 
 
-def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', log=print):
+def with_earlier_segments(rows, previous):
+    """This run's rows after the rows of earlier segments kept from a previous curve (a run continued with
+    --init_from on a fresh machine has only its own milestones on disk)."""
+    first = min(row.get('segment', 1) for row in rows)
+    return [row for row in previous if row.get('segment', 1) < first] + rows
+
+
+def chosen_milestones(found, which):
+    """'all', 'last' or '3,5' -> the milestone numbers of `found` to score."""
+    if which == 'all':
+        return found
+    if which == 'last':
+        return found[-1:]
+    try:
+        wanted = [int(x) for x in which.split(',')]
+    except ValueError:
+        raise UserError(f'--milestones {which} is not all, last or comma-separated numbers') from None
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise UserError(f'milestone(s) {missing} not found; the folder has {found}')
+    return sorted(wanted)
+
+
+def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', log=print, which='all'):
     """Rows of scores, one per milestone, oldest first; cached in FOLDER/milestone_scores.json."""
     folder = Path(folder)
     found = milestones(folder)
     if not found:
         raise UserError(f'{folder} has no milestones (model-N.pt); train first or give another --results_folder')
+    found = chosen_milestones(found, which)
     remove_stale_temporaries(folder)
     cache_path = folder / CACHE
     cache = read_json(cache_path) if cache_path.is_file() else {}
@@ -52,28 +75,38 @@ def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', l
     return rows
 
 
-def write_curve(rows, floor, out_stem, *, title):
-    """out_stem.csv / .md (the table) and out_stem.png (FID against images seen, floor drawn)."""
+def write_curve(rows, floor, out_stem, *, title, settings=None):
+    """out_stem.csv / .md / .json (the table) and out_stem.png (FID against images seen, floor drawn, segments
+    of a run continued with --init_from marked)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     out_stem = Path(out_stem)
-    columns = ('milestone', 'step', 'images_seen', 'fid', 'inception_score', 'confidence', 'min_class_share',
-               'near_copy_share')
+    for row in rows:  # rows cached before segments were counted
+        row.setdefault('segment', 1)
+        row.setdefault('total_images_seen', row['images_seen'])
+    columns = ('segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'inception_score',
+               'confidence', 'min_class_share', 'near_copy_share')
     with open(out_stem.with_suffix('.csv'), 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         writer.writerows([[row[c] for c in columns] for row in rows])
-    lines = ['| milestone | step | images seen | FID | FID / floor | IS | confidence | smallest class | near-copies |',
-             '|---|---|---|---|---|---|---|---|---|']
-    lines += [f'| {r["milestone"]} | {r["step"]} | {r["images_seen"]:,} | {r["fid"]:.2f} | {r["fid"] / floor:.2f}x | '
+    lines = ['| segment | milestone | step | images seen | FID | FID / floor | IS | confidence | smallest class | '
+             'near-copies |', '|---|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | {r["fid"]:.2f} | '
+              f'{r["fid"] / floor:.2f}x | '
               f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
               f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
     lines.append(f'\nReal-data floor (real training digits, same N): FID {floor:.2f}.')
     out_stem.with_suffix('.md').write_text(title + '\n\n' + '\n'.join(lines) + '\n')
+    write_json(out_stem.with_suffix('.json'), dict(title=title, settings=settings, floor_fid=floor, rows=rows))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r['images_seen'] for r in rows], [r['fid'] for r in rows], 'o-', label='model (EMA weights)')
+    ax.plot([r['total_images_seen'] for r in rows], [r['fid'] for r in rows], 'o-', label='model (EMA weights)')
+    for before, after in zip(rows, rows[1:]):
+        if after['segment'] != before['segment']:
+            ax.axvline(before['total_images_seen'], color='tab:orange', linestyle=':', linewidth=1,
+                       label='segment boundary' if before['segment'] == rows[0]['segment'] else None)
     ax.axhline(floor, color='grey', linestyle='--', label=f'real-data floor ({floor:.1f})')
     ax.set_xlabel('training images seen')
     ax.set_ylabel('FID (project classifier features)')

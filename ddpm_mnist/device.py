@@ -1,5 +1,6 @@
 """The machine: which device to use, how to wait for it, what the CPU can do, and its name for reports."""
 import ctypes
+import platform
 from pathlib import Path
 
 import torch
@@ -30,8 +31,7 @@ def synchronize(device):
 
 def keep_freed_memory():
     """Let glibc reuse freed activation buffers instead of returning them to the OS and page-faulting them
-    back in at every Unet op (glibc mmaps large tensors by default). Measured with inference_comparison.py,
-    100 images of DDIM-50 at batch 100 on a 2-core CPU: fp32 38-40 s -> 35 s; bf16 unchanged (about 20 s).
+    back in at every Unet op (glibc mmaps large tensors by default; docs/speed.md has the measurement).
     Process-wide, so only the command-line scripts call it; a no-op off glibc."""
     try:
         libc = ctypes.CDLL('libc.so.6')
@@ -57,7 +57,6 @@ def machine_name(device):
         cpuinfo = Path('/proc/cpuinfo').read_text()
     except OSError:
         cpuinfo = ''
-    import platform
     cpu = next((line.split(':', 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith('model name')),
                platform.processor() or platform.machine())
     extras = [flag for flag in ('avx512_bf16', 'amx_bf16') if flag in cpuinfo]

@@ -1,20 +1,83 @@
 """Export the EMA Unet of a training checkpoint as safetensors plus its config JSON (what the repo ships).
 
-    python -m ddpm_mnist.export runs/shipped60k/model-6.pt pretrained/ddpm_mnist_small
+    python -m ddpm_mnist.export runs/shipped/model-30.pt pretrained/ddpm_mnist_small --raw_dir ../shared/data/mnist-full
+
+When OUTPUT.safetensors exists already (the shipped model), the candidate and it are first scored with the same
+command (DDIM-50, eta 1, N = 1000, seed 0, project metrics against the MNIST test split), and a candidate with a
+higher FID is refused unless --force is given: a worse model is never shipped by accident.
 """
 import argparse
+from pathlib import Path
 
-from .utils import run_cli
+from .settings import add_data_root_arg, add_raw_dir_arg
+from .utils import UserError, run_cli
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint', help='training checkpoint model-N.pt')
     p.add_argument('output', help='output path without suffix; .safetensors and .json are written')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline) for the comparison with the current model, e.g. '
+                       '../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
+    p.add_argument('--num_samples', type=int, default=1000,
+                   help='images per model in the comparison (default: %(default)s)')
+    p.add_argument('--force', action='store_true',
+                   help='export even when the candidate scores worse than the model it replaces (say so in the '
+                        'notes that go with it)')
+    p.add_argument('--no-compare', dest='compare', action='store_false',
+                   help='skip the comparison (an output that does not exist yet is never compared)')
     args = p.parse_args(argv)
-    from .run_folder import export_ema
-    path = export_ema(args.checkpoint, args.output)
+    from .validation import at_least, check_flags
+    check_flags(vars(args), extra={'num_samples': at_least(10)})
+    return args
+
+
+def compare_with_current(candidate, current, *, raw_dir, data_root, num_samples, log=print):
+    """(candidate FID, current FID) with the same command: DDIM-50, eta 1, N images, seed 0, each model scored at
+    its own image size (as the training curve and the sweep do)."""
+    from .checkpoints import read_weights
+    from .curve import CurveSettings, score_milestone
+    from .data import load_split
+    from .device import pick_device
+    from .metrics import Evaluator
+    from .sampling import default_precision
+    device = pick_device('auto')
+    reference, _ = load_split('test', raw_dir, data_root)
+    train, _ = load_split('train', raw_dir, data_root)
+    settings = CurveSettings(steps=50, eta=1.0, num_samples=num_samples, seed=0, batch_size=100,
+                             precision=default_precision(device))
+    fids = []
+    for name, path in (('candidate', candidate), ('current', current)):
+        size = read_weights(path).config['diffusion']['image_size']
+        scores = score_milestone(path, Evaluator(reference, train, image_size=size, seed=0), settings, device)
+        log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {scores["fid"]:.2f}, IS '
+            f'{scores["inception_score"]:.2f}, confidence {scores["confidence"]:.3f} ({size} px)')
+        fids.append(scores['fid'])
+    return tuple(fids)
+
+
+def export_model(checkpoint, output, *, raw_dir=None, data_root='./data', num_samples=1000, force=False,
+                 compare=True):
+    """Export `checkpoint` to OUTPUT.{safetensors,json}, refusing a candidate that scores worse than the model
+    already there (unless force)."""
+    from .checkpoints import export_ema
+    current = Path(output).with_suffix('.safetensors')
+    if compare and current.is_file():
+        new, old = compare_with_current(checkpoint, current, raw_dir=raw_dir, data_root=data_root,
+                                        num_samples=num_samples)
+        if new > old and not force:
+            raise UserError(f'{checkpoint} scores worse than the current {current} (FID {new:.2f} against '
+                            f'{old:.2f}, same command); train longer, or pass --force to replace it anyway')
+    path = export_ema(checkpoint, output)
     print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix(".json")}')
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    export_model(args.checkpoint, args.output, raw_dir=args.raw_dir, data_root=args.data_root,
+                 num_samples=args.num_samples, force=args.force, compare=args.compare)
 
 
 if __name__ == '__main__':

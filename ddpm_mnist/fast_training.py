@@ -1,47 +1,32 @@
-"""The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py
-build the same step. The default levers keep the maths (bf16 compute, a benchmark row only, changes the numerics);
-which ones are on by default is what the benchmark showed helps on a CPU (see docs/speed.md)."""
-import time
-from collections import defaultdict
-
+"""The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py build the
+same step: the lever switches, bf16 compute, the cached data and the Adam choice."""
 import torch
+from PIL import UnidentifiedImageError
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from denoising_diffusion_pytorch import Unet
 
 from .attention import use_fast_attention
+from .utils import UserError
 
-# One training setup per row of the benchmark. 'baseline' is the step as the Trainer ran it before any lever
-# (PNG decoding in 2 DataLoader workers, accelerate's bf16 autocast, library attention, for-loop Adam and EMA,
-# glibc's default allocator); each '+' row adds one lever to the row above it.
-# fast_attention: False, 'both' (the two layout-aware twins sampling uses) or 'linear' (the library's full
-# attention kept).
+# The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).
 BASELINE = dict(data='png', keep_freed_memory=False, precision='autocast', channels_last=False,
-                fast_attention=False, adam='for-loop', ema_foreach=False, compile=False)
+                fast_linear_attention=False, fast_full_attention=False, adam='for-loop', ema_foreach=False,
+                compile=False)
 
-
-def _chain(*steps):
-    rows, levers = {'baseline': BASELINE}, dict(BASELINE)
-    for name, change in steps:
-        levers = {**levers, **change}
-        rows[name] = levers
-    return rows
-
-
-VARIANTS = _chain(('+ cached data', dict(data='cached')),
-                  ('+ keep freed memory', dict(keep_freed_memory=True)),
-                  ('+ channels_last', dict(channels_last=True)),
-                  ('+ fast attention', dict(fast_attention='both')),
-                  ('+ foreach EMA', dict(ema_foreach=True)),
-                  ('+ fused Adam', dict(adam='fused')),
-                  ('+ compiled Unet', dict(compile=True)),
-                  ('+ library full attention', dict(fast_attention='linear')))
-DEFAULT_LEVERS = VARIANTS['+ library full attention']
-VARIANTS.update({
-    'default with bf16 weights': {**DEFAULT_LEVERS, 'precision': 'bf16'},
-    'default in fp32': {**DEFAULT_LEVERS, 'precision': 'fp32'},
-    'fp32 (baseline, no autocast)': {**BASELINE, 'precision': 'fp32'},
-})
+# What the Trainer uses (fast path). Each lever keeps the maths; docs/speed.md has the measurements.
+DEFAULT_LEVERS = dict(
+    data='cached',               # every training image decoded once into memory, batches drawn from there
+    keep_freed_memory=True,      # glibc keeps freed memory instead of returning it to the OS at every step
+    precision='autocast',        # accelerate's bf16 autocast ('bf16': the Unet computes in bf16 itself)
+    channels_last=True,          # NHWC activations: the layout oneDNN's convolutions want
+    fast_linear_attention=True,  # the layout-aware twin of the library's linear attention (ddpm_mnist.attention)
+    fast_full_attention=False,   # the library's own full attention: compiled, it trains faster than the fused twin
+    adam='fused',                # PyTorch's fused Adam kernel
+    ema_foreach=True,            # ema-pytorch's foreach update
+    compile=True,                # torch.compile of the Unet (the Trainer: on for CPU training, --compile)
+)
 
 
 class Bf16ComputeUnet(Unet):
@@ -72,8 +57,8 @@ def use_bf16_compute(unet):
 
 def apply_levers(diffusion, levers):
     """Switch the model-side levers on, in place: attention twins, channels_last, bf16 compute, compile."""
-    if levers['fast_attention']:
-        use_fast_attention(diffusion.model, full=levers['fast_attention'] == 'both')
+    if levers['fast_linear_attention']:
+        use_fast_attention(diffusion.model, full=levers['fast_full_attention'])
     if levers['channels_last']:
         diffusion.model.to(memory_format=torch.channels_last)
     if levers['precision'] == 'bf16':
@@ -120,10 +105,6 @@ class CachedImages:
 def decode_all(dataset):
     """Every image of the library's Dataset as one uint8 tensor (N, C, H, W). An unreadable file stops here,
     before training starts, with its name."""
-    from PIL import UnidentifiedImageError
-    from tqdm.auto import tqdm
-
-    from .utils import UserError
     out = None
     for i in tqdm(range(len(dataset)), desc='decoding training images', unit='img', mininterval=2, leave=False):
         try:
@@ -135,41 +116,3 @@ def decode_all(dataset):
             out = torch.empty((len(dataset), *image.shape), dtype=torch.uint8)
         out[i] = (image * 255).round().to(torch.uint8)
     return out
-
-
-# ---------------------------------------------------------------- measuring
-
-class StepTimer:
-    """Wall time per phase of a training step, summed over steps."""
-
-    PHASES = ('data', 'forward', 'backward', 'optimiser', 'ema')
-
-    def __init__(self):
-        self.seconds, self.steps, self.last = defaultdict(float), 0, None
-
-    def start(self):
-        self.last = time.perf_counter()
-
-    def mark(self, phase):
-        now = time.perf_counter()
-        self.seconds[phase] += now - self.last
-        self.last = now
-
-    def per_step(self):
-        out = {phase: self.seconds[phase] / max(self.steps, 1) for phase in self.PHASES}
-        out['total'] = sum(out.values())
-        return out
-
-
-def gemm_peak(n=2048, repeats=8):
-    """Measured matmul GFLOP/s on this CPU, fp32 and bf16: the ceiling a training step is compared with."""
-    peaks = {}
-    for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        peaks[name] = 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
-    return peaks

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from scipy import linalg
 
+from .checkpoints import load_weights_file
+from .data import DOWNLOAD_HELP, load_split
 from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
 from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
-METRICS_VERSION = 2
+METRICS_VERSION = 3  # 3: FID with its bootstrap interval
 K_NEIGHBOURS = 3
 # A sample is a near-copy when its nearest training digit is closer than this (pixel L2 on 28x28 in
 # [0, 1]; RMS difference < 0.036): a copy with slight noise, not merely the same digit written alike.
@@ -26,6 +29,13 @@ NEAR_COPY_L2 = 1.0
 # IS, confidence and class balance work with no MNIST on disk (scripts/train_classifier.py writes them).
 REFERENCE_STATS = WEIGHTS.with_name('mnist_test_features.safetensors')
 STATS_IMAGE_SIZE = 32  # the stats are of test digits resampled 28 -> 32 -> 28, as the models are trained
+STATS_IMAGE_SIZES = (32, 28)  # one file per training image size: 32 px (the original's) and MNIST's native 28
+
+
+def stats_path_for(image_size, path=REFERENCE_STATS):
+    """mnist_test_features.safetensors for 32 px (the original name), mnist_test_features_28px.* for 28 px."""
+    path = Path(path)
+    return path if image_size == STATS_IMAGE_SIZE else path.with_name(f'{path.stem}_{image_size}px{path.suffix}')
 FLOOR_SIZES = (36, 100, 300, 500, 1000, 2000)
 ReferenceStats = namedtuple('ReferenceStats', 'mean cov count floors')
 
@@ -44,6 +54,31 @@ def frechet_distance(a, b):
             eps = 1e-6 * np.eye(len(cov_a))
             covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
+
+
+BOOTSTRAP_RESAMPLES = 200
+
+
+def fid_interval(features, reference_fit, fid, *, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """95 % bootstrap interval of FID over the generated samples, the reference statistics held fixed.
+
+    A resample repeats images, which inflates its FID the way a smaller N would; the percentile interval is
+    therefore moved by the bootstrap's own bias (mean of the resampled FIDs minus the FID), so it has the
+    bootstrap's spread around the estimate. The trace term uses tr sqrt(C_g C_r) = sum sqrt(eig(R C_g R)),
+    R = sqrt(C_r) computed once: an eigvalsh per resample instead of a sqrtm."""
+    ref_mean, ref_cov = reference_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        root = linalg.sqrtm(ref_cov).real
+    rng, n = np.random.default_rng(seed), len(features)
+    values = []
+    for _ in range(resamples):
+        mean, cov = gaussian_fit(features[rng.integers(0, n, n)])
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cov @ root), 0, None)).sum()
+        values.append(float(((mean - ref_mean) ** 2).sum() + np.trace(cov) + np.trace(ref_cov) - 2 * trace_sqrt))
+    values = np.asarray(values)
+    low, high = np.percentile(values - (values.mean() - fid), [2.5, 97.5])
+    return max(0.0, float(low)), float(high)
 
 
 def inception_score(probs):
@@ -144,7 +179,9 @@ class Evaluator:
         if self.train_pixels is not None:
             median_nn, near_copies = memorisation(images, self.train_pixels)
         share, smallest, kl = class_balance(probs)
-        return dict(n=n, fid=frechet_distance(features, self.reference_fit),
+        fid = frechet_distance(features, self.reference_fit)
+        fid_low, fid_high = fid_interval(features, self.reference_fit, fid, seed=self.seed) if n > 2 else (nan, nan)
+        return dict(n=n, fid=fid, fid_low=fid_low, fid_high=fid_high,
                     inception_score=inception_score(probs),
                     confidence=float(probs.max(1).mean()), min_class_share=smallest, class_kl_uniform=kl,
                     class_shares=[round(float(s), 4) for s in share], precision=precision, recall=recall,
@@ -176,34 +213,55 @@ class Evaluator:
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
 
 
-SCORE_KEYS = ('fid', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
+SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
               'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
+
+
+ReferenceEvaluator = namedtuple('ReferenceEvaluator', 'evaluator reference')
+
+
+def reference_evaluator(*, image_size, raw_dir=None, data_root='./data', seed=0):
+    """An Evaluator against the MNIST test split (ReferenceEvaluator(evaluator, test digits)). With no folder named
+    and no MNIST found, against the shipped test-split statistics (reference None); a folder the user named that
+    does not hold MNIST is an error, not a reason to fall back."""
+    try:
+        reference, _ = load_split('test', raw_dir, data_root)
+        train, _ = load_split('train', raw_dir, data_root)
+    except UserError as err:
+        stats = None if raw_dir is not None else load_reference_stats(image_size=image_size)
+        if stats is None:
+            raise
+        warn(f'MNIST not found ({str(err).split(";")[0]}): FID, IS, confidence and class balance use the shipped '
+             'test-split statistics; precision/recall, near-copies and most calibration rows need the digits and '
+             f'are skipped. To get MNIST: {DOWNLOAD_HELP}')
+        return ReferenceEvaluator(Evaluator(image_size=image_size, seed=seed, stats=stats), None)
+    return ReferenceEvaluator(Evaluator(reference, train, image_size=image_size, seed=seed), reference)
 
 
 def classifier_digest(path=WEIGHTS):
     return file_digest(path) if Path(path).is_file() else None
 
 
-def write_reference_stats(classifier, reference, train, path=REFERENCE_STATS, sizes=FLOOR_SIZES):
-    """Save the test split's feature statistics and the real-data floor FID at each N in `sizes` (seed 0)."""
-    from safetensors.torch import save_file
-    evaluator = Evaluator(reference, train, image_size=STATS_IMAGE_SIZE, classifier=classifier, seed=0)
+def write_reference_stats(classifier, reference, train, path=REFERENCE_STATS, sizes=FLOOR_SIZES,
+                          image_size=STATS_IMAGE_SIZE):
+    """Save the test split's feature statistics and the real-data floor FID at each N in `sizes` (seed 0), for
+    models trained at `image_size` (the file named by stats_path_for)."""
+    evaluator = Evaluator(reference, train, image_size=image_size, classifier=classifier, seed=0)
     mean, cov = evaluator.reference_fit
     floors = {str(n): frechet_distance(classify(classifier, evaluator.floor_images(n))[0], evaluator.reference_fit)
               for n in sizes}
-    path = Path(path)
+    path = stats_path_for(image_size, path)
     with atomic_path(path) as tmp:
         save_file({'mean': torch.from_numpy(mean), 'cov': torch.from_numpy(cov)}, str(tmp))
     write_json(path.with_suffix('.json'), dict(reference='MNIST test split', count=len(reference),
-                                               image_size=STATS_IMAGE_SIZE, classifier_sha256_16=classifier_digest(),
+                                               image_size=image_size, classifier_sha256_16=classifier_digest(),
                                                floor_fid_by_n=floors, floor_from=f'{len(train)} training digits'))
     return floors
 
 
 def load_reference_stats(path=REFERENCE_STATS, image_size=STATS_IMAGE_SIZE):
     """The shipped statistics, or None (with a one-line warning) if missing or made for another classifier."""
-    from safetensors.torch import load_file
-    path = Path(path)
+    path = stats_path_for(image_size, path)
     if not path.is_file():
         return None
     info = read_json(path.with_suffix('.json'))
@@ -219,7 +277,6 @@ def inception_model(weights_path, device='cpu'):
     code)."""
     import pytorch_fid.inception as fid_inception
 
-    from .run_folder import load_weights_file
     state = load_weights_file(weights_path, 'Inception weights')  # weights_only: the file cannot run code
     # pytorch-fid fetches its weights with torch.hub's unpickler (weights_only=False); hand it ours instead.
     fetch = fid_inception.load_state_dict_from_url

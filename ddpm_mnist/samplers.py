@@ -1,34 +1,22 @@
-"""Every sampler, defined once. Each is an object in the diffusers style, `set_timesteps(S)` then `step(...)`
-once per timestep, and one entry in SAMPLERS (its label, how many steps it takes, whether eta applies); the
-command line, validation, sweep, grid names and plot all read this table.
-
-Adding a sampler: write its class (or wrap a diffusers scheduler in `solver(...)`), add one SAMPLERS entry,
-and add it to tests/test_samplers.py, which checks it against a reference implementation.
+"""Every sampler's class, in the diffusers style: `set_timesteps(S)` then `step(...)` once per timestep. The
+registry that names them (labels, steps, eta) is sampler_table.SAMPLERS.
 
 A step receives the library's own model prediction, `GaussianDiffusion.model_predictions` with x0 clipped to
 [-1, 1] and the noise re-derived from the clipped x0 (what the library's DDIM does), so every sampler clips the
 same way and works with every objective (pred_noise, pred_x0, pred_v) the checkpoint was trained with.
 """
-from collections import namedtuple
+import inspect
 
-SamplerSpec = namedtuple('SamplerSpec', 'label build all_steps uses_eta stochastic')
+import torch
 
-
-def exists(value):
-    return value is not None
-
-
-def default(value, fallback):
-    return value if exists(value) else fallback
+from .sampler_table import SAMPLERS
 
 
 def full_times(t, like):
-    import torch  # here, not at the top: the command lines read SAMPLERS before torch is loaded
     return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
 
 
 def step_noise(like, generator):
-    import torch
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -55,7 +43,6 @@ class Ddpm:
 def ddim_times(total_timesteps, steps):
     """The library's DDIM time pairs [(T-1, next), ..., (0, -1)] for 1 <= S <= T, computed exactly as
     GaussianDiffusion.ddim_sample does (float32 linspace, truncated), so the two agree for every S."""
-    import torch
     times = torch.linspace(-1, total_timesteps - 1, steps=steps + 1).int().tolist()
     times = list(reversed(times))
     return list(zip(times[:-1], times[1:]))
@@ -92,9 +79,7 @@ class DiffusersSolver:
     DDIM's. diffusers is imported only when such a sampler is asked for."""
 
     def __init__(self, diffusion, *, scheduler, eta=None, **options):
-        import inspect
-
-        import diffusers
+        import diffusers  # here: a second of import time, for the solvers only
         betas = diffusion.betas.detach().double().cpu().numpy()
         self.scheduler = getattr(diffusers, scheduler)(
             num_train_timesteps=len(betas), trained_betas=betas, prediction_type='epsilon',
@@ -119,50 +104,9 @@ class DiffusersSolver:
         return self.scheduler.step(prediction.pred_noise, self.scheduler_time[t], x, **noise).prev_sample
 
 
-def solver(scheduler, **options):
-    def build(diffusion, *, eta=None):
-        return DiffusersSolver(diffusion, scheduler=scheduler, **options)
-    return build
-
-
-SAMPLERS = {
-    'ddpm': SamplerSpec('DDPM', Ddpm, all_steps=True, uses_eta=False, stochastic=True),
-    'ddim': SamplerSpec('DDIM', Ddim, all_steps=False, uses_eta=True, stochastic=None),  # stochastic iff eta > 0
-    'dpmpp_2m': SamplerSpec('DPM-Solver++(2M)', solver('DPMSolverMultistepScheduler', algorithm_type='dpmsolver++',
-                                                       solver_order=2), all_steps=False, uses_eta=False,
-                            stochastic=False),
-    'dpmpp_3m': SamplerSpec('DPM-Solver++(3M)', solver('DPMSolverMultistepScheduler', algorithm_type='dpmsolver++',
-                                                       solver_order=3), all_steps=False, uses_eta=False,
-                            stochastic=False),
-    'dpmpp_2m_sde': SamplerSpec('DPM-Solver++(2M) SDE', solver('DPMSolverMultistepScheduler',
-                                                               algorithm_type='sde-dpmsolver++', solver_order=2),
-                                all_steps=False, uses_eta=False, stochastic=True),
-    'unipc': SamplerSpec('UniPC(2)', solver('UniPCMultistepScheduler', solver_order=2, predict_x0=True,
-                                            solver_type='bh2'), all_steps=False, uses_eta=False, stochastic=False),
-    'euler_a': SamplerSpec('Euler ancestral', solver('EulerAncestralDiscreteScheduler'), all_steps=False,
-                           uses_eta=False, stochastic=True),
-}
-
-
-def resolve_steps(name, steps, total_timesteps):
-    """Steps S a sampler runs: all T for DDPM, else `steps` (default 50, at most T)."""
-    return total_timesteps if SAMPLERS[name].all_steps else default(steps, min(50, total_timesteps))
-
-
-def nfe(name, steps, total_timesteps):
-    """Unet evaluations per image: one per step for every sampler here."""
-    return resolve_steps(name, steps, total_timesteps)
-
-
-def label(name, steps, eta=None):
-    text = f'{SAMPLERS[name].label} {steps}'
-    return f'{text}, eta {eta}' if SAMPLERS[name].uses_eta else text
-
-
-def grid_name(name, steps, eta=None):
-    """The original project's file names ddpm_steps{S} and ddim_steps{S}_eta{E}; {name}_steps{S} for the rest."""
-    return f'{name}_steps{steps}_eta{eta}' if SAMPLERS[name].uses_eta else f'{name}_steps{steps}'
+BUILDERS = {'Ddpm': Ddpm, 'Ddim': Ddim, 'DiffusersSolver': DiffusersSolver}
 
 
 def build_sampler(name, diffusion, *, eta=0.0):
-    return SAMPLERS[name].build(diffusion, eta=eta)
+    spec = SAMPLERS[name]
+    return BUILDERS[spec.builder](diffusion, eta=eta, **spec.options)

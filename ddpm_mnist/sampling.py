@@ -13,19 +13,20 @@ import torch
 
 from .attention import use_fast_attention
 from .device import cpu_has_bf16, synchronize
-from .samplers import SAMPLERS, build_sampler, resolve_steps
+from .sampler_table import SAMPLERS, resolve_steps
+from .samplers import build_sampler
 from .utils import UserError
 
 
 def default_batch_size(device, num_samples):
-    """Images per forward when --batch_size is not given. On a 2-core CPU batch 100 was as fast as or faster
-    than 25 per image in both precisions (benchmarks/bench_sampling.py, 100 images of DDIM-50); GPUs want more."""
+    """Images per forward when --batch_size is not given: 100 on a CPU, 500 on a GPU (benchmarks/bench_sampling.py
+    compares batch sizes; docs/speed.md)."""
     return min(num_samples, 100 if device.type == 'cpu' else 500)
 
 
 def default_precision(device):
     """Fastest precision that keeps sample quality (docs/speed.md): bf16 on CPUs that have it; fp32 on
-    GPUs, where these small Unets are launch-bound and fp32 (TF32 convolutions) measured as fast as bf16."""
+    GPUs, where these small Unets are launch-bound (docs/speed.md)."""
     if device.type == 'cpu' and cpu_has_bf16():
         return 'bf16'
     return 'fp32'
@@ -34,8 +35,7 @@ def default_precision(device):
 class Bf16Unet(torch.nn.Module):
     """The Unet with bf16 weights and activations, fp32 in and out.
 
-    Faster than autocast on CPUs, which spends much of its time casting (benchmarks/bench_sampling.py before the
-    allocator fix, 100 images of DDIM-50: 1.47x over fp32 with autocast, 1.96x with this).
+    Faster than autocast on CPUs, which spends much of its time casting (benchmarks/bench_sampling.py; docs/speed.md).
     The sinusoidal time embedding and its MLP stay in fp32, as the timestep needs more than bf16's 8 bits.
     """
 

@@ -1,12 +1,16 @@
 """Model, diffusion and training settings: the presets and the flags that name them. Imports no torch, so
 `--help` and flag errors are instant."""
 import copy
+from pathlib import Path
+
+SHIPPED = Path(__file__).resolve().parent.parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
 
 OBJECTIVES = ('pred_v', 'pred_noise', 'pred_x0')
 SCHEDULES = ('cosine', 'linear', 'sigmoid')
 
 # Settings that fix what a checkpoint's weights mean; everything else may change between runs.
-MODEL_KEYS = ('dim', 'dim_mults', 'channels')
+MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention')
+ATTENTION_LAYOUTS = ('library', 'lowest')
 DIFFUSION_KEYS = ('image_size', 'timesteps', 'beta_schedule', 'objective')
 
 # The original project's values. Its objective was left at the library default, pred_v.
@@ -42,6 +46,7 @@ MODEL_FLAGS = {
     'unet_dim': ('model', 'dim'), 'dim_mults': ('model', 'dim_mults'), 'channels': ('model', 'channels'),
     'image_size': ('diffusion', 'image_size'), 'train_timesteps': ('diffusion', 'timesteps'),
     'beta_schedule': ('diffusion', 'beta_schedule'), 'objective': ('diffusion', 'objective'),
+    'attention': ('model', 'attention'),
 }
 FLAG_OF = {key: flag for flag, (_, key) in MODEL_FLAGS.items()}
 
@@ -64,16 +69,21 @@ def add_model_args(parser):
     g.add_argument('--image_size', type=int, help='side of the square images the model works on (original: 32)')
     g.add_argument('--train_timesteps', type=int, help='diffusion steps T used in training (original: 1000)')
     g.add_argument('--beta_schedule', choices=SCHEDULES, help='noise schedule (original: cosine)')
+    g.add_argument('--attention', choices=ATTENTION_LAYOUTS,
+                   help="where the Unet attends: library (linear attention at every level, full attention at the "
+                        "lowest; the original) or lowest (only the lowest level's full attention and the middle "
+                        "block's)")
     g.add_argument('--objective', choices=OBJECTIVES,
                    help='what the Unet predicts (original: pred_v, the library default it trained with)')
 
 
-def model_overrides(args):
-    """The model/diffusion settings the user gave explicitly, as {'model': {...}, 'diffusion': {...}}."""
+def model_overrides(values):
+    """The model/diffusion settings given explicitly in `values` (flag name -> value, None for not given), as
+    {'model': {...}, 'diffusion': {...}}."""
     overrides = {'model': {}, 'diffusion': {}}
     for flag, (section, key) in MODEL_FLAGS.items():
-        if getattr(args, flag, None) is not None:
-            overrides[section][key] = getattr(args, flag)
+        if values.get(flag) is not None:
+            overrides[section][key] = values[flag]
     return overrides
 
 
@@ -98,4 +108,8 @@ TRAINING_FLAGS = {
     'num_samples': (int, 'images in each sample-N.png (a square number)'),
     'sampling_timesteps': (int, 'DDIM steps for the sample-N.png grids (default: T, i.e. DDPM as the original)'),
     'results_folder': (str, 'where config.json, model-N.pt and sample-N.png go'),
+    'lr_warmup_steps': (int, 'optimiser steps of linear learning-rate warm-up from 0 (default: 0, none)'),
+    'lr_schedule': (str, 'constant, or cosine: decay to 0 at --train_num_steps after the warm-up '
+                         '(default: constant, as the library)'),
 }
+LR_SCHEDULES = ('constant', 'cosine')

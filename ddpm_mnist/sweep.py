@@ -7,7 +7,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .metrics import METRICS_VERSION
-from .samplers import SAMPLERS, grid_name, label, nfe
+from .sampler_table import SAMPLERS, grid_name, label
 from .sampling import initial_noise, timed_sample
 from .device import machine_name
 from .utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
@@ -63,7 +63,6 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     (out_dir / 'grids').mkdir(exist_ok=True)
     device = diffusion.device
     digest = file_digest(checkpoint)
-    total = diffusion.num_timesteps
     noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     rows = []
     for c in tqdm(configs, desc='sweep', unit='config'):
@@ -79,7 +78,7 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
             raise UserError(f'{config_label(c)} produced NaN images; the checkpoint or precision is broken')
         grid = out_dir / 'grids' / f'{grid_name(c["strategy"], c["steps"], c["eta"])}.png'
         save_grid(images[:grid_images], grid, dict(c, checkpoint_sha256_16=digest, seed=seed))
-        row = dict(config=config_label(c), **c, nfe=nfe(c['strategy'], c['steps'], total),
+        row = dict(config=config_label(c), **c, nfe=c['steps'],  # one Unet call per step, every sampler
                    seconds=seconds, seconds_per_image=seconds / num_samples, grid=str(grid.relative_to(out_dir)),
                    **evaluator.score(images), **(extra_score(images) if extra_score else {}))
         write_json(cached, row)

@@ -10,16 +10,17 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torch.utils.data import DataLoader
 
 from .data import check_training_folder, folder_info
 from .model import build_diffusion, versions
-from .run_folder import (FolderLock, check_against_folder, check_resumable, load_checkpoint, milestone_path,
-                         prepare_folder, read_loss_log, resolve_resume, save_checkpoint, write_loss_log)
-from .settings import PRESETS, TRAINING_FLAGS, model_overrides
+from .run_folder import (FolderLock, check_against_folder, milestone_path, prepare_folder, read_config, read_loss_log, resolve_resume, write_loss_log)
+from .checkpoints import check_resumable, images_seen, load_checkpoint, read_parent, save_checkpoint, segments_of
+from .settings import PRESETS
 from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
 from .device import cpu_has_bf16, keep_freed_memory, machine_name, pick_device
 from .utils import UserError, ensure_writable_dir, warn
@@ -34,7 +35,7 @@ class MnistTrainer(Trainer):
     foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
 
     def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, bf16_compute=False,
-                 train_lr=1e-4, **kwargs):
+                 train_lr=1e-4, max_minutes=None, lr_warmup_steps=0, lr_schedule='constant', **kwargs):
         try:
             super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
         except (URLError, ConnectionError, TimeoutError) as err:  # only the Inception download reaches the network
@@ -42,7 +43,11 @@ class MnistTrainer(Trainer):
                             f'download failed ({getattr(err, "reason", err)}); run once with internet, or drop '
                             '--calculate_fid (scripts/training_curve.py scores milestones offline)') from None
         self.config = config
+        self.max_minutes, self.base_lr = max_minutes, train_lr
+        self.lr_warmup_steps, self.lr_schedule = lr_warmup_steps, lr_schedule
         self.wall_seconds_before, self.started = 0.0, time.time()  # wall time of earlier sessions, and this one
+        self.images_seen_before, self.step_at_start = 0, 0
+        self.effective_batch = self.batch_size * self.gradient_accumulate_every * self.accelerator.num_processes
         self.machines = [machine_name(self.device)]
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
         self.model.register_forward_hook(self.record_loss)
@@ -56,6 +61,14 @@ class MnistTrainer(Trainer):
             dl = DataLoader(self.ds, batch_size=self.batch_size, shuffle=True, num_workers=num_workers,
                             pin_memory=self.device.type == 'cuda', persistent_workers=num_workers > 0)
             self.dl = cycle(self.accelerator.prepare(dl))
+
+    def start_from(self, parent):
+        """Online and EMA weights from a parent run (--init_from), with the optimiser left fresh. The EMA keeps
+        counting from the parent's steps, so its decay does not warm up again from 0."""
+        self.accelerator.unwrap_model(self.model).model.load_state_dict(parent.online)
+        self.ema.ema_model.model.load_state_dict(parent.ema)
+        self.ema.step.fill_(sum(seg.get('steps') or 0 for seg in segments_of(parent.record['provenance'])))
+        self.ema.initted.fill_(True)
 
     def record_loss(self, module, args, loss):
         if module.training:
@@ -74,6 +87,48 @@ class MnistTrainer(Trainer):
         if self.accelerator.is_main_process:
             self.ema.use_foreach = levers['ema_foreach']
 
+    def lr_at(self, step):
+        """Learning rate of optimiser step `step` (0-based): linear warm-up from 0 over lr_warmup_steps, then
+        constant or a cosine decay to 0 at train_num_steps (the library's Trainer has no schedule)."""
+        warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
+        if self.lr_schedule == 'cosine':
+            span = max(1, self.total_steps - self.lr_warmup_steps)
+            progress = min(1.0, max(0, step - self.lr_warmup_steps) / span)
+            warm *= 0.5 * (1 + math.cos(math.pi * progress))
+        return self.base_lr * warm
+
+    def set_lr(self, step):
+        for group in self.plain_optimiser.param_groups:
+            group['lr'] = self.lr_at(step)
+
+    @property
+    def plain_optimiser(self):
+        return getattr(self.opt, 'optimizer', self.opt)  # under accelerate's AcceleratedOptimizer wrapper
+
+    def after_optimiser_step(self):
+        """Runs inside opt.step(), before the library's loop counts the step: the next step's learning rate, and
+        the time limit, checked at milestone boundaries only so the run ends on a milestone."""
+        step = self.step + 1
+        self.set_lr(step)
+        if self.max_minutes is not None and step % self.save_and_sample_every == 0 and self.time_is_up():
+            self.train_num_steps = step
+
+    def time_is_up(self):
+        up = time.time() - self.train_started >= 60 * self.max_minutes
+        if self.accelerator.num_processes > 1:  # every process must stop at the same step
+            up = broadcast_object_list([up])[0]
+        return up
+
+    def train(self):
+        """The library's loop, with the learning-rate schedule and time limit hooked onto the optimiser step."""
+        self.total_steps, self.train_started = self.train_num_steps, time.time()
+        self.set_lr(self.step)
+        handle = self.plain_optimiser.register_step_post_hook(lambda *_: self.after_optimiser_step())
+        try:
+            super().train()
+        finally:
+            handle.remove()
+
     def save(self, milestone):
         if not self.accelerator.is_main_process:
             return
@@ -89,6 +144,7 @@ class MnistTrainer(Trainer):
             'version': self.config['versions']['denoising_diffusion_pytorch'],
             'config': self.config,
             'wall_seconds': round(self.wall_seconds_before + time.time() - self.started, 1),
+            'images_seen': self.images_seen_before + (self.step - self.step_at_start) * self.effective_batch,
             'machines': self.machines,
         }
         try:
@@ -113,6 +169,7 @@ class MnistTrainer(Trainer):
         self.losses = {step: loss for step, loss in read_loss_log(self.results_folder).items() if step <= self.step}
         earlier = load_checkpoint(milestone_path(self.results_folder, milestone))
         self.wall_seconds_before = float(earlier.get('wall_seconds', 0.0))
+        self.images_seen_before, self.step_at_start = images_seen(earlier, earlier.get('config') or self.config), self.step
         self.machines = list(dict.fromkeys([*earlier.get('machines', []), *self.machines]))
         self.started = time.time()
 
@@ -143,18 +200,22 @@ def training_device(name):
 
 # ---------------------------------------------------------------- the training command
 
-def build_config(args):
-    config = copy.deepcopy(PRESETS[args.preset])
-    for section, values in model_overrides(args).items():
-        config[section].update(values)
-    training = config['training']
-    training.update({k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None})
-    if args.amp is not None:
-        training['amp'] = args.amp
-    training.update(preset=args.preset, calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path)
-    check_training_settings(training)
+def build_config(*, preset='seed', model=None, diffusion=None, training=None, amp=None, calculate_fid=False,
+                 seed=None, fast_path=True, min_snr_gamma=None):
+    """The run's config: the preset, with the model, diffusion and training settings given explicitly on top."""
+    config = copy.deepcopy(PRESETS[preset])
+    config['model'].update(model or {})
+    config['diffusion'].update(diffusion or {})
+    t = config['training']
+    t.update(training or {})
+    if amp is not None:
+        t['amp'] = amp
+    t.update(preset=preset, calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
+    if min_snr_gamma is not None:  # a loss weighting: changes training, not what the weights mean
+        config['diffusion']['min_snr_gamma'] = min_snr_gamma
+    check_training_settings(t)
     check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
-                    timesteps=config['diffusion']['timesteps'], sampling_timesteps=training['sampling_timesteps'])
+                    timesteps=config['diffusion']['timesteps'], sampling_timesteps=t['sampling_timesteps'])
     config['versions'] = versions()
     return config
 
@@ -182,28 +243,44 @@ def cpu_warning(config, device):
          'for CPU training.')
 
 
-def train_from_args(args, argv=None):
-    """The whole training command: check, build, lock the folder, write config.json, train."""
-    from accelerate import PartialState
-
-    config = build_config(args)
-    config['command'] = shlex.join(['python3', 'train_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)])
+def train_model(*, data_folder, preset='seed', model=None, diffusion=None, training=None, amp=None,
+                mixed_precision_type='auto', calculate_fid=False, num_fid_samples=50000, min_snr_gamma=None,
+                fast_path=True, compile=None, num_workers=2, resume='auto', init_from=None, max_minutes=None,
+                device='auto', seed=None, command=None):
+    """The whole training command: check, build, lock the folder, write config.json, train. `model`, `diffusion`
+    and `training` are the settings given explicitly (the rest comes from the preset)."""
+    config = build_config(preset=preset, model=model, diffusion=diffusion, training=training, amp=amp,
+                          calculate_fid=calculate_fid, seed=seed, fast_path=fast_path, min_snr_gamma=min_snr_gamma)
+    config['command'] = command or shlex.join(['python3', 'train_ddpm_mnist.py', *sys.argv[1:]])
     folder = config['training']['results_folder']
-    num_images = check_training_folder(args.data_folder)
-    device = training_device(args.device)
+    warmup_given = 'lr_warmup_steps' in (training or {})
+    num_images = check_training_folder(data_folder)
+    device = training_device(device)
     state = PartialState(cpu=device == 'cpu')  # on CPU, accelerate only goes multi-process (gloo) when told
-    precision = mixed_precision(config['training']['amp'], args.mixed_precision_type, device)
+    precision = mixed_precision(config['training']['amp'], mixed_precision_type, device)
     config['training']['mixed_precision'] = precision
-    config['data'] = {**folder_info(args.data_folder), 'folder': str(args.data_folder), 'num_images': num_images}
+    config['training']['num_processes'] = state.num_processes
+    config['data'] = {**folder_info(data_folder), 'folder': str(data_folder), 'num_images': num_images}
+    parent = None
+    if init_from:
+        parent = read_parent(init_from, config)
+        config['init_from'] = parent.record
+        if not warmup_given:  # a fresh Adam on trained weights: let its moment estimates settle first
+            config['training']['lr_warmup_steps'] = INIT_FROM_WARMUP_STEPS
+    latest = resolve_resume(folder, resume)
     if state.is_main_process:
         check_against_folder(config, folder)
-        latest = resolve_resume(folder, args.resume)
         if latest is not None:
             check_resumable(folder, latest, config)
+            check_same_parent(folder, config, warmup_given=warmup_given)
     created = not Path(folder).exists()
     ensure_writable_dir(folder)
     try:
-        trainer = build_trainer(args, config, state, device, precision, num_images)
+        trainer = build_trainer(config, state, device, precision, num_images, data_folder=data_folder,
+                                num_workers=num_workers, fast_path=fast_path, compile=compile, seed=seed,
+                                num_fid_samples=num_fid_samples, max_minutes=max_minutes)
+        if parent is not None and latest is None:
+            trainer.start_from(parent)
     except BaseException:  # nothing half-made: a folder this run created is removed again while still empty
         if created and state.is_main_process and not any(Path(folder).iterdir()):
             Path(folder).rmdir()
@@ -213,18 +290,36 @@ def train_from_args(args, argv=None):
             stack.enter_context(FolderLock(folder))
             prepare_folder(folder, config)
         state.wait_for_everyone()
-        train(trainer, config, state, resolve_resume(folder, args.resume))
+        train(trainer, config, state, resolve_resume(folder, resume))
 
 
-def build_trainer(args, config, state, device, precision, num_images):
+INIT_FROM_WARMUP_STEPS = 200
+
+
+def check_same_parent(folder, config, *, warmup_given):
+    """A run resumed from its milestones keeps the parent it started from (and its warm-up): --init_from may
+    repeat it or be left out."""
+    folder_config = read_config(folder) or {}
+    existing, given = folder_config.get('init_from'), config.get('init_from')
+    if given is None:
+        if existing is not None:
+            config['init_from'] = existing
+            if not warmup_given:
+                config['training']['lr_warmup_steps'] = folder_config['training'].get('lr_warmup_steps')
+        return
+    if existing is None or existing['sha256_16'] != given['sha256_16']:
+        raise UserError(f'{folder} already holds milestones of a run that did not start from --init_from '
+                        f'{given["file"]}; resume without --init_from, or use a new --results_folder')
+
+
+def build_trainer(config, state, device, precision, num_images, *, data_folder, num_workers, fast_path, compile,
+                  seed, num_fid_samples, max_minutes):
     """The library's classes, built and checked (data decoded) before anything is written to the folder."""
-    from accelerate.utils import set_seed
-
     training = config['training']
-    if args.seed is not None:
-        set_seed(args.seed)
+    if seed is not None:
+        set_seed(seed)
     effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
-    state.print(f'preset {args.preset}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
+    state.print(f'preset {training["preset"]}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
                 f'objective {config["diffusion"]["objective"]}, {num_images} training images, device {device} x '
                 f'{state.num_processes}, precision {precision}, effective batch {effective} '
                 f'({training["train_batch_size"]} per process x {training["gradient_accumulate_every"]} accumulation'
@@ -233,8 +328,8 @@ def build_trainer(args, config, state, device, precision, num_images):
         cpu_warning(config, device)
     diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
     return MnistTrainer(
-        diffusion, args.data_folder, config=config, num_workers=args.num_workers, fast=args.fast_path,
-        compile=args.fast_path and (device == 'cpu' if args.compile is None else args.compile),
+        diffusion, data_folder, config=config, num_workers=num_workers, fast=fast_path,
+        compile=fast_path and (device == 'cpu' if compile is None else compile),
         train_batch_size=training['train_batch_size'], train_lr=training['train_lr'],
         train_num_steps=training['train_num_steps'],
         gradient_accumulate_every=training['gradient_accumulate_every'],
@@ -243,7 +338,8 @@ def build_trainer(args, config, state, device, precision, num_images):
         mixed_precision_type=precision if precision not in ('no', 'bf16_compute') else 'fp16',
         results_folder=training['results_folder'], save_and_sample_every=training['save_and_sample_every'],
         num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
-        num_fid_samples=args.num_fid_samples)
+        num_fid_samples=num_fid_samples, max_minutes=max_minutes,
+        lr_warmup_steps=training.get('lr_warmup_steps') or 0, lr_schedule=training.get('lr_schedule') or 'constant')
 
 
 def train(trainer, config, state, resume):
@@ -260,5 +356,8 @@ def train(trainer, config, state, resume):
     started, first_step = time.time(), trainer.step
     trainer.train()
     seconds = time.time() - started
+    if trainer.step < training['train_num_steps']:
+        state.print(f'stopped at step {trainer.step} of {training["train_num_steps"]}: --max_minutes '
+                    f'{trainer.max_minutes} reached (rerun to resume)')
     state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({(trainer.step - first_step) * effective / seconds:.1f} '
                 f'images/s, milestone grids included); checkpoints in {folder}')

@@ -1,7 +1,10 @@
+"""Small helpers every module uses: one-line user errors, atomic writes, JSON, digests, grids. Imports no torch
+at the top: the command lines load it before parsing their flags."""
 import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +51,6 @@ TEMPORARY_PATTERNS = ('.*.tmp-*', '.*.partial-*', '.*.old-*')
 
 def remove_stale_temporaries(folder):
     """Delete the temporaries of killed runs in `folder` (never those of a running process)."""
-    import shutil
     folder = Path(folder)
     if not folder.is_dir():
         return

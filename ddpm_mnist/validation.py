@@ -3,7 +3,7 @@ imported or anything is written), so a bad value is one line naming the flag, th
 import math
 from collections import namedtuple
 
-from .samplers import SAMPLERS
+from .sampler_table import SAMPLERS
 from .utils import UserError
 
 Rule = namedtuple('Rule', 'ok allowed')
@@ -35,7 +35,9 @@ RULES = {
     'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
     'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
     'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
-    'sampling_timesteps': at_least(1), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
+    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'max_minutes': POSITIVE_NUMBER,
+    'min_snr_gamma': POSITIVE_NUMBER,
+    'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
     'seed': Rule(lambda v: 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
     # sampling
     'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
@@ -47,10 +49,10 @@ RULES = {
 }
 
 
-def check_flags(args, rules=RULES, extra=None):
-    """Raise a one-line UserError for the first flag of `args` (a Namespace) that breaks its rule."""
+def check_flags(values, rules=RULES, extra=None):
+    """Raise a one-line UserError for the first flag in `values` (flag name -> value) that breaks its rule."""
     rules = {**rules, **(extra or {})}
-    for name, value in vars(args).items():
+    for name, value in values.items():
         rule = rules.get(name)
         if rule is not None and value is not None and not rule.ok(value):
             shown = ','.join(map(str, value)) if isinstance(value, list) else value

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.samplers import SAMPLERS  # noqa: E402
+from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label,  # noqa: E402
                               sweep_configs, write_outputs)
 from ddpm_mnist.data import load_split  # noqa: E402

@@ -30,14 +30,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     from ddpm_mnist.classifier import accuracy, load_classifier, save_classifier, train_classifier
     from ddpm_mnist.data import load_split
-    from ddpm_mnist.metrics import write_reference_stats
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)
     test_x, test_y = load_split('test', args.raw_dir, args.data_root)
     stats_path = Path(args.output).with_name('mnist_test_features.safetensors')
     if args.stats_only:
-        floors = write_reference_stats(load_classifier(args.output), test_x, train_x, stats_path)
-        print(f'wrote {stats_path}; real-data floor FID by N: {floors}')
-        return
+        return write_all_stats(load_classifier(args.output), test_x, train_x, stats_path)
     start = time.time()
     model = train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed)
     acc = accuracy(model, test_x, test_y)
@@ -48,8 +45,14 @@ def main(argv=None):
     save_classifier(model, args.output, info)
     print(f'test accuracy {acc:.4f} on {len(test_y)} images ({len(train_y)} training images, '
           f'{info["seconds"]} s); wrote {args.output}')
-    floors = write_reference_stats(model, test_x, train_x, stats_path)
-    print(f'wrote {stats_path}; real-data floor FID by N: {floors}')
+    write_all_stats(model, test_x, train_x, stats_path)
+
+
+def write_all_stats(model, test_x, train_x, stats_path):
+    from ddpm_mnist.metrics import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
+    for size in STATS_IMAGE_SIZES:
+        floors = write_reference_stats(model, test_x, train_x, stats_path, image_size=size)
+        print(f'wrote {stats_path_for(size, stats_path)} ({size} px); real-data floor FID by N: {floors}')
 
 
 if __name__ == '__main__':

@@ -1,46 +1,66 @@
 #!/usr/bin/env bash
-# Train the shipped model on all 60,000 MNIST training digits and export it to pretrained/.
+# Train the shipped model one segment at a time, continuing from the weights committed in pretrained/, on any
+# machine (a fresh clone included), then export it and rescore the training curve.
 #
-#   bash scripts/train_shipped.sh            # starts in the background; log in runs/shipped60k.log
-#   bash scripts/train_shipped.sh            # again after an interruption: resumes from the latest milestone
-#   FOREGROUND=1 bash scripts/train_shipped.sh
+#   bash scripts/train_shipped.sh --minutes 140                 # background; log in runs/shipped/segment-K.log
+#   bash scripts/train_shipped.sh --minutes 140 --from_scratch  # segment 1 of a new recipe (new architecture)
+#   FOREGROUND=1 bash scripts/train_shipped.sh --minutes 5
 #
-# Same command on a CPU or a CUDA machine (the Trainer picks the device; fp16 AMP on CUDA, bf16 on a CPU with
-# bf16 instructions). MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or is
-# downloaded. When the last milestone exists, the EMA weights are exported to pretrained/ddpm_mnist_small.*,
-# and the training curve is scored (SKIP_CURVE=1 skips that).
+# Segment K continues pretrained/ddpm_mnist_small.safetensors (train_ddpm_mnist.py --init_from: fresh optimiser,
+# learning-rate warm-up, the EMA counting on) for M minutes of training with --preset shipped, into
+# runs/shipped/segment-K/ (killed midway, the same command resumes it). It then exports the last milestone to
+# pretrained/ (refused if it scores worse than the model there, same command; FORCE=1 overrides) and scores the
+# segment's milestones into assets/training_curve.* (earlier segments' rows kept). Commit pretrained/ and assets/.
+# MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${RUN:-runs/shipped60k}
-LOG=${LOG:-$RUN.log}
+MINUTES="" FROM_SCRATCH=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) MINUTES="${2:-}"; shift 2 ;;
+    --from_scratch) FROM_SCRATCH=1; shift ;;
+    *) echo "error: unknown argument $1; use --minutes M [--from_scratch]" >&2; exit 2 ;;
+  esac
+done
+[[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "error: give --minutes M, the minutes of training of this segment (at most 150 in a 3-hour session)" >&2; exit 2; }
+SHIPPED=pretrained/ddpm_mnist_small
 DATA=${DATA:-data/mnist_full_train}
 [ -z "${RAW_DIR+x}" ] && [ -d ../shared/data/mnist-full ] && RAW_DIR=../shared/data/mnist-full
-if [ -z "${FOREGROUND:-}" ]; then
-  mkdir -p "$(dirname "$LOG")"
-  FOREGROUND=1 nohup bash "$0" "$@" >> "$LOG" 2>&1 &
-  echo "training in the background (pid $!); follow it with: tail -f $LOG"
-  exit 0
-fi
 if [ -z "${PY:-}" ]; then  # PY=python3 uses an environment that is already set up (e.g. a GPU machine)
   [ -x .venv/bin/python ] || bash scripts/setup_env.sh
   PY=.venv/bin/python
 fi
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+if [ -n "$FROM_SCRATCH" ]; then
+  SEGMENT=1 INIT=()
+else
+  SEGMENT=$($PY -c "import json, sys; p = json.load(open(sys.argv[1])).get('provenance') or {}; print(len(p.get('segments') or [p]) + 1)" "$SHIPPED.json")
+  INIT=(--init_from "$SHIPPED.safetensors")
+fi
+RUN=${RUN:-runs/shipped/segment-$SEGMENT}
+LOG=${LOG:-$RUN.log}
+if [ -z "${FOREGROUND:-}" ]; then
+  mkdir -p "$(dirname "$LOG")"
+  FOREGROUND=1 RUN="$RUN" nohup bash "$0" --minutes "$MINUTES" ${FROM_SCRATCH:+--from_scratch} >> "$LOG" 2>&1 &
+  echo "segment $SEGMENT training in the background (pid $!); follow it with: tail -f $LOG"
+  exit 0
+fi
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 echo "== $(date -u +%FT%TZ) data"
-$PY get_mnist_data.py ${RAW_DIR:+--raw-dir "$RAW_DIR"} --output "$DATA"
+$PY get_mnist_data.py ${RAW_DIR:+--raw_dir "$RAW_DIR"} --output "$DATA"
 $PY - "$DATA" <<'PYCHECK'
 import json, sys
 n = json.load(open(f'{sys.argv[1]}/dataset.json'))['num_images']
 sys.exit(0 if n == 60000 else f'error: {sys.argv[1]} holds {n} images, not the 60,000 training digits; '
                               'delete it and rerun, with RAW_DIR pointing at the full MNIST')
 PYCHECK
-echo "== $(date -u +%FT%TZ) training (resumes from the latest milestone)"
-$PY train_ddpm_mnist.py --preset shipped --data_folder "$DATA" --results_folder "$RUN" --seed 0 --resume auto
-final=$($PY -c "from ddpm_mnist.settings import PRESETS as P; t = P['shipped']['training']; print(t['train_num_steps'] // t['save_and_sample_every'])")
-echo "== $(date -u +%FT%TZ) export milestone $final"
-$PY -m ddpm_mnist.export "$RUN/model-$final.pt" pretrained/ddpm_mnist_small
+echo "== $(date -u +%FT%TZ) segment $SEGMENT: $MINUTES minutes of training into $RUN"
+$PY train_ddpm_mnist.py --preset shipped --data_folder "$DATA" --results_folder "$RUN" --seed "$SEGMENT" \
+  --max_minutes "$MINUTES" --resume auto "${INIT[@]}"
+last=$(ls "$RUN" | sed -n 's/^model-\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
+echo "== $(date -u +%FT%TZ) export milestone $last (compared with the current $SHIPPED first)"
+$PY -m ddpm_mnist.export "$RUN/model-$last.pt" "$SHIPPED" ${RAW_DIR:+--raw_dir "$RAW_DIR"} ${FORCE:+--force}
 if [ -z "${SKIP_CURVE:-}" ]; then
   echo "== $(date -u +%FT%TZ) training curve"
-  $PY scripts/training_curve.py --results_folder "$RUN" ${RAW_DIR:+--raw-dir "$RAW_DIR"}
+  $PY scripts/training_curve.py --results_folder "$RUN" ${RAW_DIR:+--raw_dir "$RAW_DIR"}
 fi
-echo "== $(date -u +%FT%TZ) done"
+echo "== $(date -u +%FT%TZ) done: commit $SHIPPED.safetensors, $SHIPPED.json and assets/training_curve.*"

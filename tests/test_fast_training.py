@@ -7,8 +7,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
-from ddpm_mnist.run_folder import load_checkpoint
-from ddpm_mnist.run_folder import export_ema
+from ddpm_mnist.checkpoints import export_ema, load_checkpoint
 from ddpm_mnist.fast_training import BASELINE, CachedImages, apply_levers, decode_all, use_bf16_compute
 from ddpm_mnist.model import build_diffusion
 from ddpm_mnist.run_folder import read_loss_log
@@ -51,12 +50,12 @@ def plain_and_changed(image_folder, change):
     return images, plain, changed
 
 
-@pytest.mark.parametrize('attention', ['both', 'linear'])
-def test_layout_levers_keep_loss_and_gradients(image_folder, attention):
-    images, plain, fast = plain_and_changed(
-        image_folder, lambda d: apply_levers(d, {**BASELINE, 'channels_last': True, 'fast_attention': attention}))
+@pytest.mark.parametrize('full', [True, False])
+def test_layout_levers_keep_loss_and_gradients(image_folder, full):
+    levers = {**BASELINE, 'channels_last': True, 'fast_linear_attention': True, 'fast_full_attention': full}
+    images, plain, fast = plain_and_changed(image_folder, lambda d: apply_levers(d, levers))
     kinds = {type(m).__name__ for m in fast.modules()}
-    assert 'FastLinearAttention' in kinds and ('FastAttention' in kinds) == (attention == 'both')
+    assert 'FastLinearAttention' in kinds and ('FastAttention' in kinds) == full
     loss_a, grads_a = loss_and_grads(plain, images)
     loss_b, grads_b = loss_and_grads(fast, images.contiguous(memory_format=torch.channels_last))
     assert abs(loss_a - loss_b) < 1e-5
@@ -113,7 +112,7 @@ def test_nan_weights_are_never_resumed(tmp_path, image_folder, capsys):
     assert sorted(p.name for p in results.glob('model-*.pt')) == ['model-1.pt']
 
 
-def test_bf16_compute_from_the_command_line(tmp_path, image_folder, capsys):  # issue 12
+def test_bf16_compute_from_the_command_line(tmp_path, image_folder, capsys):
     results = tmp_path / 'r'
     argv = train_argv(image_folder, results, steps=2, extra=('--mixed_precision_type', 'bf16_compute'))
     assert run_main(train_ddpm_mnist.main, argv, capsys)[0] == 0

@@ -10,7 +10,8 @@ import torch
 
 import inference_comparison
 from conftest import ROOT, assert_one_line_error, run_main, train_argv
-from ddpm_mnist.run_folder import load_checkpoint, load_model, milestones
+from ddpm_mnist.checkpoints import load_checkpoint, load_model
+from ddpm_mnist.run_folder import milestones
 
 # Runs a script in a child process after installing one fault: SIGKILL of itself when `kind` happens
 # for the `nth` time. Kinds: 'rename' (os.replace onto model-N.pt, i.e. between writing the temporary

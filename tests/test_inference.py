@@ -9,8 +9,10 @@ from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
 import inference_comparison
 from conftest import assert_one_line_error, run_main
 from ddpm_mnist import sampling
-from ddpm_mnist.inference import SHIPPED, resolve_checkpoint
-from ddpm_mnist.run_folder import detect_objective, detect_schedule, load_model
+from ddpm_mnist.inference import resolve_checkpoint
+from ddpm_mnist.settings import SHIPPED
+from ddpm_mnist.checkpoint_config import detect_objective, detect_schedule
+from ddpm_mnist.checkpoints import load_model
 
 
 def tiny_diffusion(timesteps=20, objective='pred_v', schedule='cosine', seed=0):
@@ -270,19 +272,18 @@ def test_shipped_model_makes_recognisable_digits():
     assert 0.05 < images.mean() < 0.3 and (images < 0.1).float().mean() > 0.6
 
 
-def test_same_file_name_in_two_folders_gets_two_output_folders(trained_run, tmp_path):  # issue 15
+def test_same_file_name_in_two_folders_gets_two_output_folders(trained_run, tmp_path):
     (tmp_path / 'a').mkdir()
     (tmp_path / 'b').mkdir()
     ckpt = torch.load(trained_run / 'model-2.pt', weights_only=True)
     torch.save(ckpt, tmp_path / 'a' / 'model-1.pt')
     ckpt['step'] += 1
     torch.save(ckpt, tmp_path / 'b' / 'model-1.pt')
-    names = {resolve_checkpoint(inference_comparison.parse_args(
-        ['--checkpoint', str(tmp_path / sub / 'model-1.pt')]))[1] for sub in 'ab'}
+    names = {resolve_checkpoint(checkpoint=str(tmp_path / sub / 'model-1.pt'))[1] for sub in 'ab'}
     assert len(names) == 2 and all(n.startswith('inference_model-1_') for n in names)
 
 
-def test_shipped_model_says_what_it_came_from():  # issue 11
+def test_shipped_model_says_what_it_came_from():
     record = json.loads(SHIPPED.with_suffix('.json').read_text())
     prov = record['provenance']
     assert prov['training_images'] == 60000 and prov['steps'] == record['training']['train_num_steps']

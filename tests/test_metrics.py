@@ -62,13 +62,13 @@ def test_precision_recall_of_a_set_with_itself_is_one(digits, classifier):
     assert metrics.precision_recall(f, collapsed)[1] < 0.1  # mode collapse kills recall
 
 
-def test_memorisation_flags_copies_only(digits):
+@pytest.mark.parametrize('size', [28, 32])
+def test_memorisation_flags_copies_only(digits, size):
     images, _ = digits
-    train = as_training_resolution(images[:300])
-    train_pixels = train.flatten(1).numpy() if train.shape[-1] == 28 else \
-        metrics.to_classifier_input(train).flatten(1).numpy()
+    train = as_training_resolution(images[:300], size)
+    train_pixels = metrics.to_classifier_input(train).flatten(1).numpy()
     _, copies = metrics.memorisation(train[:50], train_pixels)
-    _, fresh = metrics.memorisation(as_training_resolution(images[300:350]), train_pixels)
+    _, fresh = metrics.memorisation(as_training_resolution(images[300:350], size), train_pixels)
     assert copies == 1.0 and fresh < 0.1
 
 
@@ -168,7 +168,7 @@ class RunsCode:
         return (open, (str(self.marker), 'w'))
 
 
-def test_malicious_inception_weights_do_not_run_code(trained_run, tmp_path, capsys):  # issue 15
+def test_malicious_inception_weights_do_not_run_code(trained_run, tmp_path, capsys):
     marker, weights = tmp_path / 'pwned', tmp_path / 'pt_inception.pth'
     torch.save({'Conv2d_1a_3x3.conv.weight': RunsCode(marker)}, weights)
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--inception_weights', str(weights),
@@ -188,7 +188,7 @@ def test_wrong_inception_weights_are_a_clear_error(trained_run, tmp_path, capsys
     assert_one_line_error(code, err, 'does not hold the pytorch-fid Inception weights')
 
 
-def test_shipped_classifier_is_the_60k_one_and_accurate(digits, classifier):  # issue 11
+def test_shipped_classifier_is_the_60k_one_and_accurate(digits, classifier):
     import json
     from ddpm_mnist.classifier import WEIGHTS, accuracy
     info = json.loads(WEIGHTS.with_suffix('.json').read_text())

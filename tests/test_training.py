@@ -5,7 +5,8 @@ import torch
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
-from ddpm_mnist.run_folder import load_checkpoint, milestones
+from ddpm_mnist.checkpoints import load_checkpoint
+from ddpm_mnist.run_folder import milestones
 from ddpm_mnist.device import cpu_has_bf16
 from ddpm_mnist.training import MnistTrainer, build_config, mixed_precision
 
@@ -25,7 +26,7 @@ def test_training_writes_config_milestones_and_samples(trained_run):
 
 def test_seed_preset_is_the_original():
     args = train_ddpm_mnist.parse_args([])
-    config = build_config(args)
+    config = build_config(**train_ddpm_mnist.config_kwargs(args))
     assert config['model'] == {'dim': 64, 'dim_mults': [1, 2, 4, 8], 'channels': 1}
     assert config['diffusion'] == {'image_size': 32, 'timesteps': 1000, 'beta_schedule': 'cosine',
                                    'objective': 'pred_v'}
@@ -37,8 +38,8 @@ def test_seed_preset_is_the_original():
 
 
 def test_flags_override_preset():
-    config = build_config(train_ddpm_mnist.parse_args(
-        ['--preset', 'small', '--unet_dim', '16', '--objective', 'pred_noise', '--train_lr', '3e-4', '--no-amp']))
+    config = build_config(**train_ddpm_mnist.config_kwargs(train_ddpm_mnist.parse_args(
+        ['--preset', 'small', '--unet_dim', '16', '--objective', 'pred_noise', '--train_lr', '3e-4', '--no-amp'])))
     assert config['model']['dim'] == 16 and config['diffusion']['objective'] == 'pred_noise'
     assert config['training']['train_lr'] == 3e-4 and config['training']['amp'] is False
     assert config['model']['dim_mults'] == [1, 2, 2]
@@ -157,7 +158,7 @@ def original_project_folder(tmp_path, image_folder):
     (['--unet_dim', '16', '--objective', 'pred_noise', '--beta_schedule', 'linear'], ['dim: 8 vs 16']),
 ])
 def test_resuming_an_original_folder_with_other_settings_is_refused(tmp_path, image_folder, capsys, extra,
-                                                                     fragments):  # issue 15
+                                                                     fragments):
     folder = original_project_folder(tmp_path, image_folder)
     before = sorted(p.name for p in folder.iterdir())
     argv = train_argv(image_folder, folder, steps=4, extra=['--train_timesteps', '100', *extra])
@@ -185,7 +186,7 @@ def test_config_contradicting_the_buffers_is_refused_at_inference(tmp_path, imag
     assert_one_line_error(code, err, 'contradict its config', 'objective: pred_noise in the weights vs pred_v')
 
 
-def test_calculate_fid_without_internet_is_one_line(tmp_path, image_folder, monkeypatch, capsys):  # issue 15
+def test_calculate_fid_without_internet_is_one_line(tmp_path, image_folder, monkeypatch, capsys):
     import pytorch_fid.inception
     from urllib.error import URLError
 
@@ -198,7 +199,7 @@ def test_calculate_fid_without_internet_is_one_line(tmp_path, image_folder, monk
     assert not (tmp_path / 'r').exists()
 
 
-def test_malicious_milestone_is_refused_at_resume(tmp_path, image_folder, capsys):  # issue 15
+def test_malicious_milestone_is_refused_at_resume(tmp_path, image_folder, capsys):
     results = tmp_path / 'r'
     assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
     marker = tmp_path / 'pwned'

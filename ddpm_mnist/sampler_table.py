@@ -1,0 +1,55 @@
+"""The sampler registry: every sampler, one entry each (its label, the class that runs it, how many steps it
+takes, whether eta applies). The command line, validation, sweep, grid names and plot read this table; it imports
+no torch, so --help and flag errors stay instant. The classes are in samplers.py.
+
+Adding a sampler: write its class in samplers.py (or name a diffusers scheduler with options), add one entry
+here, and add it to tests/test_samplers.py, which checks it against a reference implementation.
+"""
+from collections import namedtuple
+
+# builder: a class of samplers.py; options: what it is built with (for DiffusersSolver, the scheduler and its
+# settings)
+SamplerSpec = namedtuple('SamplerSpec', 'label builder all_steps uses_eta stochastic options')
+
+
+def exists(value):
+    return value is not None
+
+
+def default(value, fallback):
+    return value if exists(value) else fallback
+
+
+def solver(label, scheduler, *, stochastic, **options):
+    return SamplerSpec(label, 'DiffusersSolver', all_steps=False, uses_eta=False, stochastic=stochastic,
+                       options=dict(scheduler=scheduler, **options))
+
+
+SAMPLERS = {
+    'ddpm': SamplerSpec('DDPM', 'Ddpm', all_steps=True, uses_eta=False, stochastic=True, options={}),
+    'ddim': SamplerSpec('DDIM', 'Ddim', all_steps=False, uses_eta=True, stochastic=None, options={}),  # iff eta > 0
+    'dpmpp_2m': solver('DPM-Solver++(2M)', 'DPMSolverMultistepScheduler', algorithm_type='dpmsolver++',
+                       solver_order=2, stochastic=False),
+    'dpmpp_3m': solver('DPM-Solver++(3M)', 'DPMSolverMultistepScheduler', algorithm_type='dpmsolver++',
+                       solver_order=3, stochastic=False),
+    'dpmpp_2m_sde': solver('DPM-Solver++(2M) SDE', 'DPMSolverMultistepScheduler', algorithm_type='sde-dpmsolver++',
+                           solver_order=2, stochastic=True),
+    'unipc': solver('UniPC(2)', 'UniPCMultistepScheduler', solver_order=2, predict_x0=True, solver_type='bh2',
+                    stochastic=False),
+    'euler_a': solver('Euler ancestral', 'EulerAncestralDiscreteScheduler', stochastic=True),
+}
+
+
+def resolve_steps(name, steps, total_timesteps):
+    """Steps S a sampler runs: all T for DDPM, else `steps` (default 50, at most T)."""
+    return total_timesteps if SAMPLERS[name].all_steps else default(steps, min(50, total_timesteps))
+
+
+def label(name, steps, eta=None):
+    text = f'{SAMPLERS[name].label} {steps}'
+    return f'{text}, eta {eta}' if SAMPLERS[name].uses_eta else text
+
+
+def grid_name(name, steps, eta=None):
+    """The original project's file names ddpm_steps{S} and ddim_steps{S}_eta{E}; {name}_steps{S} for the rest."""
+    return f'{name}_steps{steps}_eta{eta}' if SAMPLERS[name].uses_eta else f'{name}_steps{steps}'

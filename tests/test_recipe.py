@@ -1,0 +1,150 @@
+"""The recipe levers of the training study: attention layout, native 28 px, learning-rate schedule, min-SNR,
+the time limit, continuing from weights (--init_from) and the images-seen count."""
+import json
+import math
+
+import pytest
+import torch
+from denoising_diffusion_pytorch import Unet
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import LinearAttention
+
+import train_ddpm_mnist
+from conftest import assert_one_line_error, run_main, train_argv
+from ddpm_mnist.model import LowestAttentionUnet, build_unet
+from ddpm_mnist.checkpoints import export_ema, images_seen, load_checkpoint, load_model
+from ddpm_mnist.checkpoint_config import infer_unet_arch
+from ddpm_mnist.run_folder import milestones
+from ddpm_mnist.training import MnistTrainer
+
+LEAN = ['--image_size', '28', '--attention', 'lowest']
+
+
+def test_lowest_attention_unet_drops_only_the_outer_linear_attention():
+    library = Unet(dim=8, dim_mults=(1, 2, 2), channels=1)
+    lean = LowestAttentionUnet(dim=8, dim_mults=(1, 2, 2), channels=1)
+    assert any(isinstance(m, LinearAttention) for m in library.modules())
+    assert not any(isinstance(m, LinearAttention) for m in lean.modules())
+    lean_keys, library_keys = set(lean.state_dict()), set(library.state_dict())
+    assert lean_keys < library_keys  # a subset: the library's names, less the linear attention's weights
+    assert all('.2.' in k for k in library_keys - lean_keys)
+    assert infer_unet_arch(lean.state_dict())['attention'] == 'lowest'
+    assert infer_unet_arch(library.state_dict())['attention'] == 'library'
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    assert lean(x, t).shape == (2, 1, 28, 28)  # 28 -> 14 -> 7 and back
+
+
+def test_lean_run_trains_loads_and_samples_at_28_px(tmp_path, image_folder, capsys):
+    results = tmp_path / 'lean'
+    code, out, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=LEAN), capsys)
+    assert code == 0, err
+    diffusion, config, info = load_model(results / 'model-2.pt')
+    assert type(diffusion.model) is LowestAttentionUnet and config['model']['attention'] == 'lowest'
+    assert diffusion.image_size == 28 and info['images_seen'] == 4 * 16
+    with torch.inference_mode():
+        assert diffusion.sample(batch_size=2).shape == (2, 1, 28, 28)
+    # the other layout's settings are refused on the same folder, naming both
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=6,
+                                                              extra=['--image_size', '28']), capsys)
+    assert_one_line_error(code, err, 'attention: lowest vs library')
+
+
+def trainer_for(image_folder, tmp_path, **kwargs):
+    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.settings import PRESETS
+    config = dict(PRESETS['small'], versions={'denoising_diffusion_pytorch': 'x'})
+    diffusion = build_diffusion({'model': dict(dim=8, dim_mults=[1, 2], channels=1), 'diffusion': config['diffusion']})
+    return MnistTrainer(diffusion, str(image_folder), config=config, num_workers=0, train_batch_size=16,
+                        results_folder=str(tmp_path / 'lr'), calculate_fid=False, num_samples=4, train_lr=1e-3,
+                        train_num_steps=100, **kwargs)
+
+
+def test_learning_rate_warm_up_and_cosine_decay(image_folder, tmp_path):
+    trainer = trainer_for(image_folder, tmp_path, lr_warmup_steps=10, lr_schedule='cosine')
+    trainer.total_steps = 100
+    assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(4) == pytest.approx(5e-4)
+    assert trainer.lr_at(9) == pytest.approx(1e-3)
+    assert trainer.lr_at(55) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert trainer.lr_at(100) == pytest.approx(0.0, abs=1e-12) and trainer.lr_at(500) == pytest.approx(0, abs=1e-12)
+    constant = trainer_for(image_folder, tmp_path)
+    constant.total_steps = 100
+    assert {constant.lr_at(s) for s in (0, 50, 99)} == {1e-3}
+
+
+def test_schedule_reaches_the_optimiser(tmp_path, image_folder, capsys):
+    results = tmp_path / 'warm'
+    extra = ['--lr_warmup_steps', '8', '--train_lr', '1e-3']
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=extra), capsys)[0] == 0
+    groups = load_checkpoint(results / 'model-2.pt')['opt']['param_groups']
+    assert groups[0]['lr'] == pytest.approx(1e-3 * 5 / 8)  # after 4 steps: the rate of the 5th
+
+
+def test_min_snr_gamma_sets_the_library_loss_weight(tmp_path, image_folder, capsys):
+    results = tmp_path / 'snr'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=['--min_snr_gamma', '5']),
+                    capsys)[0] == 0
+    diffusion, config, _ = load_model(results / 'model-1.pt')
+    snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+    assert config['diffusion']['min_snr_gamma'] == 5
+    assert torch.allclose(diffusion.loss_weight, snr.clamp(max=5) / (snr + 1))  # pred_v with min-SNR-5
+
+
+def test_max_minutes_stops_at_a_milestone_and_resumes(tmp_path, image_folder, capsys):
+    results = tmp_path / 'timed'
+    argv = train_argv(image_folder, results, steps=8, extra=['--max_minutes', '1e-6'])
+    code, out, _ = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert code == 0 and 'stopped at step 2 of 8' in out and milestones(results) == [1]
+    code, out, _ = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=8), capsys)
+    assert code == 0 and milestones(results) == [1, 2, 3, 4]
+    assert load_checkpoint(results / 'model-4.pt')['images_seen'] == 8 * 16
+
+
+def test_init_from_continues_weights_and_carries_the_history(tmp_path, trained_run, image_folder, capsys):
+    exported = export_ema(trained_run / 'model-2.pt', tmp_path / 'parent')
+    for parent in (trained_run / 'model-2.pt', exported):
+        results = tmp_path / f'child-{parent.suffix[1:]}'
+        argv = train_argv(image_folder, results, steps=2, extra=['--init_from', str(parent), '--train_lr', '1e-12'])
+        code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+        assert code == 0, err
+        ckpt = load_checkpoint(results / 'model-1.pt')
+        assert ckpt['config']['init_from']['file'] == parent.name
+        assert ckpt['config']['training']['lr_warmup_steps'] == 200
+        # a learning rate of ~0 keeps the online weights where the parent left them
+        child, _, _ = load_model(results / 'model-1.pt', use_ema=False)
+        source, _, _ = load_model(parent, use_ema=not parent.suffix == '.pt')
+        for key, value in source.model.state_dict().items():
+            assert torch.allclose(child.model.state_dict()[key], value, atol=1e-6), key
+        export = json.loads(export_ema(results / 'model-1.pt', tmp_path / f'out-{parent.suffix[1:]}')
+                            .with_suffix('.json').read_text())
+        segments = export['provenance']['segments']
+        assert len(segments) == 2 and [s['images_seen'] for s in segments] == [64, 32]
+        assert export['provenance']['total_images_seen'] == 96
+        assert ckpt['ema']['step'] >= 4  # the EMA keeps counting from the parent's steps
+    # resuming the child without repeating --init_from keeps its parent and warm-up
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert code == 0, err
+    assert load_checkpoint(results / 'model-2.pt')['config']['init_from']['file'] == exported.name
+
+
+def test_init_from_other_model_is_refused(tmp_path, trained_run, image_folder, capsys):
+    results = tmp_path / 'wrong'
+    extra = ['--init_from', str(trained_run / 'model-2.pt'), '--unet_dim', '16']
+    argv = train_argv(image_folder, results, extra=extra)
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, 'another model than this run', 'dim: 8 vs 16')
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=[
+        '--init_from', str(tmp_path / 'missing.pt')]), capsys)
+    assert_one_line_error(code, err, 'no such file')
+    assert not results.exists()
+
+
+def test_images_seen_counts_every_process():
+    config = {'training': dict(train_batch_size=16, gradient_accumulate_every=2, num_processes=2)}
+    assert images_seen({'step': 10}, config) == 640
+    assert images_seen({'step': 10, 'images_seen': 123}, config) == 123  # the Trainer's own count wins
+    single = {'training': dict(train_batch_size=16, gradient_accumulate_every=2)}
+    assert images_seen({'step': 10}, single) == 320
+
+
+def test_build_unet_picks_the_layout():
+    assert type(build_unet(dict(dim=8, dim_mults=[1, 2], channels=1))) is Unet
+    assert type(build_unet(dict(dim=8, dim_mults=[1, 2], channels=1, attention='lowest'))) is LowestAttentionUnet
