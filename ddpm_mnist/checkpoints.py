@@ -1,6 +1,7 @@
 """Checkpoint and export I/O: safe loading of any checkpoint into a ready model, saving milestones, the weights a
 run continues from (--init_from), the shipped export and the provenance it carries."""
 import copy
+import json
 import zipfile
 from collections import namedtuple
 from pathlib import Path
@@ -9,10 +10,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint_config import (check_agrees, detected_from_buffers, resolve_config, unet_weights)
+from .checkpoint_config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
 from .model import arch_differences, build_diffusion, build_unet
 from .run_folder import milestone_path
-from .utils import UserError, atomic_path, file_digest, warn, write_json
+from .utils import DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
 
 Weights = namedtuple('Weights', 'checkpoint unet_state config')
 Loaded = namedtuple('Loaded', 'diffusion config info')
@@ -21,7 +22,7 @@ Parent = namedtuple('Parent', 'online ema record')
 
 def save_checkpoint(data, path):
     """torch.save through a temporary file and a rename: a crash never leaves a half-written model-N.pt."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=tensor_bytes(data)) as tmp:
         torch.save(data, tmp)
 
 
@@ -129,11 +130,16 @@ def export_ema(checkpoint, output_stem):
     if 'training' in config:
         config['provenance'] = provenance(ckpt, config)
     output_stem = Path(output_stem)
-    output_stem.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output_stem.with_suffix('.safetensors')) as tmp:
-        save_file(state, str(tmp))
-    write_json(output_stem.with_suffix('.json'), config)
-    return output_stem.with_suffix('.safetensors')
+    weights, record = output_stem.with_suffix('.safetensors'), output_stem.with_suffix('.json')
+    try:
+        output_stem.parent.mkdir(parents=True, exist_ok=True)
+        # both written before either is renamed into place: a full disk leaves the old pair as it was
+        with atomic_path(weights, needed=tensor_bytes(state)) as weights_tmp, atomic_path(record) as record_tmp:
+            save_file(state, str(weights_tmp))
+            record_tmp.write_text(json.dumps(config, indent=2) + '\n')
+    except DiskFull as err:
+        raise DiskFull(f'{err}; {weights.name} and {record.name} there are unchanged') from None
+    return weights
 
 
 def images_seen(ckpt, config):
@@ -185,6 +191,14 @@ def without_absolute_paths(value):
 
 
 def check_resumable(folder, milestone, config):
-    """The milestone a run resumes from must hold this run's model (weights and diffusion buffers)."""
+    """The milestone a run resumes from must hold this run's model (weights and diffusion buffers), all finite;
+    checked before the run takes the folder's lock or writes anything."""
     path = milestone_path(folder, milestone)
-    check_agrees(path, load_checkpoint(path), config, 'the settings of this run')
+    ckpt = load_checkpoint(path)
+    check_agrees(path, ckpt, config, 'the settings of this run')
+    online = strip_prefixes(ckpt.get('model') or {}, '')
+    broken = [name for name, p in online.items() if p.is_floating_point() and not p.isfinite().all()]
+    if broken:
+        raise UserError(f'{path.name} holds NaN or infinite weights (e.g. {broken[0]}); the run diverged before it '
+                        'was saved. Copy an earlier milestone to a new --results_folder and resume there, with a '
+                        'lower --train_lr')

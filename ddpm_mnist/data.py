@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import UserError, read_json, remove_stale_temporaries, write_json
+from .utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
 
 IDX_NAMES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -18,6 +18,7 @@ IDX_NAMES = {
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'tiff')  # what the library's Dataset globs for
 MIN_TRAIN_IMAGES = 100                       # the library's Trainer asserts this
+ROUGH_PNG_BYTES = 400                        # a 28x28 MNIST digit as PNG, about (for the disk-full message)
 MANIFEST, INFO = 'labels.csv', 'dataset.json'
 DOWNLOAD_HELP = ('download the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
                  't10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror on a machine with '
@@ -80,10 +81,14 @@ def read_raw_split(raw_dir, split):
 
 def download_split(root, split):
     """Fetch one split through torchvision (official mirrors, official MD5 checksums)."""
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # here: torchvision's import is slow, and --help must stay instant
+    made = [p for p in (Path(root), Path(root) / 'MNIST', Path(root) / 'MNIST' / 'raw') if not p.exists()]
     try:
         ds = MNIST(root=str(root), train=(split == 'train'), download=True)
     except (RuntimeError, OSError) as err:
+        for folder in reversed(made):  # a failed download leaves no empty cache folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f'could not download MNIST ({first_line}); no internet? Then {DOWNLOAD_HELP}') from None
     return ds.data.numpy(), ds.targets.numpy().astype(np.uint8)
@@ -149,8 +154,12 @@ def write_image_folder(output, splits, source, force=False):
             shutil.rmtree(old)
         else:
             partial.rename(output)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, Exception) and is_disk_full(err):
+            raise UserError(f'{disk_full_message(output, needed=ROUGH_PNG_BYTES * total)}; nothing was written '
+                            f'(the partial folder is removed){"; the existing folder is unchanged" if output.exists() else ""}'
+                            ) from None
         raise
     return total
 

@@ -9,7 +9,7 @@ from .device import keep_freed_memory, pick_device
 from .metrics import inception_fid, inception_model, reference_evaluator
 from .run_folder import find_milestone
 from .sampler_table import SAMPLERS, grid_name, resolve_steps
-from .sampling import default_batch_size, default_precision, prepare_for_inference, timed_sample
+from .sampling import check_settings, default_batch_size, default_precision, prepare_for_inference, timed_sample
 from .settings import SHIPPED
 from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, run_sweep, sweep_configs
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
@@ -76,6 +76,7 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     eta = ddim_eta if spec.uses_eta else None
     num_samples = 25 if num_samples is None else num_samples
     batch_size = default_batch_size(device, num_samples) if batch_size is None else batch_size
+    check_settings(strategy, steps, eta or 0.0, num_samples, batch_size, total)  # before any folder is made
     out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / strategy)
     remove_stale_temporaries(out_dir)
     images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,

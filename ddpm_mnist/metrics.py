@@ -15,10 +15,11 @@ from scipy import linalg
 from .checkpoints import load_weights_file
 from .data import DOWNLOAD_HELP, load_split
 from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
+from .intervals import KernelToReference, fid_interval, kid_interval
 from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
-METRICS_VERSION = 3  # 3: FID with its bootstrap interval
+METRICS_VERSION = 3  # 3: FID with its bootstrap interval, KID
 K_NEIGHBOURS = 3
 # A sample is a near-copy when its nearest training digit is closer than this (pixel L2 on 28x28 in
 # [0, 1]; RMS difference < 0.036): a copy with slight noise, not merely the same digit written alike.
@@ -54,31 +55,6 @@ def frechet_distance(a, b):
             eps = 1e-6 * np.eye(len(cov_a))
             covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
-
-
-BOOTSTRAP_RESAMPLES = 200
-
-
-def fid_interval(features, reference_fit, fid, *, resamples=BOOTSTRAP_RESAMPLES, seed=0):
-    """95 % bootstrap interval of FID over the generated samples, the reference statistics held fixed.
-
-    A resample repeats images, which inflates its FID the way a smaller N would; the percentile interval is
-    therefore moved by the bootstrap's own bias (mean of the resampled FIDs minus the FID), so it has the
-    bootstrap's spread around the estimate. The trace term uses tr sqrt(C_g C_r) = sum sqrt(eig(R C_g R)),
-    R = sqrt(C_r) computed once: an eigvalsh per resample instead of a sqrtm."""
-    ref_mean, ref_cov = reference_fit
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        root = linalg.sqrtm(ref_cov).real
-    rng, n = np.random.default_rng(seed), len(features)
-    values = []
-    for _ in range(resamples):
-        mean, cov = gaussian_fit(features[rng.integers(0, n, n)])
-        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cov @ root), 0, None)).sum()
-        values.append(float(((mean - ref_mean) ** 2).sum() + np.trace(cov) + np.trace(ref_cov) - 2 * trace_sqrt))
-    values = np.asarray(values)
-    low, high = np.percentile(values - (values.mean() - fid), [2.5, 97.5])
-    return max(0.0, float(low)), float(high)
 
 
 def inception_score(probs):
@@ -149,11 +125,12 @@ class Evaluator:
     def __init__(self, reference=None, train=None, image_size=32, classifier=None, seed=0, stats=None):
         self.classifier = classifier or load_classifier()
         self.image_size, self.seed, self.stats = image_size, seed, stats
-        self.reference_features = self.train = self.train_pixels = None
+        self.reference_features = self.train = self.train_pixels = self.kernel = None
         if reference is not None:
             self.reference_features, _ = classify(self.classifier, as_training_resolution(reference, image_size))
             self.reference_fit = gaussian_fit(self.reference_features)
             self.reference_count = len(reference)
+            self.kernel = KernelToReference(self.reference_features)
         elif stats is not None:
             self.reference_fit, self.reference_count = (stats.mean, stats.cov), stats.count
         else:
@@ -180,8 +157,12 @@ class Evaluator:
             median_nn, near_copies = memorisation(images, self.train_pixels)
         share, smallest, kl = class_balance(probs)
         fid = frechet_distance(features, self.reference_fit)
-        fid_low, fid_high = fid_interval(features, self.reference_fit, fid, seed=self.seed) if n > 2 else (nan, nan)
-        return dict(n=n, fid=fid, fid_low=fid_low, fid_high=fid_high,
+        _, fid_low, fid_high = fid_interval(features, self.reference_fit, fid, seed=self.seed) if n > 2 else (
+            fid, nan, nan)
+        kid = kid_low = kid_high = nan
+        if self.kernel is not None and n > 2:
+            kid, kid_low, kid_high = kid_interval(features, self.kernel, seed=self.seed)
+        return dict(n=n, fid=fid, fid_low=fid_low, fid_high=fid_high, kid=kid, kid_low=kid_low, kid_high=kid_high,
                     inception_score=inception_score(probs),
                     confidence=float(probs.max(1).mean()), min_class_share=smallest, class_kl_uniform=kl,
                     class_shares=[round(float(s), 4) for s in share], precision=precision, recall=recall,
@@ -213,7 +194,7 @@ class Evaluator:
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
 
 
-SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
+SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
               'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
 
 

@@ -12,8 +12,10 @@ from urllib.error import URLError
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
+import denoising_diffusion_pytorch.denoising_diffusion_pytorch as library
 from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
+from torchvision import utils as torchvision_utils
 from torch.utils.data import DataLoader
 
 from .data import check_training_folder, folder_info
@@ -23,8 +25,22 @@ from .checkpoints import check_resumable, images_seen, load_checkpoint, read_par
 from .settings import PRESETS
 from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
 from .device import cpu_has_bf16, keep_freed_memory, machine_name, pick_device
-from .utils import UserError, ensure_writable_dir, warn
+from .utils import DiskFull, UserError, ensure_writable_dir, save_grid, warn
 from .validation import check_relations
+
+
+class GridsAfterCheckpoints:
+    """torchvision.utils as the library's training loop sees it, but save_image only hands the grid to the trainer,
+    whose save() writes it after the milestone's checkpoint."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def save_image(self, images, path, **kwargs):
+        self.trainer.pending_grid = (images.detach().cpu(), path)
+
+    def __getattr__(self, name):
+        return getattr(torchvision_utils, name)
 
 
 class MnistTrainer(Trainer):
@@ -42,7 +58,7 @@ class MnistTrainer(Trainer):
             raise UserError(f'--calculate_fid needs the Inception weights, which are downloaded on first use, and the '
                             f'download failed ({getattr(err, "reason", err)}); run once with internet, or drop '
                             '--calculate_fid (scripts/training_curve.py scores milestones offline)') from None
-        self.config = config
+        self.config, self.pending_grid = config, None
         self.max_minutes, self.base_lr = max_minutes, train_lr
         self.lr_warmup_steps, self.lr_schedule = lr_warmup_steps, lr_schedule
         self.wall_seconds_before, self.started = 0.0, time.time()  # wall time of earlier sessions, and this one
@@ -120,13 +136,16 @@ class MnistTrainer(Trainer):
         return up
 
     def train(self):
-        """The library's loop, with the learning-rate schedule and time limit hooked onto the optimiser step."""
+        """The library's loop, with the learning-rate schedule and time limit hooked onto the optimiser step, and
+        its sample-N.png held back until save() has written model-N.pt (the library writes the grid first)."""
         self.total_steps, self.train_started = self.train_num_steps, time.time()
         self.set_lr(self.step)
         handle = self.plain_optimiser.register_step_post_hook(lambda *_: self.after_optimiser_step())
+        library.utils = GridsAfterCheckpoints(self)
         try:
             super().train()
         finally:
+            library.utils = torchvision_utils
             handle.remove()
 
     def save(self, milestone):
@@ -147,12 +166,21 @@ class MnistTrainer(Trainer):
             'images_seen': self.images_seen_before + (self.step - self.step_at_start) * self.effective_batch,
             'machines': self.machines,
         }
+        intact = f'milestones up to {milestone - 1} are intact' if milestone > 1 else 'no milestone was written'
         try:
             save_checkpoint(data, path)
-            write_loss_log(self.results_folder, self.losses)
+        except DiskFull as err:
+            raise UserError(f'{err}; {intact}, free some space and rerun to resume') from None
         except OSError as err:
-            raise UserError(f'could not write {path}: {err.strerror or err}; earlier milestones are intact, free '
-                            'some space and rerun to resume') from None
+            raise UserError(f'could not write {path}: {err.strerror or err}; {intact}, free some space and rerun to '
+                            'resume') from None
+        try:  # the milestone's grid and the loss log only once its checkpoint is safely in place
+            if self.pending_grid is not None:
+                save_grid(*self.pending_grid, record=dict(milestone=milestone, step=self.step))
+                self.pending_grid = None
+            write_loss_log(self.results_folder, self.losses)
+        except DiskFull as err:
+            raise UserError(f'{err}; model-{milestone}.pt was written, rerun to resume from it') from None
 
     def load(self, milestone):
         try:
@@ -257,6 +285,7 @@ def train_model(*, data_folder, preset='seed', model=None, diffusion=None, train
     num_images = check_training_folder(data_folder)
     device = training_device(device)
     state = PartialState(cpu=device == 'cpu')  # on CPU, accelerate only goes multi-process (gloo) when told
+    check_batch_fits(config['training'], state.num_processes, num_images)
     precision = mixed_precision(config['training']['amp'], mixed_precision_type, device)
     config['training']['mixed_precision'] = precision
     config['training']['num_processes'] = state.num_processes
@@ -294,6 +323,16 @@ def train_model(*, data_folder, preset='seed', model=None, diffusion=None, train
 
 
 INIT_FROM_WARMUP_STEPS = 200
+
+
+def check_batch_fits(training, num_processes, num_images):
+    """One optimiser step draws batch x accumulation x processes images; it cannot draw more than the folder holds."""
+    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * num_processes
+    if effective > num_images:
+        raise UserError(f'an optimiser step needs {effective} images (--train_batch_size {training["train_batch_size"]}'
+                        f' x --gradient_accumulate_every {training["gradient_accumulate_every"]} x {num_processes} '
+                        f'processes) but the data folder holds {num_images}; use a batch of at most '
+                        f'{num_images // (training["gradient_accumulate_every"] * num_processes)}')
 
 
 def check_same_parent(folder, config, *, warmup_given):

@@ -1,5 +1,6 @@
 """Small helpers every module uses: one-line user errors, atomic writes, JSON, digests, grids. Imports no torch
 at the top: the command lines load it before parsing their flags."""
+import errno
 import hashlib
 import json
 import math
@@ -64,8 +65,9 @@ def warn(message):
 
 
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary sibling of `path`; on success rename it over `path`, on failure delete it."""
+def atomic_path(path, *, needed=None):
+    """Yield a temporary sibling of `path`; on success rename it over `path`, on failure delete it. A full disk
+    (however the writer reports it) becomes DiskFull, one line naming the file, what it needed and what is free."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
@@ -74,9 +76,45 @@ def atomic_path(path):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except Exception as err:  # torch.save, safetensors and PIL each report a full disk their own way
+        if is_disk_full(err):
+            raise DiskFull(disk_full_message(path, needed)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class DiskFull(UserError):
+    """No space left where a file was being written; the temporary is gone, earlier files are untouched."""
+
+
+def is_disk_full(err):
+    """ENOSPC or a quota from the OS, or a writer's own report of a short write (torch.save: 'unexpected pos')."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return 'No space left' in text or 'unexpected pos' in text or 'file write failed' in text
+
+
+def disk_full_message(path, needed=None):
+    folder = next((p for p in Path(path).resolve().parents if p.exists()), Path('/'))
+    free = shutil.disk_usage(folder).free
+    need = f', about {megabytes(needed)} needed' if needed else ''
+    return f'could not write {path}: No space left on device ({megabytes(free)} free in {folder}{need})'
+
+
+def megabytes(size):
+    return f'{size / 1e6:.1f} MB'
+
+
+def tensor_bytes(value):
+    """Bytes of the tensors inside a (nested) checkpoint dict: about what torch.save writes."""
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return value.numel() * value.element_size() if hasattr(value, 'element_size') else 0
 
 
 def write_json(path, data):

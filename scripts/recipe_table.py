@@ -45,10 +45,11 @@ def rows(study):
 
 
 def markdown(table):
-    lines = ['| candidate | settings | minutes | img/s | images seen | FID | floor | FID / floor | IS | confidence '
-             '| smallest class |', '|' + '---|' * 11]
+    lines = ['| candidate | settings | minutes | img/s | images seen | FID [95 % interval] | floor | FID / floor | IS '
+             '| confidence | smallest class |', '|' + '---|' * 11]
     lines += [f'| {r["name"]} | {r["settings"]} | {r["minutes"]:.1f} | {r["images_per_s"]:.0f} | '
-              f'{r["images_seen"]:,} | {r["fid"]:.2f} | {r["floor"]:.2f} | {r["fid"] / r["floor"]:.2f}x | '
+              f'{r["images_seen"]:,} | {r["fid"]:.2f} [{r.get("fid_low", float("nan")):.1f}, '
+              f'{r.get("fid_high", float("nan")):.1f}] | {r["floor"]:.2f} | {r["fid"] / r["floor"]:.2f}x | '
               f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% |'
               for r in table]
     return '\n'.join(lines) + '\n'

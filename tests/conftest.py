@@ -87,6 +87,17 @@ def trained_run(tmp_path_factory, image_folder):
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """torchvision's MNIST download fails as it does on a machine without internet."""
+    import torchvision.datasets
+
+    class OfflineMNIST:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError('Error downloading t10k-images-idx3-ubyte.gz:\nName or service not known')
+    monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """accelerate keeps one global state per process; each test may pick another precision."""

@@ -16,16 +16,6 @@ def demo_commands():
     return [[arg for arg in shlex.split(line)[2:] if arg != '${raw[@]}'] for line in lines]
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    import torchvision.datasets
-
-    class OfflineMNIST:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError('Error downloading t10k-images-idx3-ubyte.gz:\nName or service not known')
-    monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
-
-
 def test_demo_finishes_offline_with_no_mnist(offline, tmp_path, capsys):
     commands = demo_commands()
     assert len(commands) == 3 and '--quick' in commands[-1]

@@ -1,0 +1,114 @@
+"""95 % intervals for the scores: bootstrap over the generated samples, the reference statistics held fixed.
+
+Every configuration of a sweep starts image i from the same x_T, so two configurations can be compared image by
+image: the paired bootstrap resamples the same sample indices in both and reports the interval of the difference,
+much tighter than two separate intervals.
+
+A resample repeats images, which inflates FID and KID the way a smaller N would; each interval is therefore moved
+by the bootstrap's own bias (the mean of the resampled values minus the estimate), so it keeps the bootstrap's
+spread around the estimate. docs/metrics.md checks how often such an interval covers a fresh draw.
+"""
+import warnings
+from collections import namedtuple
+
+import numpy as np
+from scipy import linalg
+
+RESAMPLES = 200
+Interval = namedtuple('Interval', 'value low high')
+
+
+def resample_indices(n, *, resamples=RESAMPLES, seed=0):
+    """(resamples, n) indices drawn with replacement; the same seed gives the same draws for every configuration."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def shifted_interval(value, draws):
+    """The 2.5 and 97.5 % points of the bootstrap draws, moved so that their mean sits on the estimate."""
+    draws = np.asarray(draws, dtype=float)
+    low, high = np.percentile(draws - (draws.mean() - value), [2.5, 97.5])
+    return Interval(float(value), float(low), float(high))
+
+
+class FrechetToReference:
+    """FID of feature sets against one fixed reference Gaussian, fast enough to bootstrap: with R = sqrt(C_r)
+    computed once, tr sqrt(C_g C_r) = sum sqrt(eig(R C_g R)) (an eigvalsh per set instead of a sqrtm)."""
+
+    def __init__(self, reference_fit):
+        self.mean, self.cov = reference_fit
+        with warnings.catch_warnings():  # dead ReLU features make the covariance singular; harmless here
+            warnings.simplefilter('ignore')
+            self.root = np.real(linalg.sqrtm(self.cov))
+        self.trace = float(np.trace(self.cov))
+
+    def __call__(self, features):
+        mean, cov = features.mean(0), np.cov(features, rowvar=False)
+        eigenvalues = np.linalg.eigvalsh(self.root @ cov @ self.root)
+        trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
+        return float(((mean - self.mean) ** 2).sum() + np.trace(cov) + self.trace - 2 * trace_sqrt)
+
+
+def fid_interval(features, reference_fit, fid, *, resamples=RESAMPLES, seed=0):
+    """Interval(fid, low, high) over resamples of the generated features (low clipped at 0)."""
+    distance = FrechetToReference(reference_fit)
+    value = shifted_interval(fid, [distance(features[i]) for i in resample_indices(len(features), resamples=resamples,
+                                                                                     seed=seed)])
+    return value._replace(low=max(0.0, value.low))
+
+
+def paired_fid_difference(features_a, features_b, reference_fit, *, resamples=RESAMPLES, seed=0):
+    """FID(a) - FID(b) with its interval, resampling the same sample indices in both (a and b from the same x_T)."""
+    if len(features_a) != len(features_b):
+        raise ValueError('a paired comparison needs the same number of samples in both configurations')
+    distance = FrechetToReference(reference_fit)
+    draws = [distance(features_a[i]) - distance(features_b[i])
+             for i in resample_indices(len(features_a), resamples=resamples, seed=seed)]
+    return shifted_interval(distance(features_a) - distance(features_b), draws)
+
+
+def differs(interval):
+    """Whether an interval of a difference excludes 0."""
+    return interval.low > 0 or interval.high < 0
+
+
+# ---------------------------------------------------------------- KID (Binkowski et al. 2018), unbiased at small N
+
+def polynomial_kernel(a, b):
+    return (a @ b.T / a.shape[1] + 1) ** 3  # k(x, y) = (x.y / d + 1)^3, the KID paper's kernel
+
+
+class KernelToReference:
+    """Unbiased squared MMD of feature sets against one fixed reference set; the reference-reference term is
+    computed once (in chunks, never the whole M x M matrix)."""
+
+    def __init__(self, reference_features, chunk=2048):
+        self.reference = np.asarray(reference_features, dtype=np.float64)
+        m = len(self.reference)
+        total = sum(polynomial_kernel(self.reference[s:s + chunk], self.reference).sum() for s in range(0, m, chunk))
+        diagonal = ((self.reference ** 2).sum(1) / self.reference.shape[1] + 1) ** 3
+        self.reference_term = float((total - diagonal.sum()) / (m * (m - 1)))
+
+    def kernels(self, features):
+        """What every resample reuses: the generated-generated kernel matrix, and each generated sample's mean
+        kernel value against the reference set."""
+        features = np.asarray(features, dtype=np.float64)
+        return polynomial_kernel(features, features), polynomial_kernel(features, self.reference).mean(1)
+
+    def mmd(self, k_gg, cross_means, index=None):
+        if index is not None:
+            k_gg, cross_means = k_gg[np.ix_(index, index)], cross_means[index]
+        n = len(k_gg)
+        within = (k_gg.sum() - np.trace(k_gg)) / (n * (n - 1))
+        return float(within + self.reference_term - 2 * cross_means.mean())
+
+    def __call__(self, features):
+        return self.mmd(*self.kernels(features))
+
+
+def kid_interval(features, kernel_to_reference, *, resamples=RESAMPLES, seed=0):
+    """Interval(kid, low, high): KID of the generated features and its bootstrap interval."""
+    k_gg, cross_means = kernel_to_reference.kernels(features)
+    value = kernel_to_reference.mmd(k_gg, cross_means)
+    draws = [kernel_to_reference.mmd(k_gg, cross_means, i)
+             for i in resample_indices(len(features), resamples=resamples, seed=seed)]
+    return shifted_interval(value, draws)

@@ -1,0 +1,60 @@
+"""The public API: the notebook example of docs/usage.md runs as written, and its functions keep their contract."""
+import re
+
+import pytest
+import torch
+
+import ddpm_mnist
+from conftest import ROOT
+from ddpm_mnist.utils import UserError
+
+
+def usage_example():
+    text = (ROOT / 'docs' / 'usage.md').read_text()
+    section = text.split('## From Python (a notebook)', 1)[1]
+    return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+
+
+def test_the_documented_notebook_example_runs(offline, tmp_path, monkeypatch, capsys):
+    code = usage_example()
+    assert len(code.strip().splitlines()) <= 10
+    monkeypatch.chdir(tmp_path)  # its relative paths (runs/, ./data) land here
+    exec(compile(code, 'docs/usage.md', 'exec'), {})
+    assert (tmp_path / 'runs' / 'notebook' / 'ddim50.png').is_file()
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.endswith('True') and '(16, 1, ' in printed
+
+
+def test_load_model_from_a_run_folder_and_a_milestone(trained_run):
+    latest = ddpm_mnist.load_model(trained_run, device='cpu', precision='fp32')
+    first = ddpm_mnist.load_model(trained_run, milestone=1, device='cpu', precision='fp32')
+    assert latest.path.name == 'model-2.pt' and first.path.name == 'model-1.pt'
+    assert latest.config['model']['dim'] == 8 and latest.image_size == 32 and latest.timesteps == 20
+    images = ddpm_mnist.sample(latest, strategy='ddim', steps=5, n=3, seed=1)
+    assert images.shape == (3, 1, 32, 32) and images.min() >= 0 and images.max() <= 1
+    again = ddpm_mnist.sample(latest, strategy='ddim', steps=5, n=3, seed=1, batch_size=1)
+    assert torch.equal(images, again)  # the same x_T per image, whatever the batch
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(milestone=1), 'needs the run folder'),
+    (dict(precision='fp8'), 'precision'),
+])
+def test_load_model_bad_arguments(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        ddpm_mnist.load_model(**kwargs)
+
+
+def test_load_model_missing_path(tmp_path):
+    with pytest.raises(UserError, match='does not exist'):
+        ddpm_mnist.load_model(tmp_path / 'nothing.pt')
+    with pytest.raises(UserError, match='no model-N.pt'):
+        ddpm_mnist.load_model(tmp_path)
+
+
+def test_importing_the_package_loads_no_torch():
+    import subprocess
+    import sys
+    code = 'import sys, ddpm_mnist, ddpm_mnist.settings; print("torch" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False'
