@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--ddim_eta', type=float, default=0.0,
                    help='DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like; DDIM only (default: %(default)s)')
     p.add_argument('--num_samples', type=int,
-                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 36)')
+                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 300)')
     p.add_argument('--batch_size', type=int,
                    help='images per forward pass (default: 100 on a CPU, 500 on a GPU)')
     p.add_argument('--seed', type=int, default=0,
@@ -59,8 +59,8 @@ def parse_args(argv=None):
                         'the other solvers at --compare_solver_steps), score them and write '
                         'comparison.{json,csv,md,png} plus one grid per config')
     c.add_argument('--quick', action='store_true',
-                   help='a CPU-sized --compare: DDPM, DDIM S in {10, 50} x eta in {0, 1}, DPM-Solver++(2M), UniPC '
-                        'and DPM-Solver++(2M) SDE at 10 steps, 36 images each')
+                   help='a CPU-sized --compare: DDIM at 10 and 50 steps (eta 0), DPM-Solver++(2M) and UniPC at 10, '
+                        '300 images each from the same x_T; says whether DDIM-10 and DDIM-50 differ at that N')
     c.add_argument('--compare_samplers', type=lambda s: s.split(','),
                    help=f'comma-separated samplers to sweep, from: {",".join(SAMPLERS)} (default: all)')
     c.add_argument('--compare_steps', type=comma_ints,

@@ -130,12 +130,12 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     steps = steps if compare_steps else [s for s in steps if s <= total]
     solver_steps = solver_steps if compare_solver_steps else [s for s in solver_steps if s <= total]
     configs = sweep_configs(samplers, steps=steps, etas=etas, solver_steps=solver_steps, total_timesteps=total)
+    evaluator, reference = reference_evaluator(image_size=config['diffusion']['image_size'], raw_dir=raw_dir,
+                                               data_root=data_root, seed=seed)
     out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name']
                                   / ('quick_comparison' if quick else 'comparison'))
     for folder in (out_dir, out_dir / 'grids', out_dir / 'cache'):
         remove_stale_temporaries(folder)
-    evaluator, reference = reference_evaluator(image_size=config['diffusion']['image_size'], raw_dir=raw_dir,
-                                               data_root=data_root, seed=seed)
     extra = None
     if inception is not None:
         if reference is None:
@@ -143,8 +143,9 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
         reference_tensor = torch.from_numpy(reference.copy())
         extra = lambda images: {'inception_fid': inception_fid(images, reference_tensor, inception, device)}  # noqa: E731
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
+    pairs = [QUICK['headline']] if quick else []
     run_sweep(diffusion, evaluator, out_dir, opened['path'], configs, num_samples=n, batch_size=batch_size, seed=seed,
-              precision=opened['precision'], extra_score=extra)
+              precision=opened['precision'], extra_score=extra, pairs=pairs)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

@@ -143,6 +143,10 @@ class Evaluator:
         self.identity = dict(classifier=classifier_digest(), image_size=image_size, seed=seed,
                              reference=self.reference_count, train=self.train_count, shipped_stats=stats is not None)
 
+    def features(self, images):
+        """The classifier's penultimate features of images (N, 1, H, W) in [0, 1], float64 (N, 128)."""
+        return classify(self.classifier, images)[0]
+
     def score(self, images):
         """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
         features, probs = classify(self.classifier, images)

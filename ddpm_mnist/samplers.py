@@ -20,18 +20,30 @@ def step_noise(like, generator):
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-class Ddpm:
-    """Ancestral sampling over all T steps (Ho et al. 2020, Eq. 6-7): x_{t-1} ~ q(x_{t-1} | x_t, x0_pred)."""
+class LibraryChain:
+    """What DDPM and DDIM share: they run on the library's own q(x_t | x_0) (its q_sample), so SDEdit can enter
+    their chain at any timestep."""
     init_noise_sigma = 1.0
+
+    def scale_model_input(self, x, t):
+        return x
+
+    def start_at(self, t_start):
+        """Keep only the timesteps at or below t_start (SDEdit enters the chain there)."""
+        self.timesteps = [t for t in self.timesteps if t <= t_start]
+
+    def add_noise(self, x0, noise, t):
+        return self.diffusion.q_sample(x0, full_times(t, x0), noise)  # Ho et al. 2020, Eq. 4
+
+
+class Ddpm(LibraryChain):
+    """Ancestral sampling over all T steps (Ho et al. 2020, Eq. 6-7): x_{t-1} ~ q(x_{t-1} | x_t, x0_pred)."""
 
     def __init__(self, diffusion, *, eta=None):
         self.diffusion = diffusion
 
     def set_timesteps(self, steps):
         self.timesteps = list(reversed(range(self.diffusion.num_timesteps)))
-
-    def scale_model_input(self, x, t):
-        return x
 
     def step(self, prediction, t, x, generator):
         mean, _, log_variance = self.diffusion.q_posterior(prediction.pred_x_start, x, full_times(t, x))
@@ -48,9 +60,8 @@ def ddim_times(total_timesteps, steps):
     return list(zip(times[:-1], times[1:]))
 
 
-class Ddim:
+class Ddim(LibraryChain):
     """DDIM (Song et al. 2021) on the library's time pairs; eta = 0 deterministic, eta = 1 with S = T is DDPM."""
-    init_noise_sigma = 1.0
 
     def __init__(self, diffusion, *, eta=0.0):
         self.diffusion, self.eta = diffusion, eta
@@ -59,18 +70,20 @@ class Ddim:
         pairs = ddim_times(self.diffusion.num_timesteps, steps)
         self.timesteps, self.next_time = [t for t, _ in pairs], dict(pairs)
 
-    def scale_model_input(self, x, t):
-        return x
-
     def step(self, prediction, t, x, generator):
-        t_next = self.next_time[t]
-        if t_next < 0:
-            return prediction.pred_x_start
-        alpha, alpha_next = self.diffusion.alphas_cumprod[t], self.diffusion.alphas_cumprod[t_next]
-        sigma = self.eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()  # Eq. 16
-        c = (1 - alpha_next - sigma ** 2).clamp(min=0).sqrt()
-        x = prediction.pred_x_start * alpha_next.sqrt() + c * prediction.pred_noise  # Eq. 12
-        return x + sigma * step_noise(x, generator) if self.eta > 0 else x
+        return ddim_step(self.diffusion, prediction, t, self.next_time[t], self.eta, generator)
+
+
+def ddim_step(diffusion, prediction, t, t_next, eta, generator):
+    """From x_t to x_{t_next} (t_next < t) by the DDIM update; t_next = -1 returns the predicted x0. With eta = 1 and
+    t_next = t - 1 it is DDPM's posterior step."""
+    if t_next < 0:
+        return prediction.pred_x_start
+    alpha, alpha_next = diffusion.alphas_cumprod[t], diffusion.alphas_cumprod[t_next]
+    sigma = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()  # Eq. 16
+    c = (1 - alpha_next - sigma ** 2).clamp(min=0).sqrt()
+    x = prediction.pred_x_start * alpha_next.sqrt() + c * prediction.pred_noise  # Eq. 12
+    return x + sigma * step_noise(x, generator) if eta > 0 else x
 
 
 class DiffusersSolver:
@@ -98,6 +111,15 @@ class DiffusersSolver:
 
     def scale_model_input(self, x, t):
         return self.scheduler.scale_model_input(x, self.scheduler_time[t])
+
+    def start_at(self, t_start):
+        """Enter the solver's schedule at its first timestep at or below t_start, as diffusers' img2img does."""
+        begin = next((i for i, t in enumerate(self.timesteps) if t <= t_start), len(self.timesteps))
+        self.timesteps = self.timesteps[begin:]
+        self.scheduler.set_begin_index(begin)
+
+    def add_noise(self, x0, noise, t):
+        return self.scheduler.add_noise(x0, noise, self.scheduler_time[t].reshape(1))
 
     def step(self, prediction, t, x, generator):
         noise = dict(generator=generator) if self.takes_generator else {}

@@ -44,7 +44,7 @@ class Bf16Unet(torch.nn.Module):
         self.unet = unet.to(torch.bfloat16)
         self.unet.time_mlp.float()
         self.unet.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
-        self.channels, self.self_condition = unet.channels, unet.self_condition
+        self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
 
     def forward(self, x, time, x_self_cond=None):
         return self.unet(x.to(torch.bfloat16), time, x_self_cond).float()
@@ -56,7 +56,7 @@ class AutocastUnet(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
-        self.channels, self.self_condition = unet.channels, unet.self_condition
+        self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
 
     def forward(self, x, time, x_self_cond=None):
         with torch.autocast(x.device.type, dtype=torch.float16):

@@ -4,8 +4,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from .intervals import differs, paired_fid_difference
 from .metrics import METRICS_VERSION
 from .sampler_table import SAMPLERS, grid_name, label
 from .sampling import initial_noise, timed_sample
@@ -15,9 +17,13 @@ from .utils import UserError, atomic_path, file_digest, save_grid, shown_path, w
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
 DEFAULT_ETAS = (0.0, 0.5, 1.0)                # DDIM
 DEFAULT_SOLVER_STEPS = (5, 10, 20, 50)        # every other sampler but DDPM
-QUICK = dict(samplers=('ddpm', 'ddim', 'dpmpp_2m', 'unipc', 'dpmpp_2m_sde'), steps=(10, 50), etas=(0.0, 1.0),
-             solver_steps=(10,), num_samples=36)
-COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'inception_score',
+# The quick comparison (the demo's): sized to finish in about three minutes on a 2-core CPU with an N at which its
+# headline pair, DDIM at 10 against 50 steps from the same x_T, can be told apart (docs/metrics.md).
+QUICK = dict(samplers=('ddim', 'dpmpp_2m', 'unipc'), steps=(10, 50), etas=(0.0,), solver_steps=(10,), num_samples=300,
+             headline=('DDIM 10, eta 0.0', 'DDIM 50, eta 0.0'))
+COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'fid_low', 'fid_high', 'kid',
+           'kid_low', 'kid_high', 'fid_minus_ddpm', 'fid_minus_ddpm_low', 'fid_minus_ddpm_high', 'fid_minus_best',
+           'fid_minus_best_low', 'fid_minus_best_high', 'inception_score',
            'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'median_nn_train_l2',
            'near_copy_share', 'flip_preferred_share', 'inception_fid')
 
@@ -56,7 +62,7 @@ def cache_key(**settings):
 
 
 def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples=1000, batch_size=250, seed=0,
-              precision='fp32', grid_images=64, extra_score=None):
+              precision='fp32', grid_images=64, extra_score=None, pairs=()):
     """Sample and score every config; results are cached per config so reruns and interrupted sweeps resume."""
     out_dir = Path(out_dir)
     (out_dir / 'cache').mkdir(parents=True, exist_ok=True)
@@ -64,13 +70,15 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     device = diffusion.device
     digest = file_digest(checkpoint)
     noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
-    rows = []
+    rows, features = [], {}
     for c in tqdm(configs, desc='sweep', unit='config'):
         key = cache_key(checkpoint=digest, n=num_samples, seed=seed, precision=precision, batch_size=batch_size,
                         device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **c)
         cached = out_dir / 'cache' / f'{key}.json'
-        if cached.is_file():
+        features_file = cached.with_suffix('.features.npy')
+        if cached.is_file() and features_file.is_file():
             rows.append(json.loads(cached.read_text()))
+            features[rows[-1]['config']] = np.load(features_file).astype(np.float64)
             continue
         images, seconds = timed_sample(diffusion, strategy=c['strategy'], steps=c['steps'], eta=c['eta'] or 0.0,
                                        num_samples=num_samples, batch_size=batch_size, seed=seed, noise=noise)
@@ -81,8 +89,18 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
         row = dict(config=config_label(c), **c, nfe=c['steps'],  # one Unet call per step, every sampler
                    seconds=seconds, seconds_per_image=seconds / num_samples, grid=str(grid.relative_to(out_dir)),
                    **evaluator.score(images), **(extra_score(images) if extra_score else {}))
+        features[row['config']] = evaluator.features(images).astype(np.float32).astype(np.float64)  # as cached
+        with atomic_path(features_file) as tmp:
+            with open(tmp, 'wb') as f:
+                np.save(f, features[row['config']].astype(np.float32))
         write_json(cached, row)
         rows.append(row)
+    add_paired_differences(rows, features, evaluator.reference_fit, seed=seed)
+    compared = [dict(a=a, b=b, **paired_fid_difference(features[a], features[b], evaluator.reference_fit,
+                                                         seed=seed)._asdict())
+                for a, b in pairs if a in features and b in features]
+    for pair in compared:
+        pair['differs'] = pair['low'] > 0 or pair['high'] < 0
     key = cache_key(kind='calibration', n=num_samples, seed=seed, scorer=evaluator.identity)
     cached = out_dir / 'cache' / f'{key}.json'
     if cached.is_file():
@@ -93,9 +111,27 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     result = dict(checkpoint=shown_path(checkpoint), checkpoint_sha256_16=digest, machine=machine_name(device),
                   device=str(device), precision=precision, num_samples=num_samples, batch_size=batch_size,
                   seed=seed, reference_images=evaluator.reference_count, train_images=evaluator.train_count,
-                  rows=rows, calibration=calibration)
+                  rows=rows, calibration=calibration, pairs=compared)
     write_outputs(result, out_dir)
     return result
+
+
+def add_paired_differences(rows, features, reference_fit, *, seed=0):
+    """For every row, FID minus the DDPM-1000 row's and minus the best (lowest-FID) row's, each with the interval of
+    the paired bootstrap (the same sample indices in both: every configuration starts from the same x_T)."""
+    if not rows:
+        return
+    best = min(rows, key=lambda r: r['fid'])
+    ddpm = next((r for r in rows if SAMPLERS[r['strategy']].all_steps), None)
+    for row in rows:
+        for name, other in (('ddpm', ddpm), ('best', best)):
+            if other is None:
+                continue
+            diff = paired_fid_difference(features[row['config']], features[other['config']], reference_fit, seed=seed)
+            row.update({f'fid_minus_{name}': diff.value, f'fid_minus_{name}_low': diff.low,
+                        f'fid_minus_{name}_high': diff.high, f'differs_from_{name}': differs(diff)})
+    for row in rows:
+        row['is_best'] = row is best
 
 
 def write_outputs(result, out_dir):
@@ -113,20 +149,55 @@ def write_outputs(result, out_dir):
 
 
 def markdown_table(result):
-    head = ('| config | NFE | s/image | FID (classifier) | IS | confidence | smallest class | KL to uniform '
-            '| precision | recall | near-copies | flip-preferred |')
+    head = ('| config | NFE | s/image | FID [95 %] | vs DDPM-1000 | vs best | KID [95 %] | IS | confidence '
+            '| smallest class | KL to uniform | precision | recall | near-copies | flip-preferred |')
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '
-             'digits.', '', head, '|' + '---|' * (head.count('|') - 1)]
+             'digits. Intervals: bootstrap over the samples (reference fixed); "vs": paired FID difference with its '
+             'interval, * where it excludes 0 (the same x_T in every row).', '', head,
+             '|' + '---|' * (head.count('|') - 1)]
     for r in result['rows']:
-        lines.append(f'| {r["config"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | {score_cells(r)} |')
+        lines.append(f'| {r["config"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | {interval_cell(r, "fid")} | '
+                     f'{difference_cell(r, "ddpm")} | {difference_cell(r, "best")} | {interval_cell(r, "kid")} | '
+                     f'{score_cells(r)} |')
     for name, r in result['calibration'].items():
-        lines.append(f'| *{name}* | – | – | {score_cells(r)} |')
+        lines.append(f'| *{name}* | – | – | {interval_cell(r, "fid")} | – | – | {interval_cell(r, "kid")} | '
+                     f'{score_cells(r)} |')
+    lines += ['', *map(pair_sentence, result.get('pairs', [])), what_the_numbers_show(result)]
     return '\n'.join(lines) + '\n'
 
 
+def pair_sentence(pair):
+    verdict = ('the difference is significant (its interval excludes 0)' if pair['differs'] else
+               'no difference can be told at this N (its interval contains 0)')
+    return (f'**{pair["a"]} against {pair["b"]}**: FID difference {pair["value"]:+.2f} [{pair["low"]:+.2f}, '
+            f'{pair["high"]:+.2f}], paired bootstrap over the same x_T: {verdict}.')
+
+
+def what_the_numbers_show(result):
+    floor = result['calibration'].get('real training digits (floor)', {}).get('fid')
+    floor_text = f' (real digits score {floor:.1f} here)' if floor is not None else ''
+    return (f'What these numbers can show: at N = {result["num_samples"]} every FID carries a finite-sample bias'
+            f'{floor_text}, so compare rows with each other, through the paired differences, not with FIDs '
+            'published elsewhere or at another N; two rows whose difference interval contains 0 are not ranked.')
+
+
+def interval_cell(r, key):
+    value, low, high = (r.get(k, float('nan')) for k in (key, f'{key}_low', f'{key}_high'))
+    return f'{value:.2f}' if np.isnan(low) else f'{value:.2f} [{low:.2f}, {high:.2f}]'
+
+
+def difference_cell(r, name):
+    if r.get(f'fid_minus_{name}') is None:
+        return '–'
+    if name == 'best' and r.get('is_best') or name == 'ddpm' and SAMPLERS[r['strategy']].all_steps:
+        return '(this row)'
+    star = ' *' if r[f'differs_from_{name}'] else ''
+    return f'{r[f"fid_minus_{name}"]:+.2f} [{r[f"fid_minus_{name}_low"]:+.2f}, {r[f"fid_minus_{name}_high"]:+.2f}]{star}'
+
+
 def score_cells(r):
-    return (f'{r["fid"]:.2f} | {r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
+    return (f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
             f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f} | '
             f'{r.get("flip_preferred_share", float("nan")):.3f}')
 
@@ -151,11 +222,15 @@ def plot(result, path):
     for ax, x_key, x_label in ((axes[0], 'nfe', 'NFE (Unet evaluations per image)'),
                                (axes[1], 'seconds_per_image', 'seconds per image')):
         for name, rows in plot_series(result['rows']).items():
-            points = sorted((r[x_key], r['fid']) for r in rows)
+            rows = sorted(rows, key=lambda r: r[x_key])
+            x, y = [r[x_key] for r in rows], [r['fid'] for r in rows]
+            spread = [[r['fid'] - r.get('fid_low', r['fid']) for r in rows],
+                      [r.get('fid_high', r['fid']) - r['fid'] for r in rows]]  # the bootstrap interval
             if SAMPLERS[rows[0]['strategy']].all_steps:
-                ax.scatter(*zip(*points), marker='*', s=200, color='black', zorder=5, label=f'{name} (T steps)')
+                ax.errorbar(x, y, yerr=spread, fmt='*', ms=14, color='black', zorder=5, capsize=3,
+                            label=f'{name} (T steps)')
             else:  # dashed where a sampler is another's twin (Euler ancestral is DDIM with eta 1)
-                ax.plot(*zip(*points), marker='o', label=name, ls='--' if 'eta=1' in name else '-')
+                ax.errorbar(x, y, yerr=spread, marker='o', capsize=3, label=name, ls='--' if 'eta=1' in name else '-')
         if floor is not None:
             ax.axhline(floor, ls='--', color='grey', label='real digits (floor)')
         ax.set_xscale('log')

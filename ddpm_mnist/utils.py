@@ -163,14 +163,14 @@ def file_digest(path):
 
 # ---------------------------------------------------------------- image grids
 
-def save_grid(images, path, record=None):
+def save_grid(images, path, record=None, *, nrow=None):
     """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
     so a grid always carries its own description, even if the JSON copy beside it was never written."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
     import torch
     from torchvision.utils import make_grid
-    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))))
+    grid = make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))))
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
     info = PngInfo()
     if record is not None:

@@ -1,5 +1,6 @@
 """The Quick start's demo on a machine with no MNIST on disk and no internet: its commands must finish and show
 the comparison, scored against the test-split statistics shipped beside the classifier."""
+import re
 import shlex
 
 import pytest
@@ -27,11 +28,13 @@ def test_demo_finishes_offline_with_no_mnist(offline, tmp_path, capsys):
     table = (tmp_path / 'inference_pretrained' / 'quick_comparison' / 'comparison.md').read_text()
     warnings = [line for line in err.splitlines() if line.startswith('WARNING')]
     assert len(warnings) == 1 and 'MNIST not found' in warnings[0] and 'To get MNIST' in warnings[0], err
-    assert 'DDPM 1000' in table and 'UniPC(2) 10' in table and 'DPM-Solver++(2M) SDE 10' in table
+    assert 'DDIM 10, eta 0.0' in table and 'UniPC(2) 10' in table and 'DPM-Solver++(2M) 10' in table
     assert '*pure noise (ceiling)*' in table
-    ddpm_row = next(line for line in table.splitlines() if line.startswith('| DDPM 1000'))
-    fid, inception_score = (float(cell) for cell in ddpm_row.split('|')[4:6])
-    assert fid > 0 and inception_score > 1  # scored, not NaN
+    row = next(line for line in table.splitlines() if line.startswith('| DDIM 10, eta 0.0'))
+    cells = [cell.strip() for cell in row.split('|')]
+    fid, low, high = (float(x) for x in re.match(r'([\d.]+) \[([\d.]+), ([\d.]+)\]', cells[4]).groups())
+    assert low <= fid <= high and float(cells[8]) > 1  # an FID with its interval, and an IS: scored, not NaN
+    assert '**DDIM 10, eta 0.0 against DDIM 50, eta 0.0**' in table and 'What these numbers can show' in table
     assert (tmp_path / 'inference_pretrained' / 'ddpm' / 'ddpm_steps1000.png').is_file()
 
 

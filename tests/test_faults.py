@@ -4,11 +4,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import inference_comparison
+import train_ddpm_mnist
 from conftest import ROOT, assert_one_line_error, run_main, train_argv
 from ddpm_mnist.checkpoints import load_checkpoint, load_model
 from ddpm_mnist.run_folder import milestones
@@ -159,3 +161,107 @@ def test_two_process_training_through_accelerate(tmp_path, image_folder, capsys)
                                                         'ddim', '--sample_steps', '2', '--num_samples', '2',
                                                         '--results_folder', str(tmp_path)], capsys)
     assert code == 0 and 'EMA weights' in out
+
+
+# ---------------------------------------------------------------- a full disk at every write
+
+def no_space(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+
+def test_full_disk_at_a_milestone_grid_keeps_its_checkpoint(tmp_path, image_folder, monkeypatch, capsys):
+    from PIL import Image
+    results = tmp_path / 'grid'
+    monkeypatch.setattr(Image.Image, 'save', no_space)
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)
+    assert_one_line_error(code, err, 'No space left on device', 'sample-1.png', 'model-1.pt was written')
+    assert milestones(results) == [1] and not (results / 'sample-1.png').exists()
+    assert not [p for p in results.iterdir() if '.tmp-' in p.name]
+
+
+def test_full_disk_at_export_leaves_the_shipped_pair_unchanged(trained_run, tmp_path, monkeypatch, capsys):
+    from ddpm_mnist import checkpoints, export
+    stem = tmp_path / 'shipped'
+    checkpoints.export_ema(trained_run / 'model-1.pt', stem)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(checkpoints, 'save_file', no_space)
+    code, _, err = run_main(export.main, [str(trained_run / 'model-2.pt'), str(stem), '--no-compare'], capsys)
+    assert_one_line_error(code, err, 'No space left on device', 'shipped.safetensors', 'unchanged')
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_full_disk_in_the_data_step_writes_nothing(tmp_path, idx_dir, monkeypatch, capsys):
+    import get_mnist_data
+    from PIL import Image
+    monkeypatch.setattr(Image.Image, 'save', no_space)
+    out = tmp_path / 'png'
+    code, _, err = run_main(get_mnist_data.main, ['--raw_dir', str(idx_dir), '--output', str(out)], capsys)
+    assert_one_line_error(code, err, 'No space left on device', 'nothing was written')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_in_the_sweep_cache(trained_run, idx_dir, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    monkeypatch.setattr(np, 'save', no_space)
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--compare', '--compare_samplers', 'ddim',
+            '--compare_steps', '2', '--compare_etas', '0', '--num_samples', '8', '--results_folder', str(tmp_path),
+            '--raw_dir', str(idx_dir)]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'No space left on device', 'features.npy')
+    assert not [p for p in tmp_path.rglob('*') if '.tmp-' in p.name]
+
+
+# ---------------------------------------------------------------- settings checked before anything is made
+
+def test_impossible_batch_is_refused_before_anything_is_built(tmp_path, image_folder, capsys):
+    results = tmp_path / 'big'
+    argv = train_argv(image_folder, results, extra=['--train_batch_size', '100000'])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, 'needs 100000 images', 'holds 120', 'at most 120')
+    assert not results.exists()
+
+
+def test_named_raw_dir_that_does_not_exist_is_an_error(trained_run, tmp_path, capsys):
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--num_samples', '4',
+            '--results_folder', str(tmp_path / 'out'), '--raw_dir', str(tmp_path / 'no-such-folder')]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'no-such-folder')
+
+
+@pytest.mark.parametrize('strategy', ['ddim', 'unipc'])
+def test_refused_sample_steps_leave_no_folders(trained_run, tmp_path, strategy, capsys):
+    out = tmp_path / 'out'
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--strategy', strategy, '--sample_steps', '1001',
+            '--results_folder', str(out)]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'sample_steps')
+    assert not out.exists()
+
+
+def test_refused_nan_resume_leaves_no_lock(tmp_path, image_folder, capsys):
+    results = tmp_path / 'nan'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
+    (results / '.lock').unlink(missing_ok=True)
+    ckpt = torch.load(results / 'model-1.pt', weights_only=True)
+    ckpt['model'] = {k: torch.full_like(v, float('nan')) if k.startswith('model.') and v.is_floating_point() else v
+                     for k, v in ckpt['model'].items()}
+    torch.save(ckpt, results / 'model-1.pt')
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
+    assert_one_line_error(code, err, 'NaN')
+    assert not (results / '.lock').exists()
+
+
+def test_failed_download_leaves_no_cache_folders(tmp_path, monkeypatch, capsys):
+    import get_mnist_data
+    import torchvision.datasets
+
+    class OfflineMNIST:  # as torchvision does: the cache folders first, then the download that fails
+        def __init__(self, root, **kwargs):
+            (Path(root) / 'MNIST' / 'raw').mkdir(parents=True)
+            raise RuntimeError('Error downloading train-images-idx3-ubyte.gz:\nName or service not known')
+    monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
+    root = tmp_path / 'cache'
+    code, _, err = run_main(get_mnist_data.main, ['--data_root', str(root), '--output', str(tmp_path / 'png')],
+                            capsys)
+    assert_one_line_error(code, err, 'could not download MNIST')
+    assert not root.exists() and not (tmp_path / 'png').exists()

@@ -103,7 +103,7 @@ def test_failed_save_keeps_earlier_milestones(tmp_path, image_folder, monkeypatc
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
     monkeypatch.setattr(torch, 'save', real_save)
     assert_one_line_error(code, err, 'could not write', 'model-2.pt', 'No space left on device', 'intact')
-    assert milestones(results) == [1]
+    assert milestones(results) == [1] and not (results / 'sample-2.png').exists()  # no grid without its checkpoint
     assert load_checkpoint(results / 'model-1.pt')['step'] == 2
     assert [p.name for p in results.iterdir() if 'tmp' in p.name] == []
 

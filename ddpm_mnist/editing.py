@@ -1,0 +1,274 @@
+"""Editing digits with a trained model, no training needed: inpainting (RePaint), SDEdit, DDIM inversion and
+interpolation in x_T. Every operation is a way of sampling the library's GaussianDiffusion; images are (N, 1, H, W)
+in [0, 1] on the CPU, like sampling.sample's.
+"""
+import math
+from collections import namedtuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .sampler_table import SAMPLERS
+from .samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
+from .sampling import batch_generator, check_settings, initial_noise
+from .utils import UserError
+
+MASKS = ('top', 'bottom', 'left', 'right', 'centre')
+Converted = namedtuple('Converted', 'images notes')
+Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
+
+
+# ---------------------------------------------------------------- inputs and masks
+
+def to_model_input(image, size):
+    """A PIL image as the training images were made: grayscale, resized to the model's size (the library's
+    Dataset: Resize then CenterCrop), in [0, 1]."""
+    image = image.convert('L')
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
+    left, top = (resized.size[0] - size) // 2, (resized.size[1] - size) // 2
+    cropped = resized.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255)[None]
+
+
+def open_image(path, what='input'):
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise UserError(f'{what} {path} does not exist') from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f'{what} {path} is not an image file ({err})') from None
+
+
+def load_inputs(paths, size):
+    """Converted(images (N, 1, size, size), one note per input saying how it was converted). All inputs must have
+    one size, so that a mask or a pairing means the same pixels in each."""
+    opened = [open_image(path) for path in paths]
+    sizes = {image.size for image in opened}
+    if len(sizes) > 1:
+        raise UserError(f'the inputs have different sizes ({", ".join(f"{w}x{h}" for w, h in sorted(sizes))}); give '
+                        'images of one size')
+    notes = [f'{path}: {image.size[0]}x{image.size[1]} {image.mode} -> {size}x{size} grayscale'
+             for path, image in zip(paths, opened)]
+    return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes)
+
+
+def named_mask(name, size):
+    """1 where the model generates, 0 where the input is kept: the named half (or the centre square) generated."""
+    mask = torch.zeros(1, 1, size, size)
+    half, quarter = size // 2, size // 4
+    region = {'top': (slice(0, half), slice(None)), 'bottom': (slice(half, None), slice(None)),
+              'left': (slice(None), slice(0, half)), 'right': (slice(None), slice(half, None)),
+              'centre': (slice(quarter, size - quarter), slice(quarter, size - quarter))}[name]
+    mask[..., region[0], region[1]] = 1
+    return mask
+
+
+def load_mask(spec, *, input_size, size):
+    """A named mask, or MASK.png (white: generated, black: kept) of the inputs' own size, at the model's size."""
+    if spec in MASKS:
+        return named_mask(spec, size)
+    image = open_image(spec, 'mask')
+    if image.size != input_size:
+        raise UserError(f'mask {spec} is {image.size[0]}x{image.size[1]} but the inputs are '
+                        f'{input_size[0]}x{input_size[1]}; give a mask of the inputs\' size')
+    mask = (to_model_input(image, size)[None] >= 0.5).float()
+    generated = float(mask.mean())
+    if generated == 0:
+        raise UserError(f'mask {spec} keeps every pixel (no white pixel to generate); nothing to inpaint')
+    if generated == 1:
+        raise UserError(f'mask {spec} keeps no pixel (all white); that is plain sampling, not inpainting')
+    return mask
+
+
+# ---------------------------------------------------------------- moving along the chain
+
+def to_model_range(images):
+    return images * 2 - 1  # the library's normalize_to_neg_one_to_one
+
+
+def predict(diffusion, x, t, clip=True):
+    return diffusion.model_predictions(x, full_times(t, x), clip_x_start=clip, rederive_pred_noise=clip)
+
+
+def renoise(diffusion, x, t_from, t_to, generator):
+    """x_{t_to} ~ q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process between two noise levels."""
+    ratio = diffusion.alphas_cumprod[t_to] / (diffusion.alphas_cumprod[t_from] if t_from >= 0 else 1.0)
+    return ratio.sqrt() * x + (1 - ratio).sqrt() * step_noise(x, generator)
+
+
+def noised(diffusion, x0, t, generator):
+    """q(x_t | x_0) (Ho et al. 2020, Eq. 4); t = -1 is x_0 itself."""
+    if t < 0:
+        return x0
+    alpha = diffusion.alphas_cumprod[t]
+    return alpha.sqrt() * x0 + (1 - alpha).sqrt() * step_noise(x0, generator)
+
+
+# ---------------------------------------------------------------- inpainting (RePaint, Lugmayr et al. 2022)
+
+def repaint_schedule(levels, *, jump_length=10, resamples=10):
+    """The RePaint walk over chain levels levels-1 .. 0, then -1 (x_0): down one level at a time, and at every
+    jump_length-th level going down, back up jump_length levels, resamples - 1 times (the paper's schedule,
+    its get_schedule_jump). resamples = 1 is plain replacement, the paper's baseline."""
+    jumps = {level: resamples - 1 for level in range(0, levels - jump_length, jump_length)}
+    level, path = levels - 1, [levels - 1]
+    while level >= 0:
+        level -= 1
+        path.append(level)
+        if jumps.get(level, 0) > 0:
+            jumps[level] -= 1
+            for _ in range(jump_length):
+                level += 1
+                path.append(level)
+    return path
+
+
+def chain_times(diffusion, steps=None):
+    """The timesteps of a chain, ascending: all T for the DDPM chain (steps None), else DDIM's S."""
+    total = diffusion.num_timesteps
+    if steps is None:
+        return list(range(total))
+    return sorted(t for t, _ in ddim_times(total, steps))
+
+
+@torch.inference_mode()
+def inpaint(diffusion, images, mask, *, steps=None, eta=1.0, jump_length=10, resamples=10, seed=0, batch_size=100):
+    """RePaint: regenerate where mask is 1, keep the input where it is 0. Every denoising step (DDPM's posterior
+    for steps=None, else the DDIM update on S steps with `eta`) is followed by the known pixels noised to the new
+    level (Algorithm 1, line 8); the schedule's jumps re-noise the mixture and denoise it again, so the generated
+    part can agree with the kept part. Returns (images, NFE per image)."""
+    times = chain_times(diffusion, steps)
+    path = repaint_schedule(len(times), jump_length=jump_length, resamples=resamples)
+    level_time = lambda level: times[level] if level >= 0 else -1  # noqa: E731
+    out = []
+    for start in range(0, len(images), batch_size):
+        generator = batch_generator(seed, start, diffusion.device)
+        known = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        keep = 1 - mask.to(diffusion.device)
+        x = initial_noise(len(images), known.shape[1], known.shape[-1], seed)[start:start + len(known)].to(known.device)
+        for here, there in zip(path, path[1:]):
+            t, t_next = level_time(here), level_time(there)
+            if there < here:
+                x = ddim_step(diffusion, predict(diffusion, x, t), t, t_next, eta, generator)
+                x = keep * noised(diffusion, known, t_next, generator) + mask.to(x.device) * x
+            else:
+                x = renoise(diffusion, x, t, t_next, generator)
+        out.append(diffusion.unnormalize(x).clamp(0, 1).cpu())
+    return torch.cat(out), sum(1 for a, b in zip(path, path[1:]) if b < a)
+
+
+@torch.inference_mode()
+def library_repaint(diffusion, images, mask, *, resample_iter=10, resample_jump=10, resample_every=50, seed=0):
+    """The library's own repaint.py loop (its GaussianDiffusion.p_sample_loop) on the same weights: its resampling
+    sets t = resample_jump whatever the current t is, so it re-noises and re-samples at that fixed t. Kept to show
+    what that does (docs/editing.md). Its mask is 1 where the input is kept. Returns (images, NFE per image)."""
+    from denoising_diffusion_pytorch.repaint import GaussianDiffusion as RepaintDiffusion
+    library = RepaintDiffusion(diffusion.model, image_size=diffusion.image_size, timesteps=diffusion.num_timesteps,
+                               objective=diffusion.objective, beta_schedule='linear').to(diffusion.device)
+    for name in ('betas', 'alphas_cumprod', 'alphas_cumprod_prev', 'sqrt_alphas_cumprod',
+                 'sqrt_one_minus_alphas_cumprod', 'log_one_minus_alphas_cumprod', 'sqrt_recip_alphas_cumprod',
+                 'sqrt_recipm1_alphas_cumprod', 'posterior_variance', 'posterior_log_variance_clipped',
+                 'posterior_mean_coef1', 'posterior_mean_coef2', 'loss_weight'):
+        getattr(library, name).copy_(getattr(diffusion, name))  # the checkpoint's schedule, not the one built here
+    torch.manual_seed(seed)  # it draws from the global generator
+    keep = (1 - mask).expand_as(images).to(diffusion.device)
+    result = library.sample(gt=images.to(diffusion.device), mask=keep, resample=True, resample_iter=resample_iter,
+                            resample_jump=resample_jump, resample_every=resample_every)
+    total = diffusion.num_timesteps
+    resampled = sum(1 for t in range(1, total) if t % resample_every == 0 or t == 1)
+    return result.clamp(0, 1).cpu(), total + resampled * resample_iter * resample_jump
+
+
+# ---------------------------------------------------------------- SDEdit (Meng et al. 2022)
+
+@torch.inference_mode()
+def sdedit(diffusion, images, *, strength, strategy='ddim', steps=50, eta=0.0, seed=0, batch_size=100):
+    """Noise the inputs to the level strength x T (0 < strength <= 1) and run a sampler of the registry from there:
+    the result keeps the input's layout and takes the model's style. Returns (images, NFE per image)."""
+    if not 0 < strength <= 1 or not math.isfinite(strength):
+        raise UserError(f'--strength {strength} is not allowed: use a number in (0, 1]')
+    total = diffusion.num_timesteps
+    steps = total if SAMPLERS[strategy].all_steps else steps
+    check_settings(strategy, steps, eta, len(images), batch_size, total)
+    t_start = min(total - 1, max(0, round(strength * total) - 1))
+    sampler = build_sampler(strategy, diffusion, eta=eta)
+    out, nfe = [], 0
+    for start in range(0, len(images), batch_size):
+        sampler.set_timesteps(steps)
+        sampler.start_at(t_start)
+        if not sampler.timesteps:
+            raise UserError(f'--strength {strength} is below the first of the sampler\'s {steps} steps; raise it or '
+                            '--steps')
+        generator = batch_generator(seed, start, diffusion.device)
+        x0 = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        x = sampler.add_noise(x0, step_noise(x0, generator), sampler.timesteps[0])
+        for t in sampler.timesteps:
+            x = sampler.step(predict(diffusion, sampler.scale_model_input(x, t), t), t, x, generator)
+        out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
+        nfe = len(sampler.timesteps)
+    return torch.cat(out), nfe
+
+
+# ---------------------------------------------------------------- DDIM inversion and interpolation
+
+@torch.inference_mode()
+def ddim_invert(diffusion, images, *, steps=50, batch_size=100):
+    """x_T of each image by running DDIM with eta 0 backwards (Song et al. 2021, Sec. 4.3; Dhariwal & Nichol 2021,
+    App. F): x_{t_next} = sqrt(a_next) x0_pred(x_t) + sqrt(1 - a_next) eps_pred(x_t), up the S DDIM times. The
+    predictions are not clipped, so generation from x_T with the same S retraces the path."""
+    times = [-1, *chain_times(diffusion, steps)]
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        for t, t_next in zip(times, times[1:]):
+            prediction = predict(diffusion, x, max(t, 0), clip=False)
+            alpha_next = diffusion.alphas_cumprod[t_next]
+            x = alpha_next.sqrt() * prediction.pred_x_start + (1 - alpha_next).sqrt() * prediction.pred_noise
+        out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def ddim_generate(diffusion, x_T, *, steps=50, batch_size=100):
+    """Images from given x_T by DDIM with eta 0 and unclipped predictions (the inverse of ddim_invert)."""
+    pairs = ddim_times(diffusion.num_timesteps, steps)
+    out = []
+    for start in range(0, len(x_T), batch_size):
+        x = x_T[start:start + batch_size].to(diffusion.device)
+        for t, t_next in pairs:
+            x = ddim_step(diffusion, predict(diffusion, x, t, clip=False), t, t_next, 0.0, None)
+        out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def invert(diffusion, images, *, steps=50, batch_size=100):
+    """Inversion(x_T, reconstruction, mse, psnr): the round trip image -> x_T -> image with the same S."""
+    x_T = ddim_invert(diffusion, images, steps=steps, batch_size=batch_size)
+    reconstruction = ddim_generate(diffusion, x_T, steps=steps, batch_size=batch_size)
+    mse = ((reconstruction - images) ** 2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(1 / mse.clamp(min=1e-10))
+    return Inversion(x_T, reconstruction, mse, psnr)
+
+
+def slerp(a, b, weight):
+    """Spherical interpolation between two x_T (Shoemake 1985), which keeps them at the norm Gaussian noise has;
+    a straight line would pass through lower-norm points the model never saw."""
+    flat_a, flat_b = a.flatten(), b.flatten()
+    cos = (flat_a @ flat_b / (flat_a.norm() * flat_b.norm())).clamp(-1, 1)
+    angle = torch.arccos(cos)
+    if angle < 1e-4:
+        return (1 - weight) * a + weight * b
+    return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
+
+
+def interpolate(diffusion, x_a, x_b, *, frames=8, steps=50):
+    """frames images from x_a to x_b (both x_T, shape (1, C, H, W)), generated by DDIM with eta 0."""
+    if frames < 2:
+        raise UserError(f'--frames {frames} is not allowed: use an integer >= 2')
+    path = torch.cat([slerp(x_a, x_b, w) for w in torch.linspace(0, 1, frames).tolist()])
+    return ddim_generate(diffusion, path, steps=steps)

@@ -1,0 +1,150 @@
+"""The editing measurements of docs/editing.md, on real MNIST test digits:
+
+- bottom-half inpainting: the project classifier's agreement with the true label, and FID of the completed digits,
+  for RePaint (DDPM chain), plain replacement (RePaint's baseline, no resampling), the library's repaint.py loop on
+  the same weights, and RePaint on DDIM steps;
+- DDIM inversion: round-trip PSNR for K = 10, 20, 50, 100, 200;
+- SDEdit: how often the digit's label survives, against strength.
+
+  python3 scripts/edit_benchmark.py --raw_dir ../shared/data/mnist-full --num_digits 1000
+Writes assets/editing.{json,md}. Long on a CPU: RePaint makes about resamples x T Unet calls per digit.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+
+METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
+    p.add_argument('--num_digits', type=int, default=1000, help='test digits per measurement (default: %(default)s)')
+    p.add_argument('--methods', default=','.join(METHODS),
+                   help=f'inpainting methods, from {",".join(METHODS)} (default: all)')
+    p.add_argument('--ddim_steps', type=int, default=100,
+                   help='DDIM steps of the fast RePaint variant (default: %(default)s)')
+    p.add_argument('--inversion_steps', default='10,20,50,100,200', help='K of the inversion round trips')
+    p.add_argument('--strengths', default='0.2,0.4,0.6,0.8,1.0', help='SDEdit strengths')
+    p.add_argument('--skip', default='', help='comma-separated parts to skip: inpaint, invert, sdedit')
+    p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')
+    p.add_argument('--output', default='assets/editing', help='output stem (default: %(default)s)')
+    args = p.parse_args(argv)
+    from ddpm_mnist.validation import at_least, check_flags
+    check_flags(vars(args), extra={'num_digits': at_least(10), 'ddim_steps': at_least(1)})
+    unknown = set(args.methods.split(',')) - set(METHODS)
+    if unknown:
+        p.error(f'unknown --methods {sorted(unknown)}; choose from {",".join(METHODS)}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    from ddpm_mnist import editing
+    from ddpm_mnist.api import load_model
+    from ddpm_mnist.classifier import as_training_resolution
+    from ddpm_mnist.data import load_split
+    from ddpm_mnist.device import keep_freed_memory
+    from ddpm_mnist.metrics import Evaluator
+
+    keep_freed_memory()
+    model = load_model(args.checkpoint)
+    diffusion, size = model.diffusion, model.image_size
+    test, labels = load_split('test', args.raw_dir, args.data_root)
+    train, _ = load_split('train', args.raw_dir, args.data_root)
+    evaluator = Evaluator(test, train, image_size=size, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    chosen = rng.permutation(len(test))[:args.num_digits]
+    digits = as_training_resolution(test[chosen], size)
+    truth = torch.from_numpy(labels[chosen].astype(np.int64))
+    result = dict(checkpoint=str(model.path), num_digits=args.num_digits, seed=args.seed, image_size=size,
+                  command='python3 scripts/edit_benchmark.py ' + ' '.join(argv or sys.argv[1:]))
+
+    def label_agreement(images):
+        return float((torch.from_numpy(classify_probs(evaluator, images)).argmax(1) == truth).float().mean())
+
+    if 'inpaint' not in args.skip:
+        mask = editing.named_mask('bottom', size)
+        rows = []
+        for method in args.methods.split(','):
+            start = time.perf_counter()
+            if method == 'library_repaint':
+                images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed)
+            else:
+                steps = args.ddim_steps if method == 'repaint_ddim' else None
+                resamples = 1 if method == 'replacement' else 10
+                images, nfe = editing.inpaint(diffusion, digits, mask, steps=steps, eta=1.0 if steps is None else 0.0,
+                                              resamples=resamples, seed=args.seed, batch_size=args.batch_size)
+            seconds = time.perf_counter() - start
+            scores = evaluator.score(images)
+            rows.append(dict(method=method, nfe_per_image=nfe, seconds_per_image=seconds / len(images),
+                             label_agreement=label_agreement(images), fid=scores['fid'], fid_low=scores['fid_low'],
+                             fid_high=scores['fid_high']))
+            print(rows[-1], flush=True)
+        result['inpainting'] = dict(mask='bottom', rows=rows,
+                                    real_digits=dict(label_agreement=label_agreement(digits),
+                                                     fid=evaluator.score(digits)['fid']))
+    if 'invert' not in args.skip:
+        result['inversion'] = []
+        for k in map(int, args.inversion_steps.split(',')):
+            inversion = editing.invert(diffusion, digits, steps=k, batch_size=args.batch_size)
+            result['inversion'].append(dict(steps=k, psnr_mean=float(inversion.psnr.mean()),
+                                            psnr_median=float(inversion.psnr.median())))
+            print(result['inversion'][-1], flush=True)
+    if 'sdedit' not in args.skip:
+        result['sdedit'] = []
+        for strength in map(float, args.strengths.split(',')):
+            images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=50, seed=args.seed,
+                                         batch_size=args.batch_size)
+            result['sdedit'].append(dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images)))
+            print(result['sdedit'][-1], flush=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    out.with_suffix('.md').write_text(markdown(result))
+    print(markdown(result))
+
+
+def classify_probs(evaluator, images):
+    from ddpm_mnist.classifier import classify
+    return classify(evaluator.classifier, images)[1]
+
+
+def markdown(result):
+    lines = [f'{result["num_digits"]} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
+             f'({result["image_size"]} px); command: `{result["command"]}`.', '']
+    if 'inpainting' in result:
+        real = result['inpainting']['real_digits']
+        lines += ['Bottom-half inpainting (the top half kept):', '',
+                  '| method | NFE per digit | s per digit | label agreement | FID [95 %] |', '|---|---|---|---|---|']
+        lines += [f'| {r["method"]} | {r["nfe_per_image"]} | {r["seconds_per_image"]:.3f} | '
+                  f'{100 * r["label_agreement"]:.1f} % | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] |'
+                  for r in result['inpainting']['rows']]
+        lines += [f'| *the real digits* | – | – | {100 * real["label_agreement"]:.1f} % | {real["fid"]:.2f} |', '']
+    if 'inversion' in result:
+        lines += ['DDIM inversion round trip (eta 0, K steps each way):', '', '| K | mean PSNR (dB) | median |',
+                  '|---|---|---|']
+        lines += [f'| {r["steps"]} | {r["psnr_mean"]:.1f} | {r["psnr_median"]:.1f} |' for r in result['inversion']]
+        lines.append('')
+    if 'sdedit' in result:
+        lines += ['SDEdit (DDIM-50 over the chain): share of digits whose label survives:', '',
+                  '| strength | NFE | label kept |', '|---|---|---|']
+        lines += [f'| {r["strength"]} | {r["nfe_per_image"]} | {100 * r["label_kept"]:.1f} % |' for r in result['sdedit']]
+    return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+    from ddpm_mnist.utils import run_cli
+    run_cli(main)

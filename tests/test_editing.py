@@ -1,0 +1,158 @@
+"""Editing (edit_digits.py): each operation on a tiny model, the maths checked where it can be, and every bad
+input refused in one line with nothing written."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import edit_digits
+from conftest import assert_one_line_error, run_main
+from ddpm_mnist import editing
+from ddpm_mnist.checkpoints import load_model
+
+
+@pytest.fixture(scope='module')
+def tiny(trained_run):
+    diffusion, _, _ = load_model(trained_run / 'model-2.pt')
+    return diffusion.eval()
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    paths = []
+    for i in range(2):
+        pixels = np.zeros((56, 56, 3), dtype=np.uint8)
+        pixels[10 + 5 * i:40, 20:30] = 255
+        path = tmp_path / f'digit{i}.png'
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_repaint_schedule_is_the_papers():
+    path = editing.repaint_schedule(30, jump_length=10, resamples=3)
+    downs = sum(1 for a, b in zip(path, path[1:]) if b == a - 1)
+    ups = sum(1 for a, b in zip(path, path[1:]) if b == a + 1)
+    assert path[0] == 29 and path[-1] == -1 and all(abs(b - a) == 1 for a, b in zip(path, path[1:]))
+    assert ups == 2 * 2 * 10  # jump points 0 and 10, each re-noised resamples - 1 = 2 times over 10 levels
+    assert downs == 30 + ups
+    assert editing.repaint_schedule(30, resamples=1) == list(range(29, -2, -1))  # plain replacement
+
+
+def test_inpainting_keeps_the_known_pixels_exactly(tiny):
+    images = torch.rand(3, 1, 32, 32)
+    mask = editing.named_mask('bottom', 32)
+    for steps in (None, 5):
+        out, nfe = editing.inpaint(tiny, images, mask, steps=steps, jump_length=2, resamples=2, seed=1)
+        keep = (1 - mask).bool().expand_as(images)
+        assert torch.allclose(out[keep], images[keep].clamp(0, 1), atol=1e-6)
+        assert out.shape == images.shape and nfe > (steps or tiny.num_timesteps)
+        again, _ = editing.inpaint(tiny, images, mask, steps=steps, jump_length=2, resamples=2, seed=1)
+        assert torch.equal(out, again)  # --seed makes it repeat
+
+
+def test_library_repaint_loop_runs_on_our_weights(tiny):
+    images = torch.rand(2, 1, 32, 32)
+    out, nfe = editing.library_repaint(tiny, images, editing.named_mask('top', 32), resample_iter=1, resample_jump=2,
+                                       resample_every=10)
+    assert out.shape == images.shape and nfe > tiny.num_timesteps
+
+
+def test_inversion_then_generation_reconstructs_the_models_own_sample(tiny):
+    """A sample made by the same deterministic DDIM chain inverts to (nearly) its own x_T and comes back."""
+    x_T = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    sample = editing.ddim_generate(tiny, x_T, steps=10)
+    inversion = editing.invert(tiny, sample, steps=10)
+    assert float(inversion.psnr.min()) > 25
+    assert float(inversion.psnr.mean()) > float(editing.invert(tiny, torch.rand(2, 1, 32, 32), steps=10).psnr.mean())
+
+
+def test_sdedit_strength_moves_from_the_input_to_a_sample(tiny):
+    images = torch.rand(2, 1, 32, 32)
+    light, nfe_light = editing.sdedit(tiny, images, strength=0.1, steps=20, seed=0)
+    heavy, nfe_heavy = editing.sdedit(tiny, images, strength=1.0, steps=20, seed=0)
+    assert nfe_light < nfe_heavy == 20
+    assert (light - images).abs().mean() < (heavy - images).abs().mean()
+    for strategy in ('ddpm', 'dpmpp_2m', 'euler_a'):
+        out, _ = editing.sdedit(tiny, images, strength=0.5, strategy=strategy, steps=10, seed=0)
+        assert out.shape == images.shape and out.isfinite().all()
+
+
+def test_slerp_keeps_the_norm_and_the_ends(tiny):
+    a, b = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)
+    assert torch.allclose(editing.slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(editing.slerp(a, b, 1.0), b,
+                                                                                      atol=1e-5)
+    middle = editing.slerp(a, b, 0.5)
+    assert abs(middle.norm() - (a.norm() + b.norm()) / 2) < 0.1 * a.norm()
+    frames = editing.interpolate(tiny, a, b, frames=4, steps=5)
+    assert frames.shape == (4, 1, 32, 32)
+
+
+@pytest.mark.parametrize('operation', ['inpaint', 'sdedit', 'invert', 'interpolate'])
+def test_each_command_writes_its_grid_and_record(trained_run, pngs, tmp_path, operation, capsys):
+    extra = {'inpaint': ['--input', *map(str, pngs), '--mask', 'centre', '--steps', '4', '--resamples', '2',
+                         '--jump_length', '2'],
+             'sdedit': ['--input', *map(str, pngs), '--strength', '0.5', '--steps', '6'],
+             'invert': ['--input', *map(str, pngs), '--steps', '5'],
+             'interpolate': ['--seeds', '1', '2', '--frames', '3', '--steps', '4', '--gif']}[operation]
+    out = tmp_path / 'out'
+    argv = [operation, *extra, '--checkpoint', str(trained_run / 'model-2.pt'), '--results_folder', str(out)]
+    code, stdout, err = run_main(edit_digits.main, argv, capsys)
+    assert code == 0, err
+    folder = next(out.glob('inference_model-2_*')) / 'edit'
+    grids = sorted(p.name for p in folder.glob('*.png'))
+    records = [json.loads(p.read_text()) for p in folder.glob('*.json')]
+    assert grids and records[0]['operation'] == operation
+    if operation != 'interpolate':
+        assert '56x56 RGB -> 32x32 grayscale' in stdout and any('side_by_side' in g for g in grids)
+    if operation == 'invert':
+        assert 'PSNR' in stdout
+    if operation == 'interpolate':
+        assert list(folder.glob('*.gif'))
+
+
+def test_the_same_seed_repeats_an_edit(trained_run, pngs, tmp_path, capsys):
+    grids = []
+    for run in 'ab':
+        out = tmp_path / run
+        argv = ['sdedit', '--input', str(pngs[0]), '--strength', '0.6', '--steps', '5', '--checkpoint',
+                str(trained_run / 'model-2.pt'), '--results_folder', str(out), '--seed', '4']
+        assert run_main(edit_digits.main, argv, capsys)[0] == 0
+        grids.append(next(out.rglob('sdedit_*strength0.6.png')).read_bytes())
+    assert grids[0] == grids[1]
+
+
+def bad_inputs(pngs, tmp_path):
+    other = tmp_path / 'other.png'
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(other)
+    small_mask = tmp_path / 'small_mask.png'
+    Image.fromarray(np.full((10, 10), 255, dtype=np.uint8)).save(small_mask)
+    full_mask, empty_mask = tmp_path / 'full.png', tmp_path / 'empty.png'
+    Image.fromarray(np.full((56, 56), 255, dtype=np.uint8)).save(full_mask)
+    Image.fromarray(np.zeros((56, 56), dtype=np.uint8)).save(empty_mask)
+    text = tmp_path / 'notes.png'
+    text.write_text('not an image')
+    a = str(pngs[0])
+    return [
+        (['inpaint', '--input', a, '--mask', str(small_mask)], 'mask'),
+        (['inpaint', '--input', a, '--mask', str(full_mask)], 'keeps no pixel'),
+        (['inpaint', '--input', a, '--mask', str(empty_mask)], 'keeps every pixel'),
+        (['inpaint', '--input', a, '--mask', 'diagonal'], 'diagonal'),
+        (['sdedit', '--input', str(text), '--strength', '0.5'], 'not an image'),
+        (['sdedit', '--input', a, '--strength', '0'], '--strength'),
+        (['sdedit', '--input', a, '--strength', '1.5'], '--strength'),
+        (['interpolate', '--seeds', '1', '2', '--frames', '1'], '--frames'),
+        (['invert', '--input', a, str(other)], 'different sizes'),
+        (['invert', '--input', str(tmp_path / 'missing.png')], 'does not exist'),
+    ]
+
+
+def test_bad_edit_inputs_are_one_line_and_write_nothing(trained_run, pngs, tmp_path, capsys):
+    for argv, message in bad_inputs(pngs, tmp_path):
+        out = tmp_path / 'never'
+        code, _, err = run_main(edit_digits.main, [*argv, '--checkpoint', str(trained_run / 'model-2.pt'),
+                                                   '--results_folder', str(out)], capsys)
+        assert_one_line_error(code, err, message)
+        assert not out.exists(), argv
