@@ -79,6 +79,11 @@ def parse_args(argv=None):
     c.add_argument('--inception_weights',
                    help='also compute standard Inception FID (pytorch-fid) from this local weights file '
                         '(pt_inception-2015-12-05-6726825d.pth); never downloads')
+    c.add_argument('--second_classifier', default='auto',
+                   help='a second, independently trained feature network that scores every row too (FID_b), so the '
+                        'table can say which orderings both feature spaces agree on: auto (the shipped '
+                        'pretrained/mnist_classifier_wide.safetensors, when MNIST is on disk), none, or a file '
+                        '(default: %(default)s)')
     args = p.parse_args(argv)
     check_flags(vars(args))
     if args.quick:
@@ -90,7 +95,7 @@ MODEL_FLAGS = ('checkpoint', 'milestone', 'results_folder', 'device', 'precision
                'use_online_weights')
 GRID_FLAGS = ('strategy', 'sample_steps', 'ddim_eta', 'num_samples', 'batch_size', 'seed')
 SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'compare_etas', 'compare_solver_steps',
-               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights')
+               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights', 'second_classifier')
 
 
 def main(argv=None):

@@ -14,7 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('runs', nargs='+', help='training results folders, each with a loss.csv')
+    p.add_argument('runs', nargs='+',
+                   help='training results folders, each with a loss.csv; FOLDER:FIRST shifts a run continued with '
+                        '--init_from so its step 1 is drawn at FIRST (its parent\'s last step + 1)')
+    p.add_argument('--last', type=int, default=None,
+                   help='draw only the last this many steps of runs drawn without a shift (a parent ending where '
+                        'its child begins)')
     p.add_argument('--window', type=int, default=25, help='steps per averaging window (default: %(default)s)')
     p.add_argument('--output', default='benchmarks/results/loss_curves.png', help='figure to write')
     args = p.parse_args(argv)
@@ -26,11 +31,16 @@ def main(argv=None):
     from ddpm_mnist.run_folder import read_loss_log
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in args.runs:
+    for spec in args.runs:
+        run, _, first = spec.partition(':')
         losses = read_loss_log(run)
         if not losses:
             sys.exit(f'error: {run} has no loss.csv')
         steps, values = np.array(sorted(losses)), np.array([losses[s] for s in sorted(losses)])
+        if first:
+            steps = steps + int(first) - 1
+        elif args.last:
+            steps, values = steps[-args.last:], values[-args.last:]
         ax.plot(steps, values, alpha=0.25)
         windows = [values[i:i + args.window] for i in range(0, len(values), args.window)]
         centres = [steps[i:i + args.window].mean() for i in range(0, len(values), args.window)]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .utils import UserError, atomic_path, write_json
+from .utils import UserError, atomic_path, read_json, write_json
 
 WEIGHTS = Path(__file__).resolve().parent.parent / 'pretrained' / 'mnist_classifier.safetensors'
 FEATURE_DIM = 128
@@ -28,6 +28,29 @@ class LeNet(nn.Module):
         """(penultimate features, logits) for images in [0, 1], shape (N, 1, 28, 28)."""
         f = self.features(self.conv((x - 0.1307) / 0.3081))
         return f, self.head(f)
+
+
+class WideNet(nn.Module):
+    """The second feature network (another architecture, trained with another seed): batch-normalised convolutions
+    and global average pooling, so that a ranking the two feature spaces agree on is not an accident of one."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.conv = nn.Sequential(*block(1, 48), *block(48, 48), nn.MaxPool2d(2),       # 14x14
+                                  *block(48, 96), *block(96, 96), nn.MaxPool2d(2),      # 7x7
+                                  *block(96, FEATURE_DIM), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(FEATURE_DIM, 10)
+
+    def forward(self, x):
+        f = self.conv((x - 0.1307) / 0.3081)
+        return f, self.head(f)
+
+
+ARCHITECTURES = {'lenet': LeNet, 'wide': WideNet}
+SECOND_WEIGHTS = WEIGHTS.with_name('mnist_classifier_wide.safetensors')
 
 
 def to_classifier_input(images):
@@ -54,7 +77,8 @@ def load_classifier(path=WEIGHTS):
     path = Path(path)
     if not path.is_file():
         raise UserError(f'classifier weights {path} missing; train them with: python3 scripts/train_classifier.py')
-    model = LeNet()
+    info = read_json(path.with_suffix('.json')) if path.with_suffix('.json').is_file() else {}
+    model = ARCHITECTURES[info.get('arch', 'lenet')]()
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 
@@ -71,11 +95,12 @@ def classify(model, images, batch_size=1000):
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def train_classifier(images, labels, epochs=12, seed=0, batch_size=128, lr=2e-3):
-    """Train LeNet with small random shifts and rotations; deterministic for a given seed on the CPU."""
+def train_classifier(images, labels, epochs=12, seed=0, batch_size=128, lr=2e-3, arch='lenet'):
+    """Train a feature network (LeNet, or the second one: 'wide') with small random shifts and rotations;
+    deterministic for a given seed on the CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = LeNet()
+    model = ARCHITECTURES[arch]().train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(images) // batch_size))
     x, y = to_classifier_input(images), torch.as_tensor(labels, dtype=torch.long)

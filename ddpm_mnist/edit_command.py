@@ -7,7 +7,7 @@ import torch
 from . import editing
 from .inference import open_model
 from .sampling import initial_noise
-from .utils import UserError, atomic_path, ensure_writable_dir, save_grid, write_json
+from .utils import UserError, atomic_path, ensure_writable_dir, save_grid, shown_path, write_json
 
 
 def run_edit(*, operation, checkpoint=None, milestone=None, results_folder=None, device='auto', precision='auto',
@@ -20,9 +20,9 @@ def run_edit(*, operation, checkpoint=None, milestone=None, results_folder=None,
     prepared = PREPARE[operation](size=size, **settings)  # every input read and checked before anything is written
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
     out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / 'edit')
-    record = dict(operation=operation, **{k: v for k, v in settings.items() if k != 'input'},
-                  inputs=[str(p) for p in settings.get('input') or []], seed=seed, checkpoint=str(opened['path']),
-                  precision=opened['precision'], **result.pop('record', {}))
+    record = {'operation': operation, **{k: v for k, v in settings.items() if k != 'input'},
+              'inputs': [shown_path(p) for p in settings.get('input') or []], 'seed': seed,
+              'checkpoint': shown_path(opened['path']), 'precision': opened['precision'], **result.pop('record', {})}
     name = result.pop('name')
     save_grid(result['images'], out_dir / f'{name}.png', record, nrow=result.get('nrow'))
     if 'side_by_side' in result:

@@ -169,7 +169,7 @@ def library_repaint(diffusion, images, mask, *, resample_iter=10, resample_jump=
     what that does (docs/editing.md). Its mask is 1 where the input is kept. Returns (images, NFE per image)."""
     from denoising_diffusion_pytorch.repaint import GaussianDiffusion as RepaintDiffusion
     library = RepaintDiffusion(diffusion.model, image_size=diffusion.image_size, timesteps=diffusion.num_timesteps,
-                               objective=diffusion.objective, beta_schedule='linear').to(diffusion.device)
+                               objective=diffusion.objective, beta_schedule='cosine').to(diffusion.device)
     for name in ('betas', 'alphas_cumprod', 'alphas_cumprod_prev', 'sqrt_alphas_cumprod',
                  'sqrt_one_minus_alphas_cumprod', 'log_one_minus_alphas_cumprod', 'sqrt_recip_alphas_cumprod',
                  'sqrt_recipm1_alphas_cumprod', 'posterior_variance', 'posterior_log_variance_clipped',

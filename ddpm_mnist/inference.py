@@ -6,7 +6,8 @@ import torch
 
 from .checkpoints import load_model
 from .device import keep_freed_memory, pick_device
-from .metrics import inception_fid, inception_model, reference_evaluator
+from .classifier import SECOND_WEIGHTS, load_classifier
+from .metrics import Evaluator, inception_fid, inception_model, reference_evaluator
 from .run_folder import find_milestone
 from .sampler_table import SAMPLERS, grid_name, resolve_steps
 from .sampling import check_settings, default_batch_size, default_precision, prepare_for_inference, timed_sample
@@ -35,6 +36,24 @@ def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None):
     if SHIPPED.is_file():
         return SHIPPED, 'inference_pretrained', results_folder
     raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
+
+
+def second_evaluator(choice, reference, image_size, seed):
+    """The second, independent feature network's evaluator ('auto': the shipped one, when MNIST is on disk), or
+    None ('none', or nothing to score against)."""
+    if choice == 'none':
+        return None
+    path = SECOND_WEIGHTS if choice == 'auto' else Path(choice)
+    if not path.is_file():
+        if choice == 'auto':
+            return None
+        raise UserError(f'--second_classifier {choice} not found; train it with: python3 scripts/train_classifier.py '
+                        '--arch wide --seed 1')
+    if reference is None:
+        if choice == 'auto':
+            return None
+        raise UserError('--second_classifier needs the MNIST test digits; pass --raw_dir')
+    return Evaluator(reference, None, image_size=image_size, classifier=load_classifier(path), seed=seed)
 
 
 def resolve_precision(precision, device):
@@ -115,7 +134,7 @@ def sweep_settings(*, quick=False, compare_samplers=None, compare_ddpm=True, com
 
 def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, compare_steps=None, compare_etas=None,
                    compare_solver_steps=None, num_samples=None, batch_size=None, seed=0, raw_dir=None,
-                   data_root='./data', inception_weights=None, **model):
+                   data_root='./data', inception_weights=None, second_classifier='auto', **model):
     """The sampler sweep: every configuration from the same x_T, scored; writes comparison.{json,csv,md,png}."""
     if inception_weights and not Path(inception_weights).is_file():
         raise UserError(f'--inception_weights {inception_weights} not found; download the pytorch-fid weights '
@@ -136,12 +155,17 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
                                   / ('quick_comparison' if quick else 'comparison'))
     for folder in (out_dir, out_dir / 'grids', out_dir / 'cache'):
         remove_stale_temporaries(folder)
-    extra = None
+    scorers = []
     if inception is not None:
         if reference is None:
             raise UserError('--inception_weights needs the MNIST test digits; pass --raw_dir')
         reference_tensor = torch.from_numpy(reference.copy())
-        extra = lambda images: {'inception_fid': inception_fid(images, reference_tensor, inception, device)}  # noqa: E731
+        scorers.append(lambda images: {'inception_fid': inception_fid(images, reference_tensor, inception, device)})
+    second = second_evaluator(second_classifier, reference, config['diffusion']['image_size'], seed)
+    if second is not None:
+        scorers.append(lambda images: {f'{k}_b': v for k, v in second.score(images).items()
+                                       if k in ('fid', 'fid_low', 'fid_high')})
+    extra = (lambda images: {k: v for scorer in scorers for k, v in scorer(images).items()}) if scorers else None
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
     pairs = [QUICK['headline']] if quick else []
     run_sweep(diffusion, evaluator, out_dir, opened['path'], configs, num_samples=n, batch_size=batch_size, seed=seed,

@@ -109,6 +109,9 @@ TRAINING_FLAGS = {
     'sampling_timesteps': (int, 'DDIM steps for the sample-N.png grids (default: T, i.e. DDPM as the original)'),
     'results_folder': (str, 'where config.json, model-N.pt and sample-N.png go'),
     'lr_warmup_steps': (int, 'optimiser steps of linear learning-rate warm-up from 0 (default: 0, none)'),
+    'post_hoc_ema_every': (int, "also keep ema-pytorch's PostHocEMA (sigma_rel 0.05 and 0.28), a snapshot every this "
+                                'many steps in RESULTS/post_hoc_ema/, so the EMA length can be chosen after training '
+                                'with scripts/post_hoc_ema.py (default: off)'),
     'lr_schedule': (str, 'constant, or cosine: decay to 0 at --train_num_steps after the warm-up '
                          '(default: constant, as the library)'),
 }

@@ -23,7 +23,7 @@ QUICK = dict(samplers=('ddim', 'dpmpp_2m', 'unipc'), steps=(10, 50), etas=(0.0,)
              headline=('DDIM 10, eta 0.0', 'DDIM 50, eta 0.0'))
 COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'fid_low', 'fid_high', 'kid',
            'kid_low', 'kid_high', 'fid_minus_ddpm', 'fid_minus_ddpm_low', 'fid_minus_ddpm_high', 'fid_minus_best',
-           'fid_minus_best_low', 'fid_minus_best_high', 'inception_score',
+           'fid_minus_best_low', 'fid_minus_best_high', 'fid_b', 'fid_b_low', 'fid_b_high', 'inception_score',
            'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'median_nn_train_l2',
            'near_copy_share', 'flip_preferred_share', 'inception_fid')
 
@@ -163,8 +163,23 @@ def markdown_table(result):
     for name, r in result['calibration'].items():
         lines.append(f'| *{name}* | – | – | {interval_cell(r, "fid")} | – | – | {interval_cell(r, "kid")} | '
                      f'{score_cells(r)} |')
-    lines += ['', *map(pair_sentence, result.get('pairs', [])), what_the_numbers_show(result)]
+    lines += ['', *map(pair_sentence, result.get('pairs', [])), *feature_space_agreement(result['rows']),
+              what_the_numbers_show(result)]
     return '\n'.join(lines) + '\n'
+
+
+def feature_space_agreement(rows):
+    """Whether the second feature network orders the rows as the first does: pairs agreeing, and those that do not."""
+    rows = [r for r in rows if r.get('fid_b') is not None]
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    if not pairs:
+        return []
+    disagree = [(a, b) for a, b in pairs if (a['fid'] - b['fid']) * (a['fid_b'] - b['fid_b']) < 0]
+    text = (f'**Second feature network** (scripts/train_classifier.py --arch wide): it orders {len(pairs) - len(disagree)}'
+            f' of the {len(pairs)} pairs of rows as the first does.')
+    if disagree:
+        text += ' Ordered the other way: ' + '; '.join(f'{a["config"]} / {b["config"]}' for a, b in disagree) + '.'
+    return [text]
 
 
 def pair_sentence(pair):

@@ -12,6 +12,7 @@ from urllib.error import URLError
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
+from ema_pytorch import PostHocEMA
 import denoising_diffusion_pytorch.denoising_diffusion_pytorch as library
 from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
@@ -27,6 +28,15 @@ from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_al
 from .device import cpu_has_bf16, keep_freed_memory, machine_name, pick_device
 from .utils import DiskFull, UserError, ensure_writable_dir, save_grid, warn
 from .validation import check_relations
+
+
+# ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
+# between be synthesised after training (scripts/post_hoc_ema.py); the paper's sigma_rel values.
+POST_HOC_SIGMA_RELS = (0.05, 0.28)
+
+
+def post_hoc_folder(results_folder):
+    return Path(results_folder) / 'post_hoc_ema'
 
 
 class GridsAfterCheckpoints:
@@ -51,7 +61,8 @@ class MnistTrainer(Trainer):
     foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
 
     def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, bf16_compute=False,
-                 train_lr=1e-4, max_minutes=None, lr_warmup_steps=0, lr_schedule='constant', **kwargs):
+                 train_lr=1e-4, max_minutes=None, lr_warmup_steps=0, lr_schedule='constant', post_hoc_ema_every=None,
+                 **kwargs):
         try:
             super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
         except (URLError, ConnectionError, TimeoutError) as err:  # only the Inception download reaches the network
@@ -67,6 +78,11 @@ class MnistTrainer(Trainer):
         self.machines = [machine_name(self.device)]
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
         self.model.register_forward_hook(self.record_loss)
+        self.post_hoc = None
+        if post_hoc_ema_every and self.accelerator.is_main_process:  # before compiling: the EMAs copy the model
+            self.post_hoc = PostHocEMA(self.accelerator.unwrap_model(self.model), sigma_rels=POST_HOC_SIGMA_RELS,
+                                       update_every=10, checkpoint_every_num_steps=post_hoc_ema_every,
+                                       checkpoint_folder=str(post_hoc_folder(self.results_folder)))
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
         # The levers were measured for one process; several (accelerate launch) keep the library's plain step.
         if fast and self.accelerator.num_processes == 1:
@@ -126,6 +142,8 @@ class MnistTrainer(Trainer):
         the time limit, checked at milestone boundaries only so the run ends on a milestone."""
         step = self.step + 1
         self.set_lr(step)
+        if self.post_hoc is not None:
+            self.post_hoc.update()
         if self.max_minutes is not None and step % self.save_and_sample_every == 0 and self.time_is_up():
             self.train_num_steps = step
 
@@ -258,6 +276,46 @@ def check_training_settings(t):
 
 
 CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (docs/usage.md, "Setup")
+# Peak memory of a training step grows with the batch by about this many bytes per image per "activation unit"
+# (Unet width x the pixels of each level x its channel multiplier, summed over levels); calibrated from the peak
+# resident memory of CLI steps at two batch sizes (docs/robustness.md).
+BYTES_PER_ACTIVATION_UNIT = 600
+FIXED_STEP_BYTES = 1.5e9  # the interpreter, torch, the compiled graph and the cached training images
+
+
+def activation_units(config):
+    size, model = config['diffusion']['image_size'], config['model']
+    return model['dim'] * sum(mult * (size // 2 ** level) ** 2 for level, mult in enumerate(model['dim_mults']))
+
+
+def step_bytes(config, batch):
+    """A rough estimate of one training step's peak memory at this batch (within a factor of about 2)."""
+    return FIXED_STEP_BYTES + BYTES_PER_ACTIVATION_UNIT * activation_units(config) * batch
+
+
+def available_bytes():
+    """MemAvailable from /proc/meminfo (None where there is none, e.g. macOS)."""
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_warning(config, device):
+    """A warning, naming a batch that fits, when the step would need more memory than the machine has free."""
+    t = config['training']
+    available = available_bytes() if device == 'cpu' else None
+    batch = t['train_batch_size']
+    if available is None or step_bytes(config, batch) < 0.9 * available:
+        return
+    fits = int((0.9 * available - FIXED_STEP_BYTES) / (BYTES_PER_ACTIVATION_UNIT * activation_units(config)))
+    advice = (f'--train_batch_size {max(1, fits)} (with --gradient_accumulate_every to keep the effective batch) '
+              'fits' if fits >= 1 else 'no batch fits; free memory or use a smaller model')
+    warn(f'one training step at --train_batch_size {batch} needs roughly {step_bytes(config, batch) / 1e9:.1f} GB, '
+         f'{available / 1e9:.1f} GB are available; {advice}')
 
 
 def cpu_warning(config, device):
@@ -365,6 +423,7 @@ def build_trainer(config, state, device, precision, num_images, *, data_folder, 
                 f' x {state.num_processes} processes)')
     if state.is_main_process:
         cpu_warning(config, device)
+        memory_warning(config, device)
     diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
     return MnistTrainer(
         diffusion, data_folder, config=config, num_workers=num_workers, fast=fast_path,
@@ -378,7 +437,8 @@ def build_trainer(config, state, device, precision, num_images, *, data_folder, 
         results_folder=training['results_folder'], save_and_sample_every=training['save_and_sample_every'],
         num_samples=training['num_samples'], calculate_fid=training['calculate_fid'],
         num_fid_samples=num_fid_samples, max_minutes=max_minutes,
-        lr_warmup_steps=training.get('lr_warmup_steps') or 0, lr_schedule=training.get('lr_schedule') or 'constant')
+        lr_warmup_steps=training.get('lr_warmup_steps') or 0, lr_schedule=training.get('lr_schedule') or 'constant',
+        post_hoc_ema_every=training.get('post_hoc_ema_every'))
 
 
 def train(trainer, config, state, resume):

@@ -35,7 +35,7 @@ RULES = {
     'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
     'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
     'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
-    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'max_minutes': POSITIVE_NUMBER,
+    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER,
     'min_snr_gamma': POSITIVE_NUMBER,
     'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
     'seed': Rule(lambda v: 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),

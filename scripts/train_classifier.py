@@ -23,12 +23,17 @@ def main(argv=None):
     add_data_root_arg(p)
     p.add_argument('--epochs', type=int, default=4, help='training epochs (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
-    p.add_argument('--output', default='pretrained/mnist_classifier.safetensors',
-                   help='weights file to write (default: %(default)s)')
+    p.add_argument('--arch', choices=['lenet', 'wide'], default='lenet',
+                   help='lenet: the metrics\' feature network; wide: the second, independent one that scores the sweep '
+                        'too (--second_classifier), trained e.g. with --seed 1 (default: %(default)s)')
+    p.add_argument('--output', default=None,
+                   help='weights file to write (default: pretrained/mnist_classifier.safetensors, or '
+                        'pretrained/mnist_classifier_wide.safetensors for --arch wide)')
     p.add_argument('--stats_only', action='store_true',
                    help='keep the classifier in --output; only rewrite the reference statistics beside it')
     args = p.parse_args(argv)
-    from ddpm_mnist.classifier import accuracy, load_classifier, save_classifier, train_classifier
+    from ddpm_mnist.classifier import SECOND_WEIGHTS, WEIGHTS, accuracy, load_classifier, save_classifier, train_classifier
+    args.output = args.output or str(SECOND_WEIGHTS if args.arch == 'wide' else WEIGHTS)
     from ddpm_mnist.data import load_split
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)
     test_x, test_y = load_split('test', args.raw_dir, args.data_root)
@@ -36,16 +41,17 @@ def main(argv=None):
     if args.stats_only:
         return write_all_stats(load_classifier(args.output), test_x, train_x, stats_path)
     start = time.time()
-    model = train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed)
+    model = train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed, arch=args.arch)
     acc = accuracy(model, test_x, test_y)
     info = dict(test_accuracy=round(acc, 4), test_images=len(test_y), train_images=len(train_y),
-                epochs=args.epochs, seed=args.seed, source=args.raw_dir or 'torchvision download',
+                epochs=args.epochs, seed=args.seed, arch=args.arch, source=args.raw_dir or 'torchvision download',
                 seconds=round(time.time() - start, 1), command=' '.join(['python3', 'scripts/train_classifier.py',
                                                                           *(argv or sys.argv[1:])]))
     save_classifier(model, args.output, info)
     print(f'test accuracy {acc:.4f} on {len(test_y)} images ({len(train_y)} training images, '
           f'{info["seconds"]} s); wrote {args.output}')
-    write_all_stats(model, test_x, train_x, stats_path)
+    if args.arch == 'lenet':  # the shipped statistics belong to the metrics' own feature network
+        write_all_stats(model, test_x, train_x, stats_path)
 
 
 def write_all_stats(model, test_x, train_x, stats_path):

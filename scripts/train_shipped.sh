@@ -11,7 +11,9 @@
 # runs/shipped/segment-K/ (killed midway, the same command resumes it). It then exports the last milestone to
 # pretrained/ (refused if it scores worse than the model there, same command; FORCE=1 overrides) and scores the
 # segment's milestones into assets/training_curve.* (earlier segments' rows kept). Commit pretrained/ and assets/.
-# MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or is downloaded.
+# Training stops at M minutes or when all segments together have seen TARGET_IMAGES (default 1,800,000: 30
+# epochs), whichever comes first. MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or
+# is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="" FROM_SCRATCH=""
@@ -30,11 +32,17 @@ if [ -z "${PY:-}" ]; then  # PY=python3 uses an environment that is already set 
   [ -x .venv/bin/python ] || bash scripts/setup_env.sh
   PY=.venv/bin/python
 fi
+TARGET_IMAGES=${TARGET_IMAGES:-1800000}  # 30 epochs of the 60,000 digits, over all segments
 if [ -n "$FROM_SCRATCH" ]; then
-  SEGMENT=1 INIT=()
+  SEGMENT=1 INIT=() SEEN=0
 else
-  SEGMENT=$($PY -c "import json, sys; p = json.load(open(sys.argv[1])).get('provenance') or {}; print(len(p.get('segments') or [p]) + 1)" "$SHIPPED.json")
+  read -r SEGMENT SEEN < <($PY -c "import json, sys; p = json.load(open(sys.argv[1])).get('provenance') or {}; segs = p.get('segments') or [p]; print(len(segs) + 1, sum(s.get('images_seen') or 0 for s in segs))" "$SHIPPED.json")
   INIT=(--init_from "$SHIPPED.safetensors")
+fi
+BATCH=$($PY -c "from ddpm_mnist.settings import PRESETS; t = PRESETS['shipped']['training']; print(t['train_batch_size'] * t['gradient_accumulate_every'])")
+STEPS=$(( (TARGET_IMAGES - SEEN + BATCH - 1) / BATCH ))
+if [ "$STEPS" -le 0 ]; then
+  echo "the shipped model has seen $SEEN images, TARGET_IMAGES=$TARGET_IMAGES reached; raise TARGET_IMAGES to train on"; exit 0
 fi
 RUN=${RUN:-runs/shipped/segment-$SEGMENT}
 LOG=${LOG:-$RUN.log}
@@ -55,7 +63,7 @@ sys.exit(0 if n == 60000 else f'error: {sys.argv[1]} holds {n} images, not the 6
 PYCHECK
 echo "== $(date -u +%FT%TZ) segment $SEGMENT: $MINUTES minutes of training into $RUN"
 $PY train_ddpm_mnist.py --preset shipped --data_folder "$DATA" --results_folder "$RUN" --seed "$SEGMENT" \
-  --max_minutes "$MINUTES" --resume auto "${INIT[@]}"
+  --train_num_steps "$STEPS" --max_minutes "$MINUTES" --resume auto "${INIT[@]}"
 last=$(ls "$RUN" | sed -n 's/^model-\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
 echo "== $(date -u +%FT%TZ) export milestone $last (compared with the current $SHIPPED first)"
 $PY -m ddpm_mnist.export "$RUN/model-$last.pt" "$SHIPPED" ${RAW_DIR:+--raw_dir "$RAW_DIR"} ${FORCE:+--force}

@@ -13,13 +13,25 @@ TRAIN_BAD = [
     ('--ema_update_every', '0'), ('--save_and_sample_every', '0'), ('--num_samples', '10'),
     ('--sampling_timesteps', '0'), ('--num_fid_samples', '1'), ('--num_workers', '-1'), ('--seed', '-1'),
     ('--seed', str(2 ** 32)), ('--unet_dim', '0'), ('--dim_mults', '1,0'), ('--train_timesteps', '0'),
-    ('--channels', '2'), ('--image_size', '7'),
+    ('--channels', '2'), ('--image_size', '7'), ('--max_minutes', '0'), ('--max_minutes', 'nan'),
+    ('--lr_warmup_steps', '-1'), ('--lr_schedule', 'linear'), ('--min_snr_gamma', '-5'),
 ]
 INFERENCE_BAD = [
     ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
     ('--num_samples', '0'), ('--batch_size', '0'), ('--seed', '99999999999999'), ('--seed', '-3'),
     ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'), ('--dim_mults', '0,2'),
     ('--channels', '2'), ('--image_size', '4'), ('--train_timesteps', '0'),
+]
+EDIT_BAD = [
+    (['sdedit', '--input', 'a.png', '--strength', '0'], '--strength'),
+    (['sdedit', '--input', 'a.png', '--strength', 'nan'], '--strength'),
+    (['sdedit', '--input', 'a.png', '--strength', '0.5', '--steps', '0'], '--steps'),
+    (['sdedit', '--input', 'a.png', '--strength', '0.5', '--eta', '2'], '--eta'),
+    (['inpaint', '--input', 'a.png', '--mask', 'top', '--resamples', '0'], '--resamples'),
+    (['inpaint', '--input', 'a.png', '--mask', 'top', '--jump_length', '0'], '--jump_length'),
+    (['interpolate', '--seeds', '1', '2', '--frames', '1'], '--frames'),
+    (['invert', '--input', 'a.png', '--seed', '-1'], '--seed'),
+    (['invert', '--input', 'a.png', '--batch_size', '0'], '--batch_size'),
 ]
 CURVE_BAD = [('--num_samples', '5'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--seed', '-1'),
              ('--batch_size', '0')]
@@ -40,6 +52,15 @@ def test_bad_inference_flag(tmp_path, monkeypatch, capsys, flag, value, mode):
     code, _, err = run_main(inference_comparison.main, [*mode, flag, value], capsys)
     assert_one_line_error(code, err, f'{flag} ', 'is not allowed')
     assert 'Traceback' not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('argv, flag', EDIT_BAD)
+def test_bad_edit_flag(tmp_path, monkeypatch, capsys, argv, flag):
+    import edit_digits
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(edit_digits.main, argv, capsys)
+    assert_one_line_error(code, err, f'{flag} ', 'is not allowed')
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize('flag, value', CURVE_BAD)
@@ -72,7 +93,8 @@ def test_raw_dir_is_spelled_both_ways():
 
 
 @pytest.mark.parametrize('script, argv', [('get_mnist_data', []), ('train_ddpm_mnist', ['--preset', 'small']),
-                                          ('inference_comparison', ['--strategy', 'unipc', '--compare'])])
+                                          ('inference_comparison', ['--strategy', 'unipc', '--compare']),
+                                          ('edit_digits', ['invert', '--input', 'a.png'])])
 def test_parsing_imports_no_torch(script, argv):
     """--help and flag errors are instant: parsing the flags loads neither torch nor the library."""
     import subprocess

@@ -1,0 +1,89 @@
+"""Choose the EMA length after training: synthesise EMA weights of several lengths from the PostHocEMA snapshots a
+run kept (train_ddpm_mnist.py --post_hoc_ema_every N; ema-pytorch's PostHocEMA, Karras et al. 2024, Algorithm 3),
+score each like the training curve (DDIM-50, eta 1, N images, seed 0), beside the run's own EMA (the library's
+EMA of --ema_decay) at its last milestone.
+
+  python3 scripts/post_hoc_ema.py --results_folder runs/recipe/lean_phema --raw_dir ../shared/data/mnist-full
+Writes RESULTS/post_hoc_ema/synth-<sigma_rel>.{safetensors,json} and prints (and writes, with --output) a table.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
+    p.add_argument('--sigma_rels', default='0.05,0.10,0.15,0.20,0.28',
+                   help='EMA lengths to synthesise, as sigma_rel (the EMA profile width relative to training time)')
+    p.add_argument('--num_samples', type=int, default=500, help='images per model (default: %(default)s)')
+    p.add_argument('--output', default=None, help='also write the table to this markdown file')
+    args = p.parse_args(argv)
+    from ddpm_mnist.validation import at_least, check_flags
+    check_flags(vars(args), extra={'num_samples': at_least(10)})
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import copy
+
+    from ema_pytorch import PostHocEMA
+    from safetensors.torch import save_file
+
+    from ddpm_mnist.checkpoints import images_seen, load_checkpoint
+    from ddpm_mnist.curve import CurveSettings, score_milestone
+    from ddpm_mnist.data import load_split
+    from ddpm_mnist.device import pick_device
+    from ddpm_mnist.metrics import Evaluator
+    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.run_folder import milestone_path, milestones, read_config
+    from ddpm_mnist.sampling import default_precision
+    from ddpm_mnist.training import POST_HOC_SIGMA_RELS, post_hoc_folder
+    from ddpm_mnist.utils import UserError, atomic_path, write_json
+
+    folder = Path(args.results_folder)
+    snapshots = post_hoc_folder(folder)
+    config = read_config(folder)
+    if config is None or not snapshots.is_dir() or not list(snapshots.glob('*.pt')):
+        raise UserError(f'{folder} has no PostHocEMA snapshots; train with --post_hoc_ema_every N first')
+    last = milestone_path(folder, milestones(folder)[-1])
+    ckpt = load_checkpoint(last)
+    post_hoc = PostHocEMA(build_diffusion(config), sigma_rels=POST_HOC_SIGMA_RELS, update_every=10,
+                          checkpoint_every_num_steps='manual', checkpoint_folder=str(snapshots))
+    reference, _ = load_split('test', args.raw_dir, args.data_root)
+    train, _ = load_split('train', args.raw_dir, args.data_root)
+    evaluator = Evaluator(reference, train, image_size=config['diffusion']['image_size'], seed=0)
+    settings = CurveSettings(steps=50, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
+                             precision=default_precision(pick_device('auto')))
+    rows = [dict(ema=f'library EMA, decay {config["training"]["ema_decay"]}',
+                 **score_milestone(last, evaluator, settings))]
+    for sigma_rel in map(float, args.sigma_rels.split(',')):
+        synthesised = post_hoc.synthesize_ema_model(sigma_rel=sigma_rel)
+        stem = snapshots / f'synth-{sigma_rel:.2f}'
+        with atomic_path(stem.with_suffix('.safetensors')) as tmp:
+            save_file({k: v.contiguous() for k, v in synthesised.ema_model.model.state_dict().items()}, str(tmp))
+        write_json(stem.with_suffix('.json'), dict(copy.deepcopy(config), post_hoc_ema=dict(
+            sigma_rel=sigma_rel, step=ckpt['step'], images_seen=images_seen(ckpt, config))))
+        rows.append(dict(ema=f'post-hoc, sigma_rel {sigma_rel:.2f}',
+                         **score_milestone(stem.with_suffix('.safetensors'), evaluator, settings)))
+        print(f'{rows[-1]["ema"]}: FID {rows[-1]["fid"]:.2f}', flush=True)
+    lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-50, eta 1, N = {args.num_samples}, seed 0', '',
+             '| EMA | FID [95 %] | IS | confidence | smallest class |', '|---|---|---|---|---|']
+    lines += [f'| {r["ema"]} | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] | {r["inception_score"]:.2f} | '
+              f'{r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f} % |' for r in rows]
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+if __name__ == '__main__':
+    from ddpm_mnist.utils import run_cli
+    run_cli(main)
