@@ -14,7 +14,7 @@ import argparse
 from ddpm_mnist.sampler_table import SAMPLERS
 from ddpm_mnist.settings import add_data_root_arg, add_model_args, add_raw_dir_arg, comma_floats, comma_ints
 from ddpm_mnist.utils import run_cli
-from ddpm_mnist.validation import check_flags
+from ddpm_mnist.validation import check_flags, parse_digits
 
 STRATEGY_HELP = ', '.join(f'{name} = {spec.label}' for name, spec in SAMPLERS.items())
 
@@ -50,6 +50,21 @@ def parse_args(argv=None):
                    help='channels_last memory layout for the Unet (faster convolutions) (default: on)')
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the Unet (the first calls compile it; whether it pays off: docs/speed.md)')
+    p.add_argument('--conditional', action='store_true',
+                   help='use the shipped class-conditional model (pretrained/ddpm_mnist_conditional.safetensors) '
+                        'instead of the unconditional one')
+    p.add_argument('--digits',
+                   help='conditional models only: the digits to draw, e.g. 7 or 0,3,9, in equal numbers, one digit per '
+                        'grid row (default on a conditional model: all ten)')
+    p.add_argument('--guidance_scale', type=float, default=1.0,
+                   help='classifier-free guidance scale W, applied as eps_u + W * (eps_c - eps_u) (Ho & Salimans '
+                        '2022): 1 = the conditional model unguided, 0 = unconditional, >1 = stronger guidance '
+                        '(default: %(default)s)')
+    p.add_argument('--guidance_remove_parallel', action='store_true',
+                   help="the library's guidance variant: remove the part of (eps_c - eps_u) parallel to eps_c")
+    p.add_argument('--guidance_rescaled_phi', type=float, default=0.0,
+                   help="the library's rescaling of the guided output to the conditional one's spread, mixed in "
+                        'with this weight (0: off; the library uses 0.7) (default: %(default)s)')
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
@@ -86,16 +101,20 @@ def parse_args(argv=None):
                         '(default: %(default)s)')
     args = p.parse_args(argv)
     check_flags(vars(args))
+    if args.digits is not None:
+        args.digits = parse_digits(args.digits)
     if args.quick:
         args.compare = True
     return args
 
 
 MODEL_FLAGS = ('checkpoint', 'milestone', 'results_folder', 'device', 'precision', 'channels_last', 'compile',
-               'use_online_weights')
-GRID_FLAGS = ('strategy', 'sample_steps', 'ddim_eta', 'num_samples', 'batch_size', 'seed')
+               'use_online_weights', 'conditional')
+GRID_FLAGS = ('strategy', 'sample_steps', 'ddim_eta', 'num_samples', 'batch_size', 'seed', 'digits', 'guidance_scale',
+              'guidance_remove_parallel', 'guidance_rescaled_phi')
 SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'compare_etas', 'compare_solver_steps',
-               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights', 'second_classifier')
+               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights', 'second_classifier',
+               'digits', 'guidance_scale', 'guidance_remove_parallel', 'guidance_rescaled_phi')
 
 
 def main(argv=None):

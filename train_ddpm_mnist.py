@@ -38,6 +38,12 @@ def parse_args(argv=None):
     g.add_argument('--min_snr_gamma', type=float, default=None,
                    help="min-SNR-gamma loss weighting (Hang et al. 2023; the library's min_snr_loss_weight), e.g. 5 "
                         '(default: off)')
+    g.add_argument('--conditional', action='store_true',
+                   help='train a class-conditional model (the library\'s conditional Unet, trained on labels.csv) for '
+                        'classifier-free guidance: inference_comparison.py --digits, --guidance_scale')
+    g.add_argument('--cond_drop_prob', type=float, default=None,
+                   help='share of training images whose label is replaced by the null label, so one model also '
+                        'learns the unconditional score guidance needs (default: 0.1 with --conditional)')
     g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
     p.add_argument('--fast_path', action=argparse.BooleanOptionalAction, default=True,
                    help='the training-speed levers of benchmarks/bench_training.py: training images decoded '
@@ -69,6 +75,11 @@ def config_kwargs(args):
     """The settings of build_config, from the flags: explicit model, diffusion and training flags over the preset."""
     values = vars(args)
     overrides = model_overrides(values)
+    if args.conditional:
+        overrides['model'].update(num_classes=10, cond_drop_prob=0.1 if args.cond_drop_prob is None
+                                  else args.cond_drop_prob)
+    elif args.cond_drop_prob is not None:
+        raise SystemExit('error: --cond_drop_prob applies to --conditional training only')
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
                 training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
                 calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path,

@@ -294,12 +294,12 @@ def markdown(result):
              'column); the peak is the median of the rounds too. '
              + ('Rows interleaved: all in one process, one step of each in turn.' if result.get('interleave')
                 else 'Each row in a fresh process.'), '',
-             '| recipe | variant | batch | micro-batch | threads | img/s | GFLOP/s | % of peak | data ms | forward ms '
-             '| backward ms | optimiser ms | EMA ms | img/s per round |', '|' + '---|' * 14]
+             '| recipe | variant | batch | micro-batch | threads | img/s | GFLOP per image | GFLOP/s | % of peak | data ms '
+             '| forward ms | backward ms | optimiser ms | EMA ms | img/s per round |', '|' + '---|' * 15]
     for r in result['rows']:
         ms = r['ms_per_step']
         lines.append(f'| {r["recipe"]} | {r["variant"]} | {r["batch"]} | {r["micro_batch"]} | {r["threads"]} '
-                     f'| {r["images_per_s"]:.1f} '
+                     f'| {r["images_per_s"]:.1f} | {r["flops_per_image"] / 1e9:.2f} '
                      f'| {r["gflops"]:.0f} | {100 * r["peak_fraction"]:.0f}% ({r["precision"]}) | {ms["data"]:.0f} '
                      f'| {ms["forward"]:.0f} | {ms["backward"]:.0f} | {ms["optimiser"]:.0f} | {ms["ema"]:.0f} '
                      f'| {", ".join(map(str, r.get("images_per_s_rounds", [])))} |')

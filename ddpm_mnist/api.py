@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .conditional import NUM_DIGITS, Guidance, GuidedUnet, balanced_labels
 from .metrics import Evaluator, reference_evaluator
 from .run_folder import find_milestone, milestones
 from .checkpoints import load_model as load_checkpoint_model
@@ -87,13 +88,21 @@ def load_model(path: str | Path | None = None, *, milestone: int | None = None, 
 
 
 def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta: float = 0.0, n: int = 16,
-           seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+           seed: int = 0, batch_size: int | None = None, digits: list[int] | None = None,
+           guidance_scale: float = 1.0) -> torch.Tensor:
     """n images in [0, 1], shape (n, 1, H, W), on the CPU. Image i starts from the same x_T for every sampler
-    (seeded by `seed`); DDPM always runs all T steps."""
+    (seeded by `seed`); DDPM always runs all T steps. A class-conditional model draws `digits` (default all ten) in
+    equal numbers, in blocks of one digit, with classifier-free guidance eps_u + W (eps_c - eps_u), W =
+    guidance_scale (1: unguided)."""
     batch = default_batch_size(model.device, n) if batch_size is None else batch_size
+    conditional = isinstance(model.diffusion.model, GuidedUnet)
+    if not conditional and (digits is not None or guidance_scale != 1):
+        raise UserError('digits and guidance_scale need a class-conditional model; this one is unconditional')
+    labels = balanced_labels(n, digits if digits is not None else range(NUM_DIGITS)) if conditional else None
     return sample_diffusion(model.diffusion, strategy=strategy, num_samples=n, batch_size=batch,
                             steps=resolve_steps(strategy, steps, model.timesteps) if steps is not None else None,
-                            eta=eta, seed=seed)
+                            eta=eta, seed=seed, labels=labels,
+                            guidance=Guidance(guidance_scale, False, 0.0))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, *, record: dict | None = None) -> Path:

@@ -65,7 +65,9 @@ def infer_unet_arch(unet_state):
     except (KeyError, AttributeError, IndexError) as err:
         raise UserError(f'the weights are not a denoising-diffusion-pytorch Unet (missing {err})') from None
     attention = 'library' if any(k.startswith('downs.0.2.') for k in unet_state) else 'lowest'
-    return dict(dim=int(dim), dim_mults=mults, channels=int(channels), attention=attention)
+    classes = unet_state.get('classes_emb.weight')  # the library's conditional Unet: a label embedding
+    return dict(dim=int(dim), dim_mults=mults, channels=int(channels), attention=attention,
+                num_classes=int(classes.shape[0]) if classes is not None else None)
 
 
 def detect_schedule(betas):

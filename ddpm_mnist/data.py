@@ -190,6 +190,21 @@ def folder_info(folder):
     return read_json(path) if path.is_file() else {}
 
 
+def labels_of(folder, paths):
+    """The digit of each training image, from the labels.csv that get_mnist_data.py writes beside them."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f'{path} not found: a conditional model trains on labelled digits; rebuild the folder with '
+                        'get_mnist_data.py')
+    with open(path, newline='') as f:
+        labels = {row['file']: int(row['label']) for row in csv.DictReader(f)}
+    missing = [p.name for p in paths if p.name not in labels]
+    if missing:
+        raise UserError(f'{path} has no label for {missing[0]} ({len(missing)} images unlabelled); rebuild the '
+                        'folder with get_mnist_data.py --force')
+    return np.array([labels[p.name] for p in paths])
+
+
 def load_folder(folder, limit=None):
     """Images (N, 28, 28) uint8 and labels (N,) (-1 where unknown) of a PNG folder, in file order."""
     folder = Path(folder)

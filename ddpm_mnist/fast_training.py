@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from denoising_diffusion_pytorch import Unet
 
 from .attention import use_fast_attention
+from .conditional import LabelledBatch
 from .utils import UserError
 
 # The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).
@@ -81,8 +82,9 @@ class CachedImages:
     drawn without replacement epoch after epoch like a shuffled DataLoader. The library's transform without flips
     is deterministic, so the batches hold exactly the tensors its Dataset would give."""
 
-    def __init__(self, images, batch_size, *, generator=None, device='cpu', memory_format=None):
+    def __init__(self, images, batch_size, *, generator=None, device='cpu', memory_format=None, labels=None):
         self.images = images.to(device)  # uint8 (N, C, H, W), from decode_all
+        self.labels = None if labels is None else labels.to(device)  # a conditional model's digits, same order
         self.batch_size, self.generator = batch_size, generator
         self.memory_format = memory_format or torch.contiguous_format
         self.order, self.position = None, 0
@@ -99,7 +101,8 @@ class CachedImages:
             self.position = 0
         index = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        return self.images[index].float().div_(255).contiguous(memory_format=self.memory_format)
+        images = self.images[index].float().div_(255).contiguous(memory_format=self.memory_format)
+        return images if self.labels is None else LabelledBatch(images, self.labels[index])
 
 
 def decode_all(dataset):

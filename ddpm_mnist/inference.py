@@ -7,24 +7,32 @@ import torch
 from .checkpoints import load_model
 from .device import keep_freed_memory, pick_device
 from .classifier import SECOND_WEIGHTS, load_classifier
+from .conditional import NUM_DIGITS, Guidance, GuidedUnet, balanced_labels
 from .metrics import Evaluator, inception_fid, inception_model, reference_evaluator
 from .run_folder import find_milestone
 from .sampler_table import SAMPLERS, grid_name, resolve_steps
 from .sampling import check_settings, default_batch_size, default_precision, prepare_for_inference, timed_sample
-from .settings import SHIPPED
+from .settings import SHIPPED, SHIPPED_CONDITIONAL
 from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, run_sweep, sweep_configs
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 
 
-def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None):
+def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None, conditional=False):
     """(path, output folder name, results folder) for a checkpoint file, a milestone of a results folder or the
     shipped model; the results folder defaults to the original's for a training run, ./runs for the shipped model."""
     shipped = not checkpoint and milestone is None
     results_folder = results_folder or (SHIPPED_RESULTS if shipped else TRAINING_RESULTS)
     if checkpoint and milestone is not None:
         raise UserError('give either --checkpoint or --milestone, not both')
+    if conditional and not shipped:
+        raise UserError('--conditional selects the shipped conditional model; with --checkpoint or --milestone, drop it')
+    if conditional:
+        if not SHIPPED_CONDITIONAL.is_file():
+            raise UserError(f'the shipped conditional model {SHIPPED_CONDITIONAL} is missing; train one with '
+                            'train_ddpm_mnist.py --conditional and pass --checkpoint')
+        return SHIPPED_CONDITIONAL, 'inference_pretrained_conditional', results_folder
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
@@ -63,7 +71,7 @@ def resolve_precision(precision, device):
 
 
 def open_model(*, checkpoint=None, milestone=None, results_folder=None, device='auto', precision='auto',
-               channels_last=True, compile=False, use_online_weights=False, overrides=None):
+               channels_last=True, compile=False, use_online_weights=False, overrides=None, conditional=False):
     """Everything a command needs of the model the flags name: a dict with device, precision, path, run_name,
     results_folder and loaded (Loaded(diffusion, config, info), ready to sample)."""
     torch_device = pick_device(device)
@@ -71,7 +79,7 @@ def open_model(*, checkpoint=None, milestone=None, results_folder=None, device='
     if torch_device.type == 'cpu':
         keep_freed_memory()
     path, run_name, results_folder = resolve_checkpoint(checkpoint=checkpoint, milestone=milestone,
-                                                        results_folder=results_folder)
+                                                        results_folder=results_folder, conditional=conditional)
     loaded = load_model(path, overrides or {}, use_ema=not use_online_weights, device=torch_device)
     for key, value in (loaded.info.get('detected') or {}).items():
         print(f'detected from the checkpoint: {key} = {value}')
@@ -81,8 +89,11 @@ def open_model(*, checkpoint=None, milestone=None, results_folder=None, device='
 
 
 def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples=None, batch_size=None, seed=0,
+                digits=None, guidance_scale=1.0, guidance_remove_parallel=False, guidance_rescaled_phi=0.0,
                 **model):
-    """Sample one grid with one sampler, timed; writes STRATEGY/<grid>.png with its record (and a JSON copy)."""
+    """Sample one grid with one sampler, timed; writes STRATEGY/<grid>.png with its record (and a JSON copy). On a
+    conditional model, `digits` (default all ten) are drawn in equal numbers, one digit per grid row, with
+    classifier-free guidance of scale `guidance_scale` (1: none)."""
     opened = open_model(**model)
     device, (diffusion, config, info), path = opened['device'], opened['loaded'], opened['path']
     total, spec = diffusion.num_timesteps, SAMPLERS[strategy]
@@ -96,19 +107,31 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     num_samples = 25 if num_samples is None else num_samples
     batch_size = default_batch_size(device, num_samples) if batch_size is None else batch_size
     check_settings(strategy, steps, eta or 0.0, num_samples, batch_size, total)  # before any folder is made
+    conditional = isinstance(diffusion.model, GuidedUnet)
+    if not conditional and (digits is not None or guidance_scale != 1):
+        raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional model '
+                        '(--conditional for the shipped one); this one is unconditional')
+    digits = list(range(NUM_DIGITS)) if digits is None else digits
+    labels = balanced_labels(num_samples, digits) if conditional else None
+    guidance = Guidance(guidance_scale, guidance_remove_parallel, guidance_rescaled_phi)
     out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / strategy)
     remove_stale_temporaries(out_dir)
     images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
-                                   steps=steps, eta=eta or 0.0, seed=seed)
+                                   steps=steps, eta=eta or 0.0, seed=seed, labels=labels, guidance=guidance)
     if not images.isfinite().all():
         raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
-    grid = out_dir / f'{grid_name(strategy, steps, eta)}.png'
+    name = grid_name(strategy, steps, eta)
+    if conditional:
+        name += f'_digits{"".join(map(str, digits))}_w{guidance_scale:g}'
+    grid = out_dir / f'{name}.png'
     record = dict(strategy=strategy, sample_steps=steps, ddim_eta=eta, num_samples=num_samples,
+                  **(dict(digits=digits, guidance=guidance._asdict()) if conditional else {}),
                   batch_size=batch_size, seed=seed, precision=opened['precision'], device=str(device),
                   nfe_per_image=steps, seconds=round(seconds, 4), seconds_per_image=round(seconds / num_samples, 5),
                   **info, model=config['model'], diffusion=config['diffusion'])
     grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
-    save_grid(images, grid, record)  # the grid carries its record; the JSON beside it is a copy
+    per_row = -(-num_samples // len(digits)) if conditional else None  # one digit per row
+    save_grid(images, grid, record, nrow=per_row)  # the grid carries its record; the JSON beside it is a copy
     write_json(grid.with_suffix('.json'), record)
     print(f'{spec.label} {steps} steps' + (f', eta {eta}' if spec.uses_eta else '')
           + f': {num_samples} images in {seconds:.2f} s ({seconds / num_samples:.4f} s/image, '
@@ -134,7 +157,8 @@ def sweep_settings(*, quick=False, compare_samplers=None, compare_ddpm=True, com
 
 def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, compare_steps=None, compare_etas=None,
                    compare_solver_steps=None, num_samples=None, batch_size=None, seed=0, raw_dir=None,
-                   data_root='./data', inception_weights=None, second_classifier='auto', **model):
+                   data_root='./data', inception_weights=None, second_classifier='auto', digits=None, guidance_scale=1.0,
+                   guidance_remove_parallel=False, guidance_rescaled_phi=0.0, **model):
     """The sampler sweep: every configuration from the same x_T, scored; writes comparison.{json,csv,md,png}."""
     if inception_weights and not Path(inception_weights).is_file():
         raise UserError(f'--inception_weights {inception_weights} not found; download the pytorch-fid weights '
@@ -145,6 +169,12 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     samplers, steps, etas, solver_steps, n = sweep_settings(
         quick=quick, compare_samplers=compare_samplers, compare_ddpm=compare_ddpm, compare_steps=compare_steps,
         compare_etas=compare_etas, compare_solver_steps=compare_solver_steps, num_samples=num_samples)
+    conditional = isinstance(diffusion.model, GuidedUnet)
+    if not conditional and (digits is not None or guidance_scale != 1):
+        raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional model '
+                        '(--conditional for the shipped one); this one is unconditional')
+    labels = balanced_labels(n, digits or range(NUM_DIGITS)) if conditional else None
+    guidance = Guidance(guidance_scale, guidance_remove_parallel, guidance_rescaled_phi)
     total = diffusion.num_timesteps  # default step counts above T are dropped; explicit ones are an error
     steps = steps if compare_steps else [s for s in steps if s <= total]
     solver_steps = solver_steps if compare_solver_steps else [s for s in solver_steps if s <= total]
@@ -169,7 +199,7 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
     pairs = [QUICK['headline']] if quick else []
     run_sweep(diffusion, evaluator, out_dir, opened['path'], configs, num_samples=n, batch_size=batch_size, seed=seed,
-              precision=opened['precision'], extra_score=extra, pairs=pairs)
+              precision=opened['precision'], extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

@@ -8,6 +8,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (
     LinearAttention, cosine_beta_schedule, linear_beta_schedule, sigmoid_beta_schedule)
 from torch import nn
 
+from .conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
 from .settings import DIFFUSION_KEYS, MODEL_KEYS
 
 SCHEDULE_FUNCTIONS = {'cosine': cosine_beta_schedule, 'linear': linear_beta_schedule,
@@ -41,22 +42,42 @@ def attention_of(model_cfg):
 
 
 def build_unet(model_cfg):
+    if is_conditional(model_cfg):
+        return build_conditional_unet(model_cfg)
     unet_class = UNET_CLASSES[attention_of(model_cfg)]
     return unet_class(dim=model_cfg['dim'], dim_mults=tuple(model_cfg['dim_mults']), channels=model_cfg['channels'])
 
 
-def build_diffusion(config, unet=None, sampling_timesteps=None):
+def diffusion_settings(config, sampling_timesteps=None):
     d = config['diffusion']
     gamma = d.get('min_snr_gamma')
-    return GaussianDiffusion(unet or build_unet(config['model']), image_size=d['image_size'],
-                             timesteps=d['timesteps'], beta_schedule=d['beta_schedule'], objective=d['objective'],
-                             sampling_timesteps=sampling_timesteps, min_snr_loss_weight=gamma is not None,
-                             min_snr_gamma=gamma if gamma is not None else 5)
+    return dict(image_size=d['image_size'], timesteps=d['timesteps'], beta_schedule=d['beta_schedule'],
+                objective=d['objective'], sampling_timesteps=sampling_timesteps, min_snr_loss_weight=gamma is not None,
+                min_snr_gamma=gamma if gamma is not None else 5)
+
+
+def build_diffusion(config, unet=None, sampling_timesteps=None, *, training=False):
+    """The library's GaussianDiffusion. A conditional model trains as the library's conditional diffusion
+    (LabelledDiffusion) and samples through GuidedUnet inside the unconditional one, so every sampler works on it."""
+    unet = unet or build_unet(config['model'])
+    if is_conditional(config['model']):
+        if training:
+            labelled = LabelledDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+            labelled.settings = diffusion_settings(config)
+            return labelled
+        unet = GuidedUnet(unet)
+    return GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+
+
+def sampling_view(labelled):
+    """A LabelledDiffusion (training) as the sampling diffusion of the same Unet (shared, not copied)."""
+    return GaussianDiffusion(GuidedUnet(labelled.model), **labelled.settings).to(labelled.betas.device)
 
 
 def arch_of(config):
     """The settings that must agree for weights to be reused, as one flat dict."""
-    model = {**config['model'], 'attention': attention_of(config['model'])}
+    model = {**config['model'], 'attention': attention_of(config['model']),
+             'num_classes': config['model'].get('num_classes')}
     return {**{k: model[k] for k in MODEL_KEYS}, **{k: config['diffusion'][k] for k in DIFFUSION_KEYS}}
 
 

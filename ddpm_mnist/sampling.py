@@ -15,6 +15,7 @@ from .attention import use_fast_attention
 from .device import cpu_has_bf16, synchronize
 from .sampler_table import SAMPLERS, resolve_steps
 from .samplers import build_sampler
+from .conditional import UNGUIDED, GuidedUnet, balanced_labels
 from .utils import UserError
 
 
@@ -46,8 +47,8 @@ class Bf16Unet(torch.nn.Module):
         self.unet.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
         self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
 
-    def forward(self, x, time, x_self_cond=None):
-        return self.unet(x.to(torch.bfloat16), time, x_self_cond).float()
+    def forward(self, x, time, *args, **kwargs):
+        return self.unet(x.to(torch.bfloat16), time, *args, **kwargs).float()
 
 
 class AutocastUnet(torch.nn.Module):
@@ -58,9 +59,9 @@ class AutocastUnet(torch.nn.Module):
         self.unet = unet
         self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
 
-    def forward(self, x, time, x_self_cond=None):
+    def forward(self, x, time, *args, **kwargs):
         with torch.autocast(x.device.type, dtype=torch.float16):
-            return self.unet(x, time, x_self_cond).float()
+            return self.unet(x, time, *args, **kwargs).float()
 
 
 PRECISION_WRAPPERS = {'bf16': Bf16Unet, 'fp16': AutocastUnet}
@@ -69,14 +70,20 @@ PRECISION_WRAPPERS = {'bf16': Bf16Unet, 'fp16': AutocastUnet}
 def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compile=False):
     """Set the Unet up for sampling, the one place precision is applied: layout-aware attention,
     channels_last, bf16 weights or fp16 autocast, optional compile."""
-    use_fast_attention(diffusion.model)
+    holder = diffusion.model if isinstance(diffusion.model, GuidedUnet) else diffusion  # guidance stays outermost
+    unet = holder.unet if holder is not diffusion else diffusion.model
+    use_fast_attention(unet)
     if channels_last:
-        diffusion.model.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
     wrapper = PRECISION_WRAPPERS.get(precision)
-    if wrapper and not isinstance(diffusion.model, tuple(PRECISION_WRAPPERS.values())):
-        diffusion.model = wrapper(diffusion.model)
+    if wrapper and not isinstance(unet, tuple(PRECISION_WRAPPERS.values())):
+        unet = wrapper(unet)
     if compile:
-        diffusion.model = torch.compile(diffusion.model)
+        unet = torch.compile(unet)
+    if holder is diffusion:
+        diffusion.model = unet
+    else:
+        holder.unet = unet
     return diffusion
 
 
@@ -125,12 +132,14 @@ def run_batch(diffusion, sampler, x_T, generator, clip_x0=True):
 
 
 def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None, eta=0.0, seed=0, noise=None,
-           clip_x0=True):
+           clip_x0=True, labels=None, guidance=UNGUIDED):
     """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU, with any sampler of
     samplers.SAMPLERS. DDPM always runs all T steps; `steps` defaults to 50 for the others. Precision is
-    whatever prepare_for_inference() set on the diffusion's Unet."""
+    whatever prepare_for_inference() set on the diffusion's Unet. A conditional model draws image i as digit
+    labels[i] (default: balanced digits) with `guidance`; the samplers do not know."""
     steps = resolve_steps(strategy, steps, diffusion.num_timesteps) if strategy in SAMPLERS else steps
     check_settings(strategy, steps, eta, num_samples, batch_size, diffusion.num_timesteps)
+    labels = check_labels(diffusion, labels, num_samples)
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     sampler = build_sampler(strategy, diffusion, eta=eta)
@@ -138,8 +147,23 @@ def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None
     for start in range(0, num_samples, batch_size):
         sampler.set_timesteps(steps)
         generator = batch_generator(seed, start, diffusion.device)
+        if labels is not None:
+            diffusion.model.condition(labels[start:start + batch_size], guidance)
         out.append(run_batch(diffusion, sampler, noise[start:start + batch_size], generator, clip_x0).cpu())
     return torch.cat(out)
+
+
+def check_labels(diffusion, labels, num_samples):
+    """The labels a sampling run uses: balanced digits by default on a conditional model, none on another."""
+    conditional = isinstance(diffusion.model, GuidedUnet)
+    if labels is not None and not conditional:
+        raise UserError('--digits needs a class-conditional model (e.g. --conditional); this one is unconditional')
+    if not conditional:
+        return None
+    labels = balanced_labels(num_samples) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+    if len(labels) != num_samples:
+        raise UserError(f'{len(labels)} labels for {num_samples} images')
+    return labels
 
 
 def warm_up(diffusion, batch_size, strategy='ddim'):
@@ -149,6 +173,8 @@ def warm_up(diffusion, batch_size, strategy='ddim'):
     device = diffusion.device
     x = torch.zeros(batch_size, diffusion.channels, *diffusion.image_size, device=device)
     t = torch.full((batch_size,), diffusion.num_timesteps - 1, device=device, dtype=torch.long)
+    if isinstance(diffusion.model, GuidedUnet):
+        diffusion.model.condition(balanced_labels(batch_size))
     with torch.inference_mode():
         diffusion.model(x, t)
     synchronize(device)

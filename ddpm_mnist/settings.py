@@ -4,12 +4,13 @@ import copy
 from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parent.parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
+SHIPPED_CONDITIONAL = SHIPPED.with_name('ddpm_mnist_conditional.safetensors')
 
 OBJECTIVES = ('pred_v', 'pred_noise', 'pred_x0')
 SCHEDULES = ('cosine', 'linear', 'sigmoid')
 
 # Settings that fix what a checkpoint's weights mean; everything else may change between runs.
-MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention')
+MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention', 'num_classes')  # num_classes: None unconditional
 ATTENTION_LAYOUTS = ('library', 'lowest')
 DIFFUSION_KEYS = ('image_size', 'timesteps', 'beta_schedule', 'objective')
 

@@ -62,7 +62,7 @@ def cache_key(**settings):
 
 
 def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples=1000, batch_size=250, seed=0,
-              precision='fp32', grid_images=64, extra_score=None, pairs=()):
+              precision='fp32', grid_images=64, extra_score=None, pairs=(), labels=None, guidance=None):
     """Sample and score every config; results are cached per config so reruns and interrupted sweeps resume."""
     out_dir = Path(out_dir)
     (out_dir / 'cache').mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,8 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     rows, features = [], {}
     for c in tqdm(configs, desc='sweep', unit='config'):
         key = cache_key(checkpoint=digest, n=num_samples, seed=seed, precision=precision, batch_size=batch_size,
-                        device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **c)
+                        device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **c,
+                        **({} if labels is None else dict(labels=labels.tolist(), guidance=list(guidance))))
         cached = out_dir / 'cache' / f'{key}.json'
         features_file = cached.with_suffix('.features.npy')
         if cached.is_file() and features_file.is_file():
@@ -81,7 +82,8 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
             features[rows[-1]['config']] = np.load(features_file).astype(np.float64)
             continue
         images, seconds = timed_sample(diffusion, strategy=c['strategy'], steps=c['steps'], eta=c['eta'] or 0.0,
-                                       num_samples=num_samples, batch_size=batch_size, seed=seed, noise=noise)
+                                       num_samples=num_samples, batch_size=batch_size, seed=seed, noise=noise,
+                                       **({} if labels is None else dict(labels=labels, guidance=guidance)))
         if not images.isfinite().all():
             raise UserError(f'{config_label(c)} produced NaN images; the checkpoint or precision is broken')
         grid = out_dir / 'grids' / f'{grid_name(c["strategy"], c["steps"], c["eta"])}.png'

@@ -19,7 +19,8 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
 from torchvision import utils as torchvision_utils
 from torch.utils.data import DataLoader
 
-from .data import check_training_folder, folder_info
+from .conditional import LabelledBatch, is_conditional
+from .data import check_training_folder, folder_info, labels_of
 from .model import build_diffusion, versions
 from .run_folder import (FolderLock, check_against_folder, milestone_path, prepare_folder, read_config, read_loss_log, resolve_resume, write_loss_log)
 from .checkpoints import check_resumable, images_seen, load_checkpoint, read_parent, save_checkpoint, segments_of
@@ -37,6 +38,24 @@ POST_HOC_SIGMA_RELS = (0.05, 0.28)
 
 def post_hoc_folder(results_folder):
     return Path(results_folder) / 'post_hoc_ema'
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """The library's image Dataset with each image's digit, for a conditional model on the plain loader."""
+
+    def __init__(self, dataset, labels):
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index], self.labels[index]
+
+
+def collate_labelled(items):
+    images, labels = zip(*items)
+    return LabelledBatch(torch.stack(images), torch.stack(labels))
 
 
 class GridsAfterCheckpoints:
@@ -84,14 +103,20 @@ class MnistTrainer(Trainer):
                                        update_every=10, checkpoint_every_num_steps=post_hoc_ema_every,
                                        checkpoint_folder=str(post_hoc_folder(self.results_folder)))
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
+        self.labels = None
+        if is_conditional(config['model']):
+            self.labels = torch.from_numpy(labels_of(folder, self.ds.paths)).long()
         # The levers were measured for one process; several (accelerate launch) keep the library's plain step.
         if fast and self.accelerator.num_processes == 1:
             self.use_fast_path(images, train_lr, compile, bf16_compute)
         elif bf16_compute:
             raise UserError('--mixed_precision_type bf16_compute needs the fast path in a single process; use bf16')
         else:  # the library's loader (it shards batches across processes), with a settable worker count
-            dl = DataLoader(self.ds, batch_size=self.batch_size, shuffle=True, num_workers=num_workers,
-                            pin_memory=self.device.type == 'cuda', persistent_workers=num_workers > 0)
+            dataset, collate = (self.ds, None) if self.labels is None else (
+                LabelledImages(self.ds, self.labels), collate_labelled)
+            dl = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=num_workers,
+                            pin_memory=self.device.type == 'cuda', persistent_workers=num_workers > 0,
+                            collate_fn=collate)
             self.dl = cycle(self.accelerator.prepare(dl))
 
     def start_from(self, parent):
@@ -109,7 +134,7 @@ class MnistTrainer(Trainer):
 
     def use_fast_path(self, images, train_lr, compile, bf16_compute=False):
         levers = {**DEFAULT_LEVERS, 'compile': compile, **({'precision': 'bf16'} if bf16_compute else {})}
-        self.dl = CachedImages(images, self.batch_size, device=self.device,
+        self.dl = CachedImages(images, self.batch_size, device=self.device, labels=self.labels,
                                memory_format=torch.channels_last if levers['channels_last'] else None)
         if self.device.type == 'cpu' and levers['keep_freed_memory']:
             keep_freed_memory()
@@ -424,7 +449,7 @@ def build_trainer(config, state, device, precision, num_images, *, data_folder, 
     if state.is_main_process:
         cpu_warning(config, device)
         memory_warning(config, device)
-    diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'])
+    diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'], training=True)
     return MnistTrainer(
         diffusion, data_folder, config=config, num_workers=num_workers, fast=fast_path,
         compile=fast_path and (device == 'cpu' if compile is None else compile),

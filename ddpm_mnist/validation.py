@@ -35,7 +35,7 @@ RULES = {
     'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
     'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
     'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
-    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER,
+    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False), 'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER,
     'min_snr_gamma': POSITIVE_NUMBER,
     'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
     'seed': Rule(lambda v: 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
@@ -43,10 +43,23 @@ RULES = {
     'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
     'ddim_eta': fraction(closed_top=True),  # eta > 1 adds more noise than DDPM's posterior: not a DDIM sampler
     'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
-    'compare_solver_steps': each(at_least(1)),
+    'compare_solver_steps': each(at_least(1)), 'guidance_scale': Rule(lambda v: math.isfinite(v) and v >= 0,
+                                                                      'a finite number >= 0 (1: unguided)'),
+    'guidance_rescaled_phi': fraction(closed_top=True),
     'compare_samplers': Rule(lambda names: all(n in SAMPLERS for n in names),
                              f'a comma-separated list from {",".join(SAMPLERS)}'),
 }
+
+
+def parse_digits(text):
+    """--digits '7' or '0,3,9' -> [7] or [0, 3, 9] (distinct digits 0-9); a one-line error for anything else."""
+    try:
+        digits = [int(part) for part in text.split(',')]
+    except ValueError:
+        digits = None
+    if not digits or any(not 0 <= d <= 9 for d in digits) or len(set(digits)) != len(digits):
+        raise UserError(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
+    return digits
 
 
 def check_flags(values, rules=RULES, extra=None):

@@ -1,0 +1,134 @@
+"""Class-conditional training with classifier-free guidance: the library's conditional Unet trained on the labels,
+guidance as eps_u + W (eps_c - eps_u) in one batched call, every sampler working on it, and bad input refused."""
+import json
+
+import pytest
+import torch
+from denoising_diffusion_pytorch import classifier_free_guidance as library_cfg
+
+import inference_comparison
+import train_ddpm_mnist
+from conftest import assert_one_line_error, run_main, train_argv
+from ddpm_mnist.checkpoints import load_checkpoint, load_model
+from ddpm_mnist.conditional import (UNGUIDED, Guidance, GuidedUnet, LowestAttentionConditionalUnet, balanced_labels,
+                                    guided)
+from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.sampling import sample
+
+
+@pytest.fixture(scope='module')
+def conditional_run(tmp_path_factory, image_folder):
+    results = tmp_path_factory.mktemp('conditional')
+    train_ddpm_mnist.main(train_argv(image_folder, results, extra=['--conditional', '--cond_drop_prob', '0.2']))
+    return results
+
+
+def test_conditional_training_writes_the_usual_folder(conditional_run):
+    config = json.loads((conditional_run / 'config.json').read_text())
+    assert config['model']['num_classes'] == 10 and config['model']['cond_drop_prob'] == 0.2
+    ckpt = load_checkpoint(conditional_run / 'model-2.pt')
+    assert any(k.endswith('classes_emb.weight') for k in ckpt['model'])
+    assert (conditional_run / 'sample-2.png').is_file()
+    diffusion, config, _ = load_model(conditional_run / 'model-2.pt')
+    assert isinstance(diffusion.model, GuidedUnet) and isinstance(diffusion.model.unet, library_cfg.Unet)
+
+
+def test_lowest_attention_conditional_unet_keeps_the_library_names():
+    library = library_cfg.Unet(dim=8, dim_mults=(1, 2), channels=1, num_classes=10)
+    lean = LowestAttentionConditionalUnet(dim=8, dim_mults=(1, 2), channels=1, num_classes=10)
+    assert set(lean.state_dict()) < set(library.state_dict())
+    out = lean(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), torch.tensor([3, 4]), cond_drop_prob=0.)
+    assert out.shape == (2, 1, 28, 28)
+
+
+def test_guidance_is_eps_u_plus_w_times_the_difference(conditional_run):
+    diffusion, _, _ = load_model(conditional_run / 'model-2.pt')
+    unet, guided_unet = diffusion.model.unet, diffusion.model
+    x, t, labels = torch.randn(3, 1, 32, 32), torch.tensor([5, 9, 13]), torch.tensor([1, 4, 7])
+    with torch.inference_mode():
+        eps_c = unet(x, t, labels, cond_drop_prob=0.)
+        eps_u = unet(x, t, labels, cond_drop_prob=1.)
+        for scale in (0.0, 1.0, 3.0):
+            guided_unet.condition(labels, Guidance(scale, False, 0.0))
+            assert torch.allclose(guided_unet(x, t), eps_u + scale * (eps_c - eps_u), atol=1e-5)
+    calls = []
+    handle = unet.register_forward_hook(lambda *a: calls.append(1))
+    guided_unet.condition(labels, Guidance(2.0, False, 0.0))
+    with torch.inference_mode():
+        guided_unet(x, t)
+    handle.remove()
+    assert calls == [1]  # both halves in one batched Unet call
+
+
+def test_library_variant_removes_the_parallel_part():
+    conditional, unconditional = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    out = guided(conditional, unconditional, Guidance(3.0, True, 0.0))
+    update = (out - conditional) / 2
+    assert abs(float((update.flatten(1) * conditional.flatten(1)).sum(1).abs().max())) < 1e-4  # orthogonal to eps_c
+    assert torch.equal(guided(conditional, unconditional, UNGUIDED), conditional)
+
+
+@pytest.mark.parametrize('strategy', list(SAMPLERS))
+def test_every_sampler_works_with_guidance(conditional_run, strategy):
+    diffusion, _, _ = load_model(conditional_run / 'model-2.pt')
+    images = sample(diffusion, strategy=strategy, num_samples=4, batch_size=2, steps=3,
+                    labels=torch.tensor([0, 1, 2, 3]), guidance=Guidance(2.0, False, 0.0))
+    assert images.shape == (4, 1, 32, 32) and images.isfinite().all()
+
+
+def test_balanced_labels_put_one_digit_per_row():
+    assert balanced_labels(6, [0, 3, 9]).tolist() == [0, 0, 3, 3, 9, 9]
+    assert balanced_labels(20).tolist() == [d for d in range(10) for _ in range(2)]
+
+
+def test_digits_and_guidance_from_the_command_line(conditional_run, idx_dir, tmp_path, capsys):
+    argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--strategy', 'ddim', '--sample_steps', '3',
+            '--num_samples', '6', '--digits', '0,3,9', '--guidance_scale', '2', '--results_folder', str(tmp_path)]
+    code, out, err = run_main(inference_comparison.main, argv, capsys)
+    assert code == 0, err
+    record = json.loads(next(tmp_path.rglob('*_digits039_w2.json')).read_text())
+    assert record['digits'] == [0, 3, 9] and record['guidance']['scale'] == 2.0
+    # the sweep works on a conditional model (balanced digits, unguided)
+    argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--compare', '--compare_samplers', 'ddim',
+            '--compare_steps', '2', '--compare_etas', '0', '--num_samples', '10', '--results_folder', str(tmp_path),
+            '--second_classifier', 'none', '--raw_dir', str(idx_dir)]
+    assert run_main(inference_comparison.main, argv, capsys)[0] == 0
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--digits', '10'], '--digits 10'),
+    (['--digits', '3,3'], '--digits 3,3'),
+    (['--digits', 'seven'], '--digits seven'),
+    (['--guidance_scale', '-1'], '--guidance_scale'),
+    (['--guidance_scale', 'nan'], '--guidance_scale'),
+])
+def test_bad_conditional_flags(conditional_run, tmp_path, extra, message, capsys):
+    argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--results_folder', str(tmp_path / 'out'), *extra]
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_digits_on_an_unconditional_model_is_refused(trained_run, tmp_path, capsys):
+    for extra in (['--digits', '7'], ['--guidance_scale', '3']):
+        argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--strategy', 'ddim', '--results_folder',
+                str(tmp_path / 'out'), *extra]
+        code, _, err = run_main(inference_comparison.main, argv, capsys)
+        assert_one_line_error(code, err, 'class-conditional')
+        assert not (tmp_path / 'out').exists()
+
+
+def test_conditional_needs_the_labels(tmp_path, image_folder, capsys):
+    import shutil
+    folder = tmp_path / 'unlabelled'
+    shutil.copytree(image_folder, folder)
+    (folder / 'labels.csv').unlink()
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(folder, tmp_path / 'r', extra=['--conditional']), capsys)
+    assert_one_line_error(code, err, 'labels.csv')
+
+
+def test_init_from_an_unconditional_model_is_refused(trained_run, tmp_path, image_folder, capsys):
+    argv = train_argv(image_folder, tmp_path / 'r', extra=['--conditional', '--init_from',
+                                                            str(trained_run / 'model-2.pt')])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert_one_line_error(code, err, 'num_classes')
