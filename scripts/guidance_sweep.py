@@ -1,0 +1,118 @@
+"""Classifier-free guidance, measured: for each guidance scale W, N digits with balanced labels from the same x_T,
+scored by conditional accuracy (the project classifier agrees with the requested digit), FID and IS, and the
+FID-against-guidance trade-off plot (the standard figure for guidance), with the real-data floor drawn.
+
+  python3 scripts/guidance_sweep.py --raw_dir ../shared/data/mnist-full                       # shipped model
+  python3 scripts/guidance_sweep.py --checkpoint runs/conditional/model-10.pt --scales 1,2,3 --num_samples 500
+Writes assets/guidance.{json,md,png}.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--checkpoint', default=None,
+                   help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
+    p.add_argument('--scales', default='0,1,1.5,2,3,4,6', help='guidance scales W (default: %(default)s)')
+    p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
+    p.add_argument('--steps', type=int, default=50, help='sampler steps (default: %(default)s)')
+    p.add_argument('--num_samples', type=int, default=1000, help='images per scale (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='seed of x_T, the same for every scale (default: 0)')
+    p.add_argument('--output', default='assets/guidance', help='output stem (default: %(default)s)')
+    args = p.parse_args(argv)
+    from ddpm_mnist.validation import at_least, check_flags
+    check_flags(vars(args), extra={'num_samples': at_least(10), 'steps': at_least(1)})
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    import ddpm_mnist
+    from ddpm_mnist.classifier import classify
+    from ddpm_mnist.conditional import NUM_DIGITS, balanced_labels
+    from ddpm_mnist.metrics import reference_evaluator
+    from ddpm_mnist.settings import SHIPPED_CONDITIONAL
+
+    model = ddpm_mnist.load_model(args.checkpoint or SHIPPED_CONDITIONAL)
+    evaluator = reference_evaluator(image_size=model.image_size, raw_dir=args.raw_dir, data_root=args.data_root,
+                                    seed=args.seed).evaluator
+    labels = balanced_labels(args.num_samples)
+    rows = []
+    for scale in map(float, args.scales.split(',')):
+        images = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.num_samples,
+                                   seed=args.seed, guidance_scale=scale)
+        _, probs = classify(evaluator.classifier, images)
+        scores = evaluator.score(images)
+        accuracy = float((torch.from_numpy(probs).argmax(1) == labels).float().mean())
+        per_digit = [float((torch.from_numpy(probs[labels == d]).argmax(1) == d).float().mean())
+                     for d in range(NUM_DIGITS)]
+        rows.append(dict(scale=scale, accuracy=accuracy, worst_digit_accuracy=min(per_digit), **{
+            k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence')}))
+        print(f'W = {scale:g}: accuracy {100 * accuracy:.1f} %, FID {scores["fid"]:.2f}', flush=True)
+    floor = evaluator.calibration(args.num_samples)['real training digits (floor)']['fid'] if evaluator.train is not None \
+        else (evaluator.stats.floors.get(str(args.num_samples)) if evaluator.stats is not None else None)
+    result = dict(checkpoint=str(model.path), strategy=args.strategy, steps=args.steps, num_samples=args.num_samples,
+                  seed=args.seed, floor_fid=floor, rows=rows,
+                  command='python3 scripts/guidance_sweep.py ' + ' '.join(argv or sys.argv[1:]))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    out.with_suffix('.md').write_text(markdown(result))
+    plot(result, out.with_suffix('.png'))
+    print(markdown(result))
+
+
+def markdown(result):
+    floor = result['floor_fid']
+    floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
+    lines = [f'{result["strategy"]} {result["steps"]} steps, N = {result["num_samples"]} balanced digits per scale, '
+             f'the same x_T (seed {result["seed"]}){floor_text}. Command: `{result["command"]}`.', '',
+             '| W | conditional accuracy | worst digit | FID [95 %] | FID / floor | IS | confidence |',
+             '|---|---|---|---|---|---|---|']
+    lines += [f'| {r["scale"]:g} | {100 * r["accuracy"]:.1f} % | {100 * r["worst_digit_accuracy"]:.1f} % | '
+              f'{r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] | '
+              f'{r["fid"] / floor:.2f}x | {r["inception_score"]:.2f} | {r["confidence"]:.3f} |' if floor else
+              f'| {r["scale"]:g} | {100 * r["accuracy"]:.1f} % | {100 * r["worst_digit_accuracy"]:.1f} % | '
+              f'{r["fid"]:.2f} | – | {r["inception_score"]:.2f} | {r["confidence"]:.3f} |' for r in result['rows']]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = result['rows']
+    fig, ax = plt.subplots(figsize=(6, 4))
+    scales = [r['scale'] for r in rows]
+    ax.errorbar(scales, [r['fid'] for r in rows], yerr=[[r['fid'] - r['fid_low'] for r in rows],
+                                                         [r['fid_high'] - r['fid'] for r in rows]],
+                marker='o', capsize=3, label='FID (95 % interval)')
+    if result['floor_fid'] is not None:
+        ax.axhline(result['floor_fid'], ls='--', color='grey', label='real digits (floor)')
+    ax.set_xlabel('guidance scale W')
+    ax.set_ylabel('FID (project classifier features)')
+    right = ax.twinx()
+    right.plot(scales, [100 * r['accuracy'] for r in rows], 's:', color='tab:green', label='conditional accuracy')
+    right.set_ylabel('conditional accuracy (%)', color='tab:green')
+    ax.legend(loc='upper center', fontsize=8)
+    ax.set_title(f'Guidance trade-off: {result["strategy"]}-{result["steps"]}, N = {result["num_samples"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    from ddpm_mnist.utils import run_cli
+    run_cli(main)
