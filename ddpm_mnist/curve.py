@@ -61,7 +61,7 @@ def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', l
     cache_path = folder / CACHE
     cache = read_json(cache_path) if cache_path.is_file() else {}
     key = (f'ddim{settings.steps}-eta{settings.eta}-n{settings.num_samples}-seed{settings.seed}-'
-           f'{settings.precision}-metrics{METRICS_VERSION}-clf{classifier_digest}')
+           f'{settings.precision}-metrics{METRICS_VERSION}-clf{classifier_digest}-ref{evaluator.image_size}')
     rows = []
     for milestone in found:
         path = milestone_path(folder, milestone)

@@ -45,7 +45,8 @@ class Bf16Unet(torch.nn.Module):
         self.unet = unet.to(torch.bfloat16)
         self.unet.time_mlp.float()
         self.unet.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
-        self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
+        self.channels, self.out_dim = unet.channels, unet.out_dim
+        self.self_condition = getattr(unet, 'self_condition', False)  # the library's conditional Unet has none
 
     def forward(self, x, time, *args, **kwargs):
         return self.unet(x.to(torch.bfloat16), time, *args, **kwargs).float()
@@ -57,7 +58,8 @@ class AutocastUnet(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
-        self.channels, self.self_condition, self.out_dim = unet.channels, unet.self_condition, unet.out_dim
+        self.channels, self.out_dim = unet.channels, unet.out_dim
+        self.self_condition = getattr(unet, 'self_condition', False)
 
     def forward(self, x, time, *args, **kwargs):
         with torch.autocast(x.device.type, dtype=torch.float16):

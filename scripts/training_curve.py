@@ -25,6 +25,10 @@ def parse_args(argv=None):
     p.add_argument('--ddim_eta', type=float, default=1.0, help='DDIM eta (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of x_T and the per-step noise (default: %(default)s)')
     p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
+    p.add_argument('--reference_size', type=int, default=None,
+                   help='score against the test digits resampled as for a model trained at this size (28: the raw '
+                        'digits) instead of the run\'s own image size, to compare runs of different sizes on one '
+                        'reference (default: the run\'s size)')
     p.add_argument('--milestones', default='all',
                    help='all, last, or comma-separated milestone numbers to score (default: %(default)s)')
     p.add_argument('--output', default='assets/training_curve',
@@ -51,7 +55,7 @@ def main(argv=None):
     reference, _ = load_split('test', args.raw_dir, args.data_root)
     train, _ = load_split('train', args.raw_dir, args.data_root)
     config = read_config(args.results_folder)
-    image_size = config['diffusion']['image_size'] if config else 32
+    image_size = args.reference_size or (config['diffusion']['image_size'] if config else 32)
     evaluator = Evaluator(reference, train, image_size=image_size, seed=args.seed)
     settings = CurveSettings(steps=args.sample_steps, eta=args.ddim_eta, num_samples=args.num_samples,
                              seed=args.seed, batch_size=args.batch_size, precision=default_precision(device))

@@ -33,7 +33,7 @@ def test_load_model_from_a_run_folder_and_a_milestone(trained_run):
     images = ddpm_mnist.sample(latest, strategy='ddim', steps=5, n=3, seed=1)
     assert images.shape == (3, 1, 32, 32) and images.min() >= 0 and images.max() <= 1
     again = ddpm_mnist.sample(latest, strategy='ddim', steps=5, n=3, seed=1, batch_size=1)
-    assert torch.equal(images, again)  # the same x_T per image, whatever the batch
+    assert torch.allclose(images, again, atol=1e-5)  # the same x_T per image, whatever the batch
 
 
 @pytest.mark.parametrize('kwargs,message', [

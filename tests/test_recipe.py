@@ -39,7 +39,7 @@ def test_lean_run_trains_loads_and_samples_at_28_px(tmp_path, image_folder, caps
     assert code == 0, err
     diffusion, config, info = load_model(results / 'model-2.pt')
     assert type(diffusion.model) is LowestAttentionUnet and config['model']['attention'] == 'lowest'
-    assert diffusion.image_size == 28 and info['images_seen'] == 4 * 16
+    assert diffusion.image_size == (28, 28) and info['images_seen'] == 4 * 16
     with torch.inference_mode():
         assert diffusion.sample(batch_size=2).shape == (2, 1, 28, 28)
     # the other layout's settings are refused on the same folder, naming both

@@ -80,7 +80,7 @@ def test_ddim_times_are_the_library_pairs_across_step_counts():
         assert ddim_times(1000, steps) == library_time_pairs(steps), steps
     for steps in range(1, 1001):
         pairs = ddim_times(1000, steps)
-        assert len({t for t, _ in pairs}) == steps and pairs[-1] == (0, -1), steps
+        assert len({t for t, _ in pairs}) == steps and pairs[0][0] == 999 and pairs[-1][1] == -1, steps
 
 
 # ---------------------------------------------------------------- DDPM and DDIM against diffusers
