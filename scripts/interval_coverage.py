@@ -1,0 +1,91 @@
+"""Check the FID and KID intervals (docs/metrics.md): draw fresh sets of N samples of one configuration (other
+seeds), give each its bootstrap interval, and count how often an interval covers the value of another fresh draw;
+also the spread of the values across seeds beside the intervals.
+
+  python3 scripts/interval_coverage.py --raw_dir ../shared/data/mnist-full                  # real digits, cheap
+  python3 scripts/interval_coverage.py --raw_dir ../shared/data/mnist-full --source model --strategy ddim --steps 10
+Writes assets/interval_coverage.{json,md}.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
+    add_data_root_arg(p)
+    p.add_argument('--source', choices=['real', 'model'], default='real',
+                   help='real: sets of real training digits (no sampling); model: sets sampled from --checkpoint')
+    p.add_argument('--checkpoint', default=None, help='model for --source model (default: the shipped model)')
+    p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
+    p.add_argument('--steps', type=int, default=10, help='sampler steps (default: %(default)s)')
+    p.add_argument('--num_samples', type=int, default=500, help='N per set (default: %(default)s)')
+    p.add_argument('--draws', type=int, default=20, help='fresh sets (seeds 0..draws-1) (default: %(default)s)')
+    p.add_argument('--output', default='assets/interval_coverage', help='output stem (default: %(default)s)')
+    args = p.parse_args(argv)
+    from ddpm_mnist.validation import at_least, check_flags
+    check_flags(vars(args), extra={'num_samples': at_least(10), 'draws': at_least(3), 'steps': at_least(1)})
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import numpy as np
+
+    import ddpm_mnist
+    from ddpm_mnist.metrics import reference_evaluator
+
+    model = ddpm_mnist.load_model(args.checkpoint) if args.source == 'model' else None
+    size = model.image_size if model is not None else 32
+    evaluator = reference_evaluator(image_size=size, raw_dir=args.raw_dir, data_root=args.data_root).evaluator
+    if args.source == 'real' and evaluator.train is None:
+        raise SystemExit('error: --source real needs the MNIST training digits; pass --raw_dir')
+    draws = []
+    for seed in range(args.draws):
+        if model is None:
+            rng = np.random.default_rng(1000 + seed)
+            images = evaluator.train[rng.permutation(len(evaluator.train))[:args.num_samples]]
+        else:
+            images = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.num_samples, seed=seed)
+        scores = evaluator.score(images)
+        draws.append({k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high')})
+        print(f'draw {seed}: FID {scores["fid"]:.2f} [{scores["fid_low"]:.2f}, {scores["fid_high"]:.2f}]', flush=True)
+    result = dict(source=args.source, checkpoint=str(model.path) if model else None, strategy=args.strategy,
+                  steps=args.steps, num_samples=args.num_samples, draws=draws,
+                  command='python3 scripts/interval_coverage.py ' + ' '.join(argv or sys.argv[1:]))
+    for key in ('fid', 'kid'):
+        values = np.array([d[key] for d in draws])
+        if not np.isfinite(values).all():
+            continue
+        covered = [d[f'{key}_low'] <= other[key] <= d[f'{key}_high']
+                   for i, d in enumerate(draws) for j, other in enumerate(draws) if i != j]
+        result[key] = dict(mean=float(values.mean()), sd_across_draws=float(values.std(ddof=1)),
+                           mean_interval_half_width=float(np.mean([(d[f'{key}_high'] - d[f'{key}_low']) / 2
+                                                                   for d in draws])),
+                           covers_a_fresh_draw=float(np.mean(covered)),
+                           covers_the_mean=float(np.mean([d[f'{key}_low'] <= values.mean() <= d[f'{key}_high']
+                                                          for d in draws])))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    what = 'real training digits' if model is None else f'{args.strategy}-{args.steps} samples of {model.path.name}'
+    lines = [f'{args.draws} fresh sets of {args.num_samples} {what}; command: `{result["command"]}`.', '',
+             '| score | mean over draws | sd across draws | mean interval half-width | an interval covers a fresh '
+             'draw | covers the mean |', '|---|---|---|---|---|---|']
+    lines += [f'| {key.upper()} | {r["mean"]:.3f} | {r["sd_across_draws"]:.3f} | {r["mean_interval_half_width"]:.3f} | '
+              f'{100 * r["covers_a_fresh_draw"]:.0f} % | {100 * r["covers_the_mean"]:.0f} % |'
+              for key, r in ((k, result[k]) for k in ('fid', 'kid') if k in result)]
+    out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    from ddpm_mnist.utils import run_cli
+    run_cli(main)
