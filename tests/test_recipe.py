@@ -148,3 +148,32 @@ def test_images_seen_counts_every_process():
 def test_build_unet_picks_the_layout():
     assert type(build_unet(dict(dim=8, dim_mults=[1, 2], channels=1))) is Unet
     assert type(build_unet(dict(dim=8, dim_mults=[1, 2], channels=1, attention='lowest'))) is LowestAttentionUnet
+
+
+def test_curve_keeps_the_rows_of_earlier_segments():
+    from ddpm_mnist.curve import with_earlier_segments
+    earlier = [dict(segment=1, milestone=m, total_images_seen=m * 10) for m in (1, 2)]
+    stale = [dict(segment=2, milestone=1, total_images_seen=25)]
+    now = [dict(segment=2, milestone=1, total_images_seen=30), dict(segment=2, milestone=2, total_images_seen=40)]
+    assert with_earlier_segments(now, earlier + stale) == earlier + now
+
+
+def test_train_shipped_needs_its_minutes(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    for args, message in (([], '--minutes M'), (['--minutes', 'soon'], '--minutes M'), (['--what'], 'unknown')):
+        run = subprocess.run(['bash', str(ROOT / 'scripts' / 'train_shipped.sh'), *args], capture_output=True,
+                             text=True, env={'PATH': '/usr/bin:/bin', 'PY': sys.executable})
+        assert run.returncode == 2 and message in run.stderr and run.stderr.startswith('error:'), run.stderr
+
+
+def test_export_refusal_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch, capsys):
+    from ddpm_mnist import export
+    stem = tmp_path / 'shipped'
+    export_ema(trained_run / 'model-2.pt', stem)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (30.0, 20.0))
+    code, _, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
+    assert_one_line_error(code, err, 'scores worse', 'FID 30.00 against 20.00', '--force')
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
