@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from ddpm_mnist.settings import PRESETS, TRAINING_FLAGS, add_model_args, model_overrides
-from ddpm_mnist.utils import run_cli
+from ddpm_mnist.utils import UserError, run_cli
 from ddpm_mnist.validation import SQUARE, check_flags
 
 def parse_args(argv=None):
@@ -79,7 +79,7 @@ def config_kwargs(args):
         overrides['model'].update(num_classes=10, cond_drop_prob=0.1 if args.cond_drop_prob is None
                                   else args.cond_drop_prob)
     elif args.cond_drop_prob is not None:
-        raise SystemExit('error: --cond_drop_prob applies to --conditional training only')
+        raise UserError('--cond_drop_prob applies to --conditional training only; add --conditional or drop it')
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
                 training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
                 calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path,

@@ -15,12 +15,11 @@ from typing import Any
 
 import torch
 
-from .conditional import NUM_DIGITS, Guidance, GuidedUnet, balanced_labels
 from .metrics import Evaluator, reference_evaluator
 from .run_folder import find_milestone, milestones
 from .checkpoints import load_model as load_checkpoint_model
-from .sampling import default_batch_size, default_precision, prepare_for_inference, sample as sample_diffusion
-from .sampler_table import resolve_steps
+from .sampling import conditioning, default_batch_size, default_precision, prepare_for_inference
+from .sampling import sample as sample_diffusion
 from .device import pick_device
 from .settings import SHIPPED
 from .utils import UserError, save_grid as save_grid_png
@@ -95,14 +94,9 @@ def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta:
     equal numbers, in blocks of one digit, with classifier-free guidance eps_u + W (eps_c - eps_u), W =
     guidance_scale (1: unguided)."""
     batch = default_batch_size(model.device, n) if batch_size is None else batch_size
-    conditional = isinstance(model.diffusion.model, GuidedUnet)
-    if not conditional and (digits is not None or guidance_scale != 1):
-        raise UserError('digits and guidance_scale need a class-conditional model; this one is unconditional')
-    labels = balanced_labels(n, digits if digits is not None else range(NUM_DIGITS)) if conditional else None
-    return sample_diffusion(model.diffusion, strategy=strategy, num_samples=n, batch_size=batch,
-                            steps=resolve_steps(strategy, steps, model.timesteps) if steps is not None else None,
-                            eta=eta, seed=seed, labels=labels,
-                            guidance=Guidance(guidance_scale, False, 0.0))
+    labels, guidance = conditioning(model.diffusion, n, digits=digits, guidance_scale=guidance_scale)
+    return sample_diffusion(model.diffusion, strategy=strategy, num_samples=n, batch_size=batch, steps=steps,
+                            eta=eta, seed=seed, labels=labels, guidance=guidance)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, *, record: dict | None = None) -> Path:

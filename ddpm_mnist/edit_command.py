@@ -40,7 +40,7 @@ def prepare_images(*, size, input=None, **_):
     converted = editing.load_inputs(input, size)
     for note in converted.notes:
         print(f'input {note}')
-    return dict(images=converted.images, input_size=editing.open_image(input[0]).size)
+    return dict(images=converted.images, input_size=converted.size)
 
 
 def prepare_inpaint(*, size, input, mask, **_):

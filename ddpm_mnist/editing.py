@@ -15,7 +15,7 @@ from .sampling import batch_generator, check_settings, initial_noise
 from .utils import UserError
 
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
-Converted = namedtuple('Converted', 'images notes')
+Converted = namedtuple('Converted', 'images notes size')  # size: the inputs' own (width, height)
 Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
 
 
@@ -54,7 +54,7 @@ def load_inputs(paths, size):
                         'images of one size')
     notes = [f'{path}: {image.size[0]}x{image.size[1]} {image.mode} -> {size}x{size} grayscale'
              for path, image in zip(paths, opened)]
-    return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes)
+    return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes, sizes.pop())
 
 
 def named_mask(name, size):

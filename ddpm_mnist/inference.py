@@ -7,11 +7,11 @@ import torch
 from .checkpoints import load_model
 from .device import keep_freed_memory, pick_device
 from .classifier import SECOND_WEIGHTS, load_classifier
-from .conditional import NUM_DIGITS, Guidance, GuidedUnet, balanced_labels
+from .conditional import NUM_DIGITS
 from .metrics import Evaluator, inception_fid, inception_model, reference_evaluator
 from .run_folder import find_milestone
 from .sampler_table import SAMPLERS, grid_name, resolve_steps
-from .sampling import check_settings, default_batch_size, default_precision, prepare_for_inference, timed_sample
+from .sampling import check_settings, conditioning, default_batch_size, default_precision, prepare_for_inference, timed_sample
 from .settings import SHIPPED, SHIPPED_CONDITIONAL
 from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, run_sweep, sweep_configs
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
@@ -107,13 +107,9 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     num_samples = 25 if num_samples is None else num_samples
     batch_size = default_batch_size(device, num_samples) if batch_size is None else batch_size
     check_settings(strategy, steps, eta or 0.0, num_samples, batch_size, total)  # before any folder is made
-    conditional = isinstance(diffusion.model, GuidedUnet)
-    if not conditional and (digits is not None or guidance_scale != 1):
-        raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional model '
-                        '(--conditional for the shipped one); this one is unconditional')
-    digits = list(range(NUM_DIGITS)) if digits is None else digits
-    labels = balanced_labels(num_samples, digits) if conditional else None
-    guidance = Guidance(guidance_scale, guidance_remove_parallel, guidance_rescaled_phi)
+    labels, guidance = conditioning(diffusion, num_samples, digits=digits, guidance_scale=guidance_scale,
+                                    remove_parallel=guidance_remove_parallel, rescaled_phi=guidance_rescaled_phi)
+    conditional, digits = labels is not None, list(range(NUM_DIGITS)) if digits is None else digits
     out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / strategy)
     remove_stale_temporaries(out_dir)
     images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
@@ -169,12 +165,8 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     samplers, steps, etas, solver_steps, n = sweep_settings(
         quick=quick, compare_samplers=compare_samplers, compare_ddpm=compare_ddpm, compare_steps=compare_steps,
         compare_etas=compare_etas, compare_solver_steps=compare_solver_steps, num_samples=num_samples)
-    conditional = isinstance(diffusion.model, GuidedUnet)
-    if not conditional and (digits is not None or guidance_scale != 1):
-        raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional model '
-                        '(--conditional for the shipped one); this one is unconditional')
-    labels = balanced_labels(n, digits or range(NUM_DIGITS)) if conditional else None
-    guidance = Guidance(guidance_scale, guidance_remove_parallel, guidance_rescaled_phi)
+    labels, guidance = conditioning(diffusion, n, digits=digits, guidance_scale=guidance_scale,
+                                    remove_parallel=guidance_remove_parallel, rescaled_phi=guidance_rescaled_phi)
     total = diffusion.num_timesteps  # default step counts above T are dropped; explicit ones are an error
     steps = steps if compare_steps else [s for s in steps if s <= total]
     solver_steps = solver_steps if compare_solver_steps else [s for s in solver_steps if s <= total]

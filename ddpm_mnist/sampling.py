@@ -15,7 +15,7 @@ from .attention import use_fast_attention
 from .device import cpu_has_bf16, synchronize
 from .sampler_table import SAMPLERS, resolve_steps
 from .samplers import build_sampler
-from .conditional import UNGUIDED, GuidedUnet, balanced_labels
+from .conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from .utils import UserError
 
 
@@ -153,6 +153,19 @@ def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None
             diffusion.model.condition(labels[start:start + batch_size], guidance)
         out.append(run_batch(diffusion, sampler, noise[start:start + batch_size], generator, clip_x0).cpu())
     return torch.cat(out)
+
+
+def conditioning(diffusion, num_samples, *, digits=None, guidance_scale=1.0, remove_parallel=False,
+                 rescaled_phi=0.0):
+    """(labels, guidance) of a sampling run: `digits` (default all ten) in equal blocks on a conditional model, None
+    on an unconditional one, which refuses digits and guidance in one line."""
+    if not isinstance(diffusion.model, GuidedUnet):
+        if digits is not None or guidance_scale != 1:
+            raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional '
+                            'model (--conditional for the shipped one); this one is unconditional')
+        return None, UNGUIDED
+    labels = balanced_labels(num_samples, range(NUM_DIGITS) if digits is None else digits)
+    return labels, Guidance(guidance_scale, remove_parallel, rescaled_phi)
 
 
 def check_labels(diffusion, labels, num_samples):

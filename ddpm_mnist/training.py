@@ -231,12 +231,6 @@ class MnistTrainer(Trainer):
         except Exception:
             load_checkpoint(milestone_path(self.results_folder, milestone))  # names what is wrong, one line
             raise
-        model = self.accelerator.unwrap_model(self.model)
-        broken = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
-        if broken:
-            raise UserError(f'model-{milestone}.pt holds NaN or infinite weights (e.g. {broken[0]}); the run diverged '
-                            'before it was saved. Copy an earlier milestone to a new --results_folder and resume '
-                            'there, with a lower --train_lr')
         self.losses = {step: loss for step, loss in read_loss_log(self.results_folder).items() if step <= self.step}
         earlier = load_checkpoint(milestone_path(self.results_folder, milestone))
         self.wall_seconds_before = float(earlier.get('wall_seconds', 0.0))
