@@ -13,6 +13,7 @@ PNG with its record (the results alone, in input order) and, for inpainting and 
 mask and result side by side, under RESULTS_FOLDER/<model>/edit/.
 """
 import argparse
+from typing import Sequence
 import math
 
 from ddpm_mnist.sampler_table import SAMPLERS
@@ -22,7 +23,7 @@ from ddpm_mnist.validation import Rule, at_least, check_flags, fraction
 MASK_NAMES = ('top', 'bottom', 'left', 'right', 'centre')
 
 
-def add_model_flags(p):
+def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('model')
     g.add_argument('--checkpoint', help='model-N.pt or exported .safetensors to edit with (default: the shipped model)')
     g.add_argument('--milestone', type=int, help='model-N.pt of --results_folder')
@@ -36,7 +37,7 @@ def add_model_flags(p):
     g.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='operation', required=True, metavar='{inpaint,sdedit,invert,interpolate}')
 
@@ -87,7 +88,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.edit_command import run_edit
     values = {k: v for k, v in vars(args).items() if v is not None or k in ('steps', 'eta')}

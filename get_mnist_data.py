@@ -1,12 +1,13 @@
 """Get MNIST and write it as a folder of PNG images (plus labels.csv) for train_ddpm_mnist.py."""
 import argparse
+from typing import Sequence
 from pathlib import Path
 
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg
 from ddpm_mnist.utils import run_cli
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--split', choices=['train', 'test', 'all'], default='train',
                    help='which MNIST split to write (default: train, as the original; all = train then test)')
@@ -20,7 +21,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.data import download_split, folder_is_complete, read_raw_split, write_image_folder
     from ddpm_mnist.utils import remove_stale_temporaries

@@ -10,6 +10,7 @@ Examples:
 Without --milestone or --checkpoint the shipped pretrained model is used.
 """
 import argparse
+from typing import Sequence
 
 from ddpm_mnist.sampler_table import SAMPLERS
 from ddpm_mnist.settings import add_data_root_arg, add_model_args, add_raw_dir_arg, comma_floats, comma_ints
@@ -19,7 +20,7 @@ from ddpm_mnist.validation import check_flags, parse_digits
 STRATEGY_HELP = ', '.join(f'{name} = {spec.label}' for name, spec in SAMPLERS.items())
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddpm',
                    help=f'sampler: {STRATEGY_HELP}. DDPM always runs all T steps; the others S = --sample_steps '
@@ -117,7 +118,7 @@ SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'co
                'digits', 'guidance_scale', 'guidance_remove_parallel', 'guidance_rescaled_phi')
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.inference import run_comparison, sample_grid
     from ddpm_mnist.settings import model_overrides

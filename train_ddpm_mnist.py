@@ -4,6 +4,7 @@ Writes config.json, milestone checkpoints model-N.pt and sample grids sample-N.p
 Multi-GPU: accelerate launch train_ddpm_mnist.py ... (see docs/usage.md).
 """
 import argparse
+from typing import Any, Sequence
 import shlex
 import sys
 
@@ -11,7 +12,7 @@ from ddpm_mnist.settings import PRESETS, TRAINING_FLAGS, add_model_args, model_o
 from ddpm_mnist.utils import UserError, run_cli
 from ddpm_mnist.validation import SQUARE, check_flags
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', choices=sorted(PRESETS), default='seed',
                    help='seed: the original project exactly (36M-parameter Unet, 100k steps; needs a GPU); '
@@ -71,7 +72,7 @@ def parse_args(argv=None):
     return args
 
 
-def config_kwargs(args):
+def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The settings of build_config, from the flags: explicit model, diffusion and training flags over the preset."""
     values = vars(args)
     overrides = model_overrides(values)
@@ -86,7 +87,7 @@ def config_kwargs(args):
                 min_snr_gamma=args.min_snr_gamma)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.training import train_model
     train_model(**config_kwargs(args), data_folder=args.data_folder, mixed_precision_type=args.mixed_precision_type,

@@ -152,7 +152,7 @@ def overhead_markdown(machine, precision, rows):
     return '\n'.join(lines) + '\n'
 
 
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu', help='cpu or cuda (default: %(default)s)')
     p.add_argument('--batches', type=lambda s: [int(x) for x in s.split(',')], default=None,

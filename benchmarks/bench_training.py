@@ -7,6 +7,7 @@ Not a test: run it alone (anything else on the cores skews it), e.g.
 Writes benchmarks/results/bench_training_<device>.{json,md}.
 """
 import argparse
+from typing import Sequence
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ LEVERS_HELP = ('comma-separated variants to time (default: all). Each is a train
                'this file')
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data_folder', default='data/mnist_image_folder',
                    help='PNG folder made by get_mnist_data.py, for the data-pipeline rows (default: %(default)s)')
@@ -74,7 +75,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import json
     import platform

@@ -6,13 +6,14 @@ print each run's mean loss over step windows, so a speed change can be shown not
         --output benchmarks/results/loss_curves.png
 """
 import argparse
+from typing import Sequence
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('runs', nargs='+',
                    help='training results folders, each with a loss.csv; FOLDER:FIRST shifts a run continued with '

@@ -7,10 +7,12 @@
 The public API (load_model, sample, save_grid, evaluate, Model) is imported on first use, so the command-line
 scripts' --help stays free of torch.
 """
+from __future__ import annotations
+
 __all__ = ['Model', 'evaluate', 'load_model', 'sample', 'save_grid']
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     if name in __all__:
         from . import api
         return getattr(api, name)

@@ -8,29 +8,31 @@ scaled_dot_product_attention, and the result comes back already channels_last.
 Same parameters, same state dict. Inference swaps both in (sampling.prepare_for_inference); training only the
 linear one (fast_training.apply_levers; see use_fast_attention).
 """
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Attention, LinearAttention
 
 
-def split_qkv(qkv):
+def split_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(b, 3*c, x, y) -> q, k, v as (b, x*y, c) views (no copy when qkv is channels_last)."""
     b, c3, x, y = qkv.shape
     return qkv.permute(0, 2, 3, 1).reshape(b, x * y, 3, c3 // 3).unbind(dim=2)
 
 
-def to_image(out, x, y):
+def to_image(out: torch.Tensor, x: int, y: int) -> torch.Tensor:
     """(b, x*y, c) -> (b, c, x, y), channels_last."""
     return out.reshape(out.shape[0], x, y, -1).permute(0, 3, 1, 2)
 
 
-def with_memory(mem, t):
+def with_memory(mem: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Prepend the learned memory (m, c) to t (b, n, c) along the pixel axis."""
     return torch.cat((mem.to(t.dtype).expand(t.shape[0], -1, -1), t), dim=1)
 
 
 class FastLinearAttention(LinearAttention):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
         q, k, v = split_qkv(self.to_qkv(self.norm(x)))
         mk, mv = (m.flatten(0, 1).t() for m in self.mem_kv)  # (heads, dim, m) -> (m, heads * dim)
@@ -42,7 +44,7 @@ class FastLinearAttention(LinearAttention):
 
 
 class FastAttention(Attention):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
         q, k, v = split_qkv(self.to_qkv(self.norm(x)))
         mk, mv = (m.transpose(0, 1).flatten(1) for m in self.mem_kv)  # (heads, m, dim) -> (m, heads * dim)
@@ -52,7 +54,7 @@ class FastAttention(Attention):
         return self.to_out(to_image(out.transpose(1, 2).flatten(2), h, w))
 
 
-def use_fast_attention(unet, *, full=True):
+def use_fast_attention(unet: torch.nn.Module, *, full: bool = True) -> torch.nn.Module:
     """Swap every library attention layer in `unet` for its layout-aware twin, in place. full=False keeps the
     library's full attention, as training does: compiled, its einsum maths trains faster than the fused kernel,
     whose backward is slow on a CPU for MNIST's 64-pixel sequences (benchmarks/bench_training.py)."""

@@ -1,11 +1,15 @@
 """What a checkpoint's tensors and files say about the model: its Unet weights and diffusion buffers, the
 architecture, schedule and objective they reveal (legacy checkpoints without a config), and the config resolved and
 checked against explicit flags."""
+from __future__ import annotations
+
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .hints import Checkpoint, Config, PathLike, StateDict
 from .model import SCHEDULE_FUNCTIONS, arch_differences, list_if_seq
 from .run_folder import read_config
 from .settings import FLAG_OF, MODEL_KEYS, ORIGINAL
@@ -14,7 +18,7 @@ from .utils import UserError, read_json
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DistributedDataParallel and torch.compile
 
 
-def strip_prefixes(state, prefix):
+def strip_prefixes(state: StateDict, prefix: str) -> StateDict:
     """Keys under `prefix`, with the prefix and any wrapper prefixes (module., _orig_mod.) removed."""
     out = {}
     for key, value in state.items():
@@ -25,7 +29,7 @@ def strip_prefixes(state, prefix):
     return out
 
 
-def unet_weights(ckpt, path, use_ema=True):
+def unet_weights(ckpt: Checkpoint, path: PathLike, use_ema: bool = True) -> StateDict:
     """The Unet state dict of a checkpoint: EMA weights by default, online weights only if asked."""
     if 'unet' in ckpt:  # shipped safetensors: EMA Unet weights only
         if not use_ema:
@@ -44,7 +48,7 @@ def unet_weights(ckpt, path, use_ema=True):
     return state
 
 
-def diffusion_buffers(ckpt):
+def diffusion_buffers(ckpt: Checkpoint) -> StateDict:
     """The GaussianDiffusion buffers (betas, loss_weight, ...) saved with a Trainer checkpoint."""
     for source, prefix in (('model', ''), ('ema', 'ema_model.')):
         state = strip_prefixes(ckpt.get(source) or {}, prefix)
@@ -53,7 +57,7 @@ def diffusion_buffers(ckpt):
     return {}
 
 
-def infer_unet_arch(unet_state):
+def infer_unet_arch(unet_state: StateDict) -> dict[str, Any]:
     """Unet dim, dim_mults and channels from the shapes of a Unet state dict."""
     try:
         dim, channels = unet_state['init_conv.weight'].shape[:2]
@@ -70,7 +74,7 @@ def infer_unet_arch(unet_state):
                 num_classes=int(classes.shape[0]) if classes is not None else None)
 
 
-def detect_schedule(betas):
+def detect_schedule(betas: torch.Tensor) -> str | None:
     """Name of the library beta schedule that produced `betas`, or None."""
     betas = betas.double().cpu()
     for name, fn in SCHEDULE_FUNCTIONS.items():
@@ -79,7 +83,7 @@ def detect_schedule(betas):
     return None
 
 
-def detect_objective(loss_weight, alphas_cumprod):
+def detect_objective(loss_weight: torch.Tensor, alphas_cumprod: torch.Tensor) -> str | None:
     """Objective from the library's loss_weight buffer: 1 for pred_noise, snr for pred_x0, snr/(snr+1) for pred_v."""
     ac = alphas_cumprod.double().cpu()
     snr = ac / (1 - ac)
@@ -92,7 +96,8 @@ def detect_objective(loss_weight, alphas_cumprod):
     return None
 
 
-def detected_from_buffers(ckpt):
+def detected_from_buffers(ckpt: Checkpoint) -> dict[str, Any]:
+    """Diffusion settings (timesteps, beta_schedule, objective) that a checkpoint's saved buffers reveal."""
     buffers, found = diffusion_buffers(ckpt), {}
     if 'betas' in buffers:
         found['timesteps'] = len(buffers['betas'])
@@ -106,7 +111,7 @@ def detected_from_buffers(ckpt):
     return found
 
 
-def detect_legacy_config(ckpt, unet_state):
+def detect_legacy_config(ckpt: Checkpoint, unet_state: StateDict) -> Config:
     """Config for a checkpoint without one: the original's defaults, corrected by what the file reveals."""
     config = copy.deepcopy(ORIGINAL)
     config['model'].update(infer_unet_arch(unet_state))
@@ -116,14 +121,14 @@ def detect_legacy_config(ckpt, unet_state):
     return config
 
 
-def buffer_conflicts(ckpt, config):
+def buffer_conflicts(ckpt: Checkpoint, config: Config) -> list[str]:
     """Where the diffusion buffers saved in a checkpoint (betas, loss_weight) contradict a config."""
     found = detected_from_buffers(ckpt)
     return [f'{key}: {value} in the weights vs {config["diffusion"].get(key)} in the config'
             for key, value in found.items() if value != config['diffusion'].get(key)]
 
 
-def check_agrees(path, ckpt, config, what):
+def check_agrees(path: PathLike, ckpt: Checkpoint, config: Config, what: str) -> None:
     """Refuse a checkpoint whose weights or buffers say another model than `config` (named by `what`)."""
     state = unet_weights(ckpt, path, use_ema='unet' in ckpt or not ckpt.get('model'))
     diffs = arch_differences({'model': infer_unet_arch(state), 'diffusion': config['diffusion']}, config)
@@ -133,7 +138,7 @@ def check_agrees(path, ckpt, config, what):
                         'or settings that match the checkpoint')
 
 
-def find_config(path, ckpt, unet_state):
+def find_config(path: PathLike, ckpt: Checkpoint, unet_state: StateDict) -> tuple[Config, bool]:
     """(config, legacy): the settings a checkpoint was trained with (embedded, its sidecar JSON or config.json
     beside it), else, for a file without any (legacy), the original's defaults corrected by its tensors."""
     path = Path(path)
@@ -147,7 +152,7 @@ def find_config(path, ckpt, unet_state):
     return config, False
 
 
-def check_overrides(path, config, overrides, *, legacy):
+def check_overrides(path: PathLike, config: Config, overrides: Config, *, legacy: bool) -> None:
     """Explicit flags may only repeat what the checkpoint says; a contradiction is an error. For a legacy
     checkpoint they also fill in what its file cannot reveal (e.g. image_size), in place."""
     known = {'model': set(MODEL_KEYS), 'diffusion': set(config['detected'])} if legacy else None
@@ -161,7 +166,8 @@ def check_overrides(path, config, overrides, *, legacy):
                                 f'{key}={ours}; drop the flag')
 
 
-def check_consistent(path, ckpt, unet_state, config, *, legacy):
+def check_consistent(path: PathLike, ckpt: Checkpoint, unet_state: StateDict, config: Config, *,
+                     legacy: bool) -> None:
     """The weights' shapes and the saved diffusion buffers must say what the config says."""
     diffs = arch_differences(config, {'model': infer_unet_arch(unet_state), 'diffusion': config['diffusion']})
     if diffs:
@@ -172,7 +178,7 @@ def check_consistent(path, ckpt, unet_state, config, *, legacy):
                         'the config is wrong, do not trust it')
 
 
-def resolve_config(path, ckpt, unet_state, overrides):
+def resolve_config(path: PathLike, ckpt: Checkpoint, unet_state: StateDict, overrides: Config) -> Config:
     """Settings for a checkpoint: found (find_config), checked against explicit flags and against its tensors."""
     config, legacy = find_config(path, ckpt, unet_state)
     check_overrides(path, config, overrides, legacy=legacy)

@@ -1,16 +1,20 @@
 """Checkpoint and export I/O: safe loading of any checkpoint into a ready model, saving milestones, the weights a
 run continues from (--init_from), the shipped export and the provenance it carries."""
+from __future__ import annotations
+
 import copy
 import json
 import zipfile
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint_config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
+from .hints import Checkpoint, Config, PathLike
 from .model import arch_differences, build_diffusion, build_unet
 from .run_folder import milestone_path
 from .utils import DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
@@ -20,13 +24,13 @@ Loaded = namedtuple('Loaded', 'diffusion config info')
 Parent = namedtuple('Parent', 'online ema record')
 
 
-def save_checkpoint(data, path):
+def save_checkpoint(data: Checkpoint, path: PathLike) -> None:
     """torch.save through a temporary file and a rename: a crash never leaves a half-written model-N.pt."""
     with atomic_path(path, needed=tensor_bytes(data)) as tmp:
         torch.save(data, tmp)
 
 
-def load_checkpoint(path, map_location='cpu'):
+def load_checkpoint(path: PathLike, map_location: str = 'cpu') -> Checkpoint:
     """Load a .pt checkpoint without unpickling code, with one-line errors for every way it can be bad."""
     path = Path(path)
     if path.suffix == '.safetensors':
@@ -40,7 +44,7 @@ def load_checkpoint(path, map_location='cpu'):
     return data
 
 
-def load_weights_file(path, what='weights file', map_location='cpu'):
+def load_weights_file(path: PathLike, what: str = 'weights file', map_location: str = 'cpu') -> Any:
     """torch.load with weights_only=True (a file can never run code), and a one-line error naming the file
     and what is wrong with it for every way it can be bad: missing, empty, truncated, hostile, not PyTorch."""
     path = Path(path)
@@ -62,21 +66,23 @@ def load_weights_file(path, what='weights file', map_location='cpu'):
                         'file') from None
 
 
-def load_safetensors(path):
+def load_safetensors(path: PathLike) -> Checkpoint:
+    """An exported .safetensors as {'unet': its EMA Unet weights}."""
     try:
         return {'unet': load_file(path)}
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f'{path} is not a readable safetensors file ({err})') from None
 
 
-def read_weights(path, overrides=None, use_ema=True):
+def read_weights(path: PathLike, overrides: Config | None = None, use_ema: bool = True) -> Weights:
     """(checkpoint, Unet state dict, config) of any supported checkpoint, checked against each other."""
     ckpt = load_checkpoint(path)
     state = unet_weights(ckpt, path, use_ema=use_ema)
     return Weights(ckpt, state, resolve_config(path, ckpt, state, overrides or {}))
 
 
-def load_model(path, overrides=None, use_ema=True, device='cpu'):
+def load_model(path: PathLike, overrides: Config | None = None, use_ema: bool = True,
+               device: str | torch.device = 'cpu') -> Loaded:
     """Any supported checkpoint as a GaussianDiffusion ready for sampling: Loaded(diffusion, config, info)."""
     path = Path(path)
     ckpt, state, config = read_weights(path, overrides, use_ema)
@@ -100,7 +106,7 @@ def load_model(path, overrides=None, use_ema=True, device='cpu'):
     return Loaded(diffusion, config, info)
 
 
-def read_parent(path, config):
+def read_parent(path: PathLike, config: Config) -> Parent:
     """The weights a run starts from (--init_from: shipped safetensors, an export or any milestone), refused in one
     line when they are another model than the run's; Parent(online, ema Unet state dicts, record for config.json)."""
     path = Path(path)
@@ -116,12 +122,13 @@ def read_parent(path, config):
     online = ema if 'unet' in ckpt else unet_weights(ckpt, path, use_ema=False)
     parent_provenance = (parent_config.get('provenance') if 'unet' in ckpt
                          else provenance(ckpt, parent_config) if 'training' in parent_config else None)
-    record = dict(file=path.name, sha256_16=file_digest(path), weights='ema only' if 'unet' in ckpt else 'online and ema',
+    record = dict(file=path.name, sha256_16=file_digest(path),
+                  weights='ema only' if 'unet' in ckpt else 'online and ema',
                   provenance=without_absolute_paths(parent_provenance))
     return Parent(online, ema, record)
 
 
-def export_ema(checkpoint, output_stem):
+def export_ema(checkpoint: PathLike, output_stem: PathLike) -> Path:
     """Write OUTPUT.safetensors (EMA Unet weights) and OUTPUT.json (config and provenance)."""
     ckpt, state, config = read_weights(checkpoint)
     state = {k: v.contiguous() for k, v in state.items()}
@@ -142,7 +149,7 @@ def export_ema(checkpoint, output_stem):
     return weights
 
 
-def images_seen(ckpt, config):
+def images_seen(ckpt: Checkpoint, config: Config) -> int | None:
     """Training images a checkpoint's run has seen: counted by the Trainer since it was written (right across
     resumes on another number of processes), else step x batch x accumulation x processes."""
     if ckpt.get('images_seen') is not None:
@@ -156,7 +163,7 @@ def images_seen(ckpt, config):
 SEGMENT_KEYS = ('training_set', 'training_images', 'steps', 'images_seen', 'wall_seconds', 'machines', 'command')
 
 
-def provenance(ckpt, config):
+def provenance(ckpt: Checkpoint, config: Config) -> dict[str, Any]:
     """What the weights came from, in words a reader can check: data, steps, images seen, time, machine, and
     (for a run continued with --init_from) every earlier run: `segments`, oldest first, and their totals."""
     data = config.get('data', {})
@@ -170,14 +177,14 @@ def provenance(ckpt, config):
                 total_wall_seconds=round(sum(seg.get('wall_seconds') or 0 for seg in segments), 1))
 
 
-def segments_of(record):
+def segments_of(record: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The training runs behind a provenance record, oldest first (records before segments: one run)."""
     if not record:
         return []
     return list(record.get('segments') or [{k: record.get(k) for k in SEGMENT_KEYS}])
 
 
-def without_absolute_paths(value):
+def without_absolute_paths(value: Any) -> Any:
     """The build machine's absolute paths mean nothing elsewhere: keep only the last component."""
     if isinstance(value, dict):
         return {k: without_absolute_paths(v) for k, v in value.items()}
@@ -190,7 +197,7 @@ def without_absolute_paths(value):
     return value
 
 
-def check_resumable(folder, milestone, config):
+def check_resumable(folder: PathLike, milestone: int, config: Config) -> None:
     """The milestone a run resumes from must hold this run's model (weights and diffusion buffers), all finite;
     checked before the run takes the folder's lock or writes anything."""
     path = milestone_path(folder, milestone)

@@ -1,5 +1,8 @@
 """A small LeNet-style MNIST classifier: the feature network behind the project's offline metrics."""
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -7,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .hints import PathLike
 from .utils import UserError, atomic_path, read_json, write_json
 
 WEIGHTS = Path(__file__).resolve().parent.parent / 'pretrained' / 'mnist_classifier.safetensors'
@@ -14,7 +18,7 @@ FEATURE_DIM = 128
 
 
 class LeNet(nn.Module):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 14x14
@@ -24,7 +28,7 @@ class LeNet(nn.Module):
         self.features = nn.Sequential(nn.Flatten(), nn.Linear(64 * 5 * 5, FEATURE_DIM), nn.ReLU())
         self.head = nn.Linear(FEATURE_DIM, 10)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate features, logits) for images in [0, 1], shape (N, 1, 28, 28)."""
         f = self.features(self.conv((x - 0.1307) / 0.3081))
         return f, self.head(f)
@@ -34,17 +38,17 @@ class WideNet(nn.Module):
     """The second feature network (another architecture, trained with another seed): batch-normalised convolutions
     and global average pooling, so that a ranking the two feature spaces agree on is not an accident of one."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
 
-        def block(c_in, c_out):
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
         self.conv = nn.Sequential(*block(1, 48), *block(48, 48), nn.MaxPool2d(2),       # 14x14
                                   *block(48, 96), *block(96, 96), nn.MaxPool2d(2),      # 7x7
                                   *block(96, FEATURE_DIM), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(FEATURE_DIM, 10)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.conv((x - 0.1307) / 0.3081)
         return f, self.head(f)
 
@@ -53,7 +57,7 @@ ARCHITECTURES = {'lenet': LeNet, 'wide': WideNet}
 SECOND_WEIGHTS = WEIGHTS.with_name('mnist_classifier_wide.safetensors')
 
 
-def to_classifier_input(images):
+def to_classifier_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (N, 28, 28) or float (N, 1, H, W) in [0, 1] -> float (N, 1, 28, 28)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.array(images))
@@ -66,14 +70,15 @@ def to_classifier_input(images):
     return images.clamp(0, 1)
 
 
-def as_training_resolution(images, size=32):
+def as_training_resolution(images: torch.Tensor | np.ndarray, size: int = 32) -> torch.Tensor:
     """Real 28x28 digits resized as the library's Dataset does for training, so real and generated
     images reach the classifier through the same 28 -> size -> 28 resampling."""
     x = to_classifier_input(images)
     return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
 
 
-def load_classifier(path=WEIGHTS):
+def load_classifier(path: PathLike = WEIGHTS) -> nn.Module:
+    """A feature network from its safetensors (architecture from the .json beside it), in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'classifier weights {path} missing; train them with: python3 scripts/train_classifier.py')
@@ -84,7 +89,8 @@ def load_classifier(path=WEIGHTS):
 
 
 @torch.inference_mode()
-def classify(model, images, batch_size=1000):
+def classify(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray,
+             np.ndarray]:
     """(features (N, 128), probabilities (N, 10)) as float64 numpy arrays."""
     x = to_classifier_input(images)
     feats, probs = [], []
@@ -95,7 +101,9 @@ def classify(model, images, batch_size=1000):
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def train_classifier(images, labels, epochs=12, seed=0, batch_size=128, lr=2e-3, arch='lenet'):
+def train_classifier(images: torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray, epochs: int = 12,
+                     seed: int = 0,
+                     batch_size: int = 128, lr: float = 2e-3, arch: str = 'lenet') -> nn.Module:
     """Train a feature network (LeNet, or the second one: 'wide') with small random shifts and rotations;
     deterministic for a given seed on the CPU."""
     torch.manual_seed(seed)
@@ -116,7 +124,7 @@ def train_classifier(images, labels, epochs=12, seed=0, batch_size=128, lr=2e-3,
     return model.eval()
 
 
-def augment(x, generator):
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random affine: up to 10 degrees, 2 px shift, 10% scale. Never flips (digits are not symmetric)."""
     n = len(x)
     angle = (torch.rand(n, generator=generator) - 0.5) * 2 * np.deg2rad(10)
@@ -128,12 +136,14 @@ def augment(x, generator):
     return F.grid_sample(x, grid, align_corners=False)
 
 
-def accuracy(model, images, labels):
+def accuracy(model: nn.Module, images: torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Share of images whose most probable class is their label."""
     _, probs = classify(model, images)
     return float((probs.argmax(1) == np.asarray(labels)).mean())
 
 
-def save_classifier(model, path, info):
+def save_classifier(model: nn.Module, path: PathLike, info: dict[str, Any]) -> None:
+    """Weights as safetensors and `info` (architecture, seed, accuracy) as the .json beside them."""
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

@@ -6,12 +6,14 @@ Training uses the library's conditional GaussianDiffusion (its loss takes the la
 GuidedUnet, which every sampler of the registry calls like an unconditional Unet: the conditional and unconditional
 halves go through one batched Unet call, and their outputs are combined as eps_u + W (eps_c - eps_u).
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from typing import Any, Sequence
 
 import torch
 from denoising_diffusion_pytorch import classifier_free_guidance as library_cfg
 from torch import nn
-
 
 NUM_DIGITS = 10
 Guidance = namedtuple('Guidance', 'scale remove_parallel rescaled_phi')
@@ -23,13 +25,14 @@ class LowestAttentionConditionalUnet(library_cfg.Unet):
     model.LowestAttentionUnet does for the unconditional one): attention at the lowest level and in the middle only.
     Same state-dict keys, less those layers' weights."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for level in (*self.downs[:-1], *self.ups[1:]):
             level[2] = nn.Identity()  # the library applies it as x = attn(x), a Residual
 
 
-def build_conditional_unet(model_cfg):
+def build_conditional_unet(model_cfg: dict[str, Any]) -> library_cfg.Unet:
+    """The library's conditional Unet (or its lowest-attention subclass) for a config's model section."""
     unet_class = LowestAttentionConditionalUnet if model_cfg.get('attention') == 'lowest' else library_cfg.Unet
     return unet_class(dim=model_cfg['dim'], dim_mults=tuple(model_cfg['dim_mults']), channels=model_cfg['channels'],
                       num_classes=model_cfg['num_classes'], cond_drop_prob=model_cfg.get('cond_drop_prob', 0.1))
@@ -41,17 +44,17 @@ class GuidedUnet(nn.Module):
     unconditional one. The library's own guidance (parallel-component removal, rescaling) is available through
     Guidance, off by default."""
 
-    def __init__(self, unet):
+    def __init__(self, unet: library_cfg.Unet) -> None:
         super().__init__()
         self.unet = unet
         self.channels, self.self_condition, self.out_dim = unet.channels, False, unet.out_dim
         self.random_or_learned_sinusoidal_cond = False
         self.labels, self.guidance = None, UNGUIDED
 
-    def condition(self, labels, guidance=UNGUIDED):
+    def condition(self, labels: torch.Tensor | None, guidance: Guidance = UNGUIDED) -> None:
         self.labels, self.guidance = labels, guidance
 
-    def forward(self, x, time, x_self_cond=None):
+    def forward(self, x: torch.Tensor, time: torch.Tensor, x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.labels is None or len(self.labels) != len(x):
             raise RuntimeError('GuidedUnet.condition(labels) must be called for every batch before sampling')
         labels = self.labels.to(x.device)
@@ -63,7 +66,7 @@ class GuidedUnet(nn.Module):
         return guided(conditional, unconditional, self.guidance)
 
 
-def guided(conditional, unconditional, guidance):
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, guidance: Guidance) -> torch.Tensor:
     """eps_u + W (eps_c - eps_u) (Ho & Salimans 2022, Eq. 6 with w = W - 1), or the library's variant: the part of
     (eps_c - eps_u) parallel to eps_c removed, and the result rescaled to eps_c's spread (rescaled_phi)."""
     update = conditional - unconditional
@@ -78,11 +81,12 @@ def guided(conditional, unconditional, guidance):
     return out
 
 
-def is_conditional(model_cfg):
+def is_conditional(model_cfg: dict[str, Any]) -> bool:
+    """Whether a config's model section is a class-conditional Unet."""
     return bool(model_cfg.get('num_classes'))
 
 
-def balanced_labels(n, digits=tuple(range(NUM_DIGITS))):
+def balanced_labels(n: int, digits: Sequence[int] = tuple(range(NUM_DIGITS))) -> torch.Tensor:
     """n labels cycling through `digits` in blocks (all of the first digit, then the next): a grid with
     n / len(digits) columns shows one digit per row."""
     digits = list(digits)
@@ -93,13 +97,13 @@ def balanced_labels(n, digits=tuple(range(NUM_DIGITS))):
 class LabelledBatch:
     """Images with their labels, moved together by .to(device) as the library's training loop moves a batch."""
 
-    def __init__(self, images, labels):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> LabelledBatch:
         return LabelledBatch(self.images.to(device), self.labels.to(device))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.images)
 
 
@@ -110,13 +114,13 @@ class LabelledDiffusion(library_cfg.GaussianDiffusion):
 
     sampling_steps = 50
 
-    def forward(self, batch, *args, **kwargs):
+    def forward(self, batch: LabelledBatch | torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if isinstance(batch, LabelledBatch):
             return super().forward(batch.images, classes=batch.labels, **kwargs)
         return super().forward(batch, *args, **kwargs)
 
     @torch.inference_mode()
-    def sample(self, batch_size=16, **kwargs):
+    def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
         from .model import sampling_view
         from .sampling import sample
         view = sampling_view(self)

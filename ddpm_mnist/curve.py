@@ -1,13 +1,19 @@
 """Quality over training: score every milestone of a run with one cheap sampler, paired seeds, and plot FID
 against images seen with the real-data floor. Scores are cached per milestone in the run folder, keyed by
 everything that changes them, so rerunning after more milestones only scores the new ones."""
+from __future__ import annotations
+
 import csv
 from collections import namedtuple
 from pathlib import Path
+from typing import Any, Callable
+
+import torch
 
 from .checkpoints import load_model, segments_of
+from .hints import PathLike
+from .metrics import METRICS_VERSION, Evaluator
 from .run_folder import milestone_path, milestones
-from .metrics import METRICS_VERSION
 from .sampling import prepare_for_inference, sample
 from .utils import UserError, file_digest, read_json, remove_stale_temporaries, write_json
 
@@ -15,7 +21,9 @@ CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
 
 
-def score_milestone(path, evaluator, settings, device='cpu'):
+def score_milestone(path: PathLike, evaluator: Evaluator, settings: CurveSettings,
+                    device: str | torch.device = 'cpu') -> dict[str, Any]:
+    """One checkpoint's scores (DDIM with the curve's settings), with its step and images seen in all segments."""
     diffusion, config, info = load_model(path, device=device)
     prepare_for_inference(diffusion, settings.precision)
     images = sample(diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
@@ -27,14 +35,14 @@ def score_milestone(path, evaluator, settings, device='cpu'):
                 segment=len(earlier) + 1, total_images_seen=before + (info['images_seen'] or 0), **scores)
 
 
-def with_earlier_segments(rows, previous):
+def with_earlier_segments(rows: list[dict[str, Any]], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """This run's rows after the rows of earlier segments kept from a previous curve (a run continued with
     --init_from on a fresh machine has only its own milestones on disk)."""
     first = min(row.get('segment', 1) for row in rows)
     return [row for row in previous if row.get('segment', 1) < first] + rows
 
 
-def chosen_milestones(found, which):
+def chosen_milestones(found: list[int], which: str) -> list[int]:
     """'all', 'last' or '3,5' -> the milestone numbers of `found` to score."""
     if which == 'all':
         return found
@@ -50,7 +58,9 @@ def chosen_milestones(found, which):
     return sorted(wanted)
 
 
-def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', log=print, which='all'):
+def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *, classifier_digest: str,
+              device: str | torch.device = 'cpu', log: Callable[[str], None] = print,
+              which: str = 'all') -> list[dict[str, Any]]:
     """Rows of scores, one per milestone, oldest first; cached in FOLDER/milestone_scores.json."""
     folder = Path(folder)
     found = milestones(folder)
@@ -75,7 +85,8 @@ def score_run(folder, evaluator, settings, *, classifier_digest, device='cpu', l
     return rows
 
 
-def write_curve(rows, floor, out_stem, *, title, settings=None):
+def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *, title: str,
+                settings: dict[str, Any] | None = None) -> None:
     """out_stem.csv / .md / .json (the table) and out_stem.png (FID against images seen, floor drawn, segments
     of a run continued with --init_from marked)."""
     import matplotlib

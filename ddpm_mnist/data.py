@@ -1,14 +1,18 @@
 """MNIST as IDX files, as torchvision downloads, and as the PNG folder the library's Trainer reads."""
+from __future__ import annotations
+
 import csv
 import gzip
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .hints import PathLike
 from .utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
 
 IDX_NAMES = {
@@ -27,14 +31,14 @@ DOWNLOAD_HELP = ('download the four MNIST IDX files (train-images-idx3-ubyte.gz,
 
 # ---------------------------------------------------------------- IDX files
 
-def _find_idx(raw_dir, name):
+def _find_idx(raw_dir: PathLike, name: str) -> Path:
     for candidate in (raw_dir / name, raw_dir / f'{name}.gz'):
         if candidate.is_file():
             return candidate
     raise UserError(f'{raw_dir} has no {name} or {name}.gz; {DOWNLOAD_HELP}')
 
 
-def read_idx(path, magic):
+def read_idx(path: PathLike, magic: int) -> np.ndarray:
     """Read one IDX file (optionally gzipped), check its structure and return a uint8 array."""
     path = Path(path)
     opener = gzip.open if path.suffix == '.gz' else open
@@ -63,7 +67,7 @@ def read_idx(path, magic):
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def read_raw_split(raw_dir, split):
+def read_raw_split(raw_dir: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) and labels (N,) of one split from a folder of IDX files; N comes from the header."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -79,7 +83,7 @@ def read_raw_split(raw_dir, split):
     return images, labels
 
 
-def download_split(root, split):
+def download_split(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Fetch one split through torchvision (official mirrors, official MD5 checksums)."""
     from torchvision.datasets import MNIST  # here: torchvision's import is slow, and --help must stay instant
     made = [p for p in (Path(root), Path(root) / 'MNIST', Path(root) / 'MNIST' / 'raw') if not p.exists()]
@@ -96,11 +100,12 @@ def download_split(root, split):
 
 # ---------------------------------------------------------------- PNG folder
 
-def image_name(split, index):
+def image_name(split: str, index: int) -> str:
+    """The PNG name of one digit, e.g. mnist_train_00042.png."""
     return f'mnist_{split}_{index:05d}.png'
 
 
-def folder_is_complete(folder):
+def folder_is_complete(folder: PathLike) -> bool:
     """A folder is complete when its dataset.json exists and the PNG count matches it."""
     folder = Path(folder)
     info_path = folder / INFO
@@ -110,7 +115,8 @@ def folder_is_complete(folder):
     return sum(1 for _ in folder.glob('*.png')) == info.get('num_images')
 
 
-def write_image_folder(output, splits, source, force=False):
+def write_image_folder(output: PathLike, splits: dict[str, tuple[np.ndarray, np.ndarray]], source: str,
+                       force: bool = False) -> int:
     """Write {split: (images, labels)} as PNGs plus labels.csv and dataset.json, atomically.
 
     The folder is built under a hidden temporary name and renamed into place only when complete,
@@ -157,20 +163,20 @@ def write_image_folder(output, splits, source, force=False):
     except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(err, Exception) and is_disk_full(err):
+            unchanged = '; the existing folder is unchanged' if output.exists() else ''
             raise UserError(f'{disk_full_message(output, needed=ROUGH_PNG_BYTES * total)}; nothing was written '
-                            f'(the partial folder is removed){"; the existing folder is unchanged" if output.exists() else ""}'
-                            ) from None
+                            f'(the partial folder is removed){unchanged}') from None
         raise
     return total
 
 
-def list_images(folder):
+def list_images(folder: PathLike) -> list[Path]:
     """Image files the library's Dataset would train on (same extensions, recursive)."""
     folder = Path(folder)
     return sorted(p for ext in IMAGE_EXTS for p in folder.glob(f'**/*.{ext}'))
 
 
-def check_training_folder(folder):
+def check_training_folder(folder: PathLike) -> int:
     """Return the number of training images, or raise a one-line error naming what to do."""
     folder = Path(folder)
     hint = 'create it with: python3 get_mnist_data.py (offline: --raw_dir ../shared/data/mnist-full)'
@@ -184,13 +190,13 @@ def check_training_folder(folder):
     return count
 
 
-def folder_info(folder):
+def folder_info(folder: PathLike) -> dict[str, Any]:
     """What dataset.json says about a folder made by get_mnist_data.py (empty dict otherwise)."""
     path = Path(folder) / INFO
     return read_json(path) if path.is_file() else {}
 
 
-def labels_of(folder, paths):
+def labels_of(folder: PathLike, paths: Sequence[Path]) -> np.ndarray:
     """The digit of each training image, from the labels.csv that get_mnist_data.py writes beside them."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -205,7 +211,7 @@ def labels_of(folder, paths):
     return np.array([labels[p.name] for p in paths])
 
 
-def load_folder(folder, limit=None):
+def load_folder(folder: PathLike, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) (-1 where unknown) of a PNG folder, in file order."""
     folder = Path(folder)
     labels = {}
@@ -217,6 +223,6 @@ def load_folder(folder, limit=None):
     return images, np.array([labels.get(p.name, -1) for p in paths])
 
 
-def load_split(split, raw_dir=None, root='./data'):
+def load_split(split: str, raw_dir: PathLike | None = None, root: PathLike = './data') -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of an MNIST split: from IDX files in raw_dir, else through torchvision (cached in root)."""
     return read_raw_split(raw_dir, split) if raw_dir else download_split(root, split)

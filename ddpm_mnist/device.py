@@ -1,4 +1,6 @@
 """The machine: which device to use, how to wait for it, what the CPU can do, and its name for reports."""
+from __future__ import annotations
+
 import ctypes
 import platform
 from pathlib import Path
@@ -8,7 +10,8 @@ import torch
 from .utils import UserError
 
 
-def pick_device(name='auto'):
+def pick_device(name: str = 'auto') -> torch.device:
+    """'auto' -> CUDA, else MPS, else the CPU; a named device must exist here (one-line error otherwise)."""
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda')
@@ -22,14 +25,15 @@ def pick_device(name='auto'):
     return torch.device(name)
 
 
-def synchronize(device):
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer measures it."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     elif device.type == 'mps':
         torch.mps.synchronize()
 
 
-def keep_freed_memory():
+def keep_freed_memory() -> bool:
     """Let glibc reuse freed activation buffers instead of returning them to the OS and page-faulting them
     back in at every Unet op (glibc mmaps large tensors by default; docs/speed.md has the measurement).
     Process-wide, so only the command-line scripts call it; a no-op off glibc."""
@@ -41,7 +45,8 @@ def keep_freed_memory():
     return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def cpu_has_bf16():
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
     try:
         flags = open('/proc/cpuinfo').read()
     except OSError:
@@ -49,7 +54,7 @@ def cpu_has_bf16():
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def machine_name(device):
+def machine_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model with its bf16 instruction sets and torch's thread count."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)

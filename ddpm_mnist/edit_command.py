@@ -1,28 +1,33 @@
 """The editing command (edit_digits.py): check every input, then edit, then write the grids with their records.
 Nothing is written before the inputs, mask and settings are valid."""
+from __future__ import annotations
+
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
 from . import editing
+from .hints import Diffusion, PathLike
 from .inference import open_model
 from .sampling import initial_noise
 from .utils import UserError, atomic_path, ensure_writable_dir, save_grid, shown_path, write_json
 
 
-def run_edit(*, operation, checkpoint=None, milestone=None, results_folder=None, device='auto', precision='auto',
-             seed=0, batch_size=100, **settings):
+def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: int | None = None,
+             results_folder: PathLike | None = None, device: str = 'auto', precision: str = 'auto', seed: int = 0,
+             batch_size: int = 100, **settings: Any) -> dict[str, Any]:
     """One edit of edit_digits.py; returns the record written beside its grid."""
     opened = open_model(checkpoint=checkpoint, milestone=milestone, results_folder=results_folder, device=device,
                         precision=precision)
-    diffusion = opened['loaded'].diffusion
+    diffusion = opened.loaded.diffusion
     size = diffusion.image_size[0]
     prepared = PREPARE[operation](size=size, **settings)  # every input read and checked before anything is written
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
-    out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / 'edit')
+    out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / 'edit')
     record = {'operation': operation, **{k: v for k, v in settings.items() if k != 'input'},
               'inputs': [shown_path(p) for p in settings.get('input') or []], 'seed': seed,
-              'checkpoint': shown_path(opened['path']), 'precision': opened['precision'], **result.pop('record', {})}
+              'checkpoint': shown_path(opened.path), 'precision': opened.precision, **result.pop('record', {})}
     name = result.pop('name')
     save_grid(result['images'], out_dir / f'{name}.png', record, nrow=result.get('nrow'))
     if 'side_by_side' in result:
@@ -36,20 +41,24 @@ def run_edit(*, operation, checkpoint=None, milestone=None, results_folder=None,
 
 # ---------------------------------------------------------------- reading and checking the inputs
 
-def prepare_images(*, size, input=None, **_):
+def prepare_images(*, size: int, input: Sequence[PathLike] | None = None, **_: Any) -> dict[str, Any]:
+    """The input images converted to the model's size (each conversion printed), with their own size."""
     converted = editing.load_inputs(input, size)
     for note in converted.notes:
         print(f'input {note}')
     return dict(images=converted.images, input_size=converted.size)
 
 
-def prepare_inpaint(*, size, input, mask, **_):
+def prepare_inpaint(*, size: int, input: Sequence[PathLike], mask: str, **_: Any) -> dict[str, Any]:
+    """The inputs and the mask (a named half or a PNG), checked against each other."""
     prepared = prepare_images(size=size, input=input)
     prepared['mask'] = editing.load_mask(mask, input_size=prepared['input_size'], size=size)
     return prepared
 
 
-def prepare_interpolate(*, size, input=None, seeds=None, **_):
+def prepare_interpolate(*, size: int, input: Sequence[PathLike] | None = None, seeds: Sequence[int] | None = None,
+                        **_: Any) -> dict[str, Any]:
+    """The two end images, or the two seeds whose x_T are the ends."""
     return prepare_images(size=size, input=input) if input else dict(seeds=seeds)
 
 
@@ -59,7 +68,9 @@ PREPARE = {'inpaint': prepare_inpaint, 'sdedit': prepare_images, 'invert': prepa
 
 # ---------------------------------------------------------------- the edits
 
-def run_inpaint(diffusion, prepared, *, seed, batch_size, steps=None, eta=None, jump_length=10, resamples=10, **_):
+def run_inpaint(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, steps: int | None = None,
+                eta: float | None = None, jump_length: int = 10, resamples: int = 10, **_: Any) -> dict[str, Any]:
+    """RePaint on the DDPM chain (steps None, eta 1) or on DDIM steps (eta 0 unless given)."""
     eta = (1.0 if steps is None else 0.0) if eta is None else eta
     images, nfe = editing.inpaint(diffusion, prepared['images'], prepared['mask'], steps=steps, eta=eta,
                                   jump_length=jump_length, resamples=resamples, seed=seed, batch_size=batch_size)
@@ -70,14 +81,18 @@ def run_inpaint(diffusion, prepared, *, seed, batch_size, steps=None, eta=None, 
                 name=f'inpaint_{chain}_j{jump_length}_r{resamples}', record=dict(nfe_per_image=nfe, eta=eta))
 
 
-def run_sdedit(diffusion, prepared, *, seed, batch_size, strength, strategy='ddim', steps=50, eta=0.0, **_):
+def run_sdedit(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, strength: float,
+               strategy: str = 'ddim', steps: int = 50, eta: float = 0.0, **_: Any) -> dict[str, Any]:
+    """SDEdit: the inputs noised to `strength` of the chain, then denoised by a sampler of the registry."""
     images, nfe = editing.sdedit(diffusion, prepared['images'], strength=strength, strategy=strategy, steps=steps,
                                  eta=eta, seed=seed, batch_size=batch_size)
     return dict(images=images, side_by_side=interleave(prepared['images'], images), columns=2,
                 name=f'sdedit_{strategy}{steps}_strength{strength}', record=dict(nfe_per_image=nfe))
 
 
-def run_invert(diffusion, prepared, *, seed, batch_size, steps=50, **_):
+def run_invert(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, steps: int = 50,
+               **_: Any) -> dict[str, Any]:
+    """DDIM inversion to x_T and back, printing each input's round-trip error."""
     inversion = editing.invert(diffusion, prepared['images'], steps=steps, batch_size=batch_size)
     for i, (mse, psnr) in enumerate(zip(inversion.mse.tolist(), inversion.psnr.tolist())):
         print(f'input {i}: round trip with K = {steps}: MSE {mse:.2e}, PSNR {psnr:.1f} dB')
@@ -87,7 +102,9 @@ def run_invert(diffusion, prepared, *, seed, batch_size, steps=50, **_):
                 name=f'invert_ddim{steps}', record=dict(mse=inversion.mse.tolist(), psnr=inversion.psnr.tolist()))
 
 
-def run_interpolate(diffusion, prepared, *, seed, batch_size, frames=8, steps=50, gif=False, seeds=None, **_):
+def run_interpolate(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, frames: int = 8,
+                    steps: int = 50, gif: bool = False, seeds: Sequence[int] | None = None, **_: Any) -> dict[str, Any]:
+    """Frames along the spherical path between two x_T (two seeds', or two inputs' inversions)."""
     if seeds is not None:
         ends = [initial_noise(1, diffusion.channels, diffusion.image_size[0], s) for s in seeds]
         name = f'interpolate_seeds{seeds[0]}-{seeds[1]}_ddim{steps}'
@@ -103,12 +120,13 @@ def run_interpolate(diffusion, prepared, *, seed, batch_size, frames=8, steps=50
 RUN = {'inpaint': run_inpaint, 'sdedit': run_sdedit, 'invert': run_invert, 'interpolate': run_interpolate}
 
 
-def interleave(*columns):
+def interleave(*columns: torch.Tensor) -> torch.Tensor:
     """Images of several grids side by side per input: input 0's columns, then input 1's, ..."""
     return torch.stack(columns, dim=1).flatten(0, 1)
 
 
-def write_gif(images, path):
+def write_gif(images: torch.Tensor, path: Path) -> None:
+    """The frames as a looping GIF, each digit enlarged 4x."""
     from PIL import Image
     frames = [Image.fromarray(image[0].mul(255).round().byte().numpy(), mode='L').resize((112, 112), Image.NEAREST)
               for image in images]

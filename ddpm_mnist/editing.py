@@ -2,13 +2,17 @@
 interpolation in x_T. Every operation is a way of sampling the library's GaussianDiffusion; images are (N, 1, H, W)
 in [0, 1] on the CPU, like sampling.sample's.
 """
+from __future__ import annotations
+
 import math
 from collections import namedtuple
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .hints import Diffusion, PathLike
 from .sampler_table import SAMPLERS
 from .samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
 from .sampling import batch_generator, check_settings, initial_noise
@@ -21,7 +25,7 @@ Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
 
 # ---------------------------------------------------------------- inputs and masks
 
-def to_model_input(image, size):
+def to_model_input(image: Image.Image, size: int) -> torch.Tensor:
     """A PIL image as the training images were made: grayscale, resized to the model's size (the library's
     Dataset: Resize then CenterCrop), in [0, 1]."""
     image = image.convert('L')
@@ -33,7 +37,8 @@ def to_model_input(image, size):
     return torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255)[None]
 
 
-def open_image(path, what='input'):
+def open_image(path: PathLike, what: str = 'input') -> Image.Image:
+    """An image file read completely, or a one-line error: missing, or not an image."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -44,7 +49,7 @@ def open_image(path, what='input'):
         raise UserError(f'{what} {path} is not an image file ({err})') from None
 
 
-def load_inputs(paths, size):
+def load_inputs(paths: Sequence[PathLike], size: int) -> Converted:
     """Converted(images (N, 1, size, size), one note per input saying how it was converted). All inputs must have
     one size, so that a mask or a pairing means the same pixels in each."""
     opened = [open_image(path) for path in paths]
@@ -57,7 +62,7 @@ def load_inputs(paths, size):
     return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes, sizes.pop())
 
 
-def named_mask(name, size):
+def named_mask(name: str, size: int) -> torch.Tensor:
     """1 where the model generates, 0 where the input is kept: the named half (or the centre square) generated."""
     mask = torch.zeros(1, 1, size, size)
     half, quarter = size // 2, size // 4
@@ -68,7 +73,7 @@ def named_mask(name, size):
     return mask
 
 
-def load_mask(spec, *, input_size, size):
+def load_mask(spec: str, *, input_size: tuple[int, int], size: int) -> torch.Tensor:
     """A named mask, or MASK.png (white: generated, black: kept) of the inputs' own size, at the model's size."""
     if spec in MASKS:
         return named_mask(spec, size)
@@ -87,21 +92,23 @@ def load_mask(spec, *, input_size, size):
 
 # ---------------------------------------------------------------- moving along the chain
 
-def to_model_range(images):
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images * 2 - 1  # the library's normalize_to_neg_one_to_one
 
 
-def predict(diffusion, x, t, clip=True):
+def predict(diffusion: Diffusion, x: torch.Tensor, t: int, clip: bool = True) -> Any:
+    """The library's ModelPrediction(pred_noise, pred_x_start) at one timestep, for the whole batch."""
     return diffusion.model_predictions(x, full_times(t, x), clip_x_start=clip, rederive_pred_noise=clip)
 
 
-def renoise(diffusion, x, t_from, t_to, generator):
+def renoise(diffusion: Diffusion, x: torch.Tensor, t_from: int, t_to: int,
+            generator: torch.Generator | None) -> torch.Tensor:
     """x_{t_to} ~ q(x_{t_to} | x_{t_from}) for t_to > t_from: the forward process between two noise levels."""
     ratio = diffusion.alphas_cumprod[t_to] / (diffusion.alphas_cumprod[t_from] if t_from >= 0 else 1.0)
     return ratio.sqrt() * x + (1 - ratio).sqrt() * step_noise(x, generator)
 
 
-def noised(diffusion, x0, t, generator):
+def noised(diffusion: Diffusion, x0: torch.Tensor, t: int, generator: torch.Generator | None) -> torch.Tensor:
     """q(x_t | x_0) (Ho et al. 2020, Eq. 4); t = -1 is x_0 itself."""
     if t < 0:
         return x0
@@ -111,7 +118,7 @@ def noised(diffusion, x0, t, generator):
 
 # ---------------------------------------------------------------- inpainting (RePaint, Lugmayr et al. 2022)
 
-def repaint_schedule(levels, *, jump_length=10, resamples=10):
+def repaint_schedule(levels: int, *, jump_length: int = 10, resamples: int = 10) -> list[int]:
     """The RePaint walk over chain levels levels-1 .. 0, then -1 (x_0): down one level at a time, and at every
     jump_length-th level going down, back up jump_length levels, resamples - 1 times (the paper's schedule,
     its get_schedule_jump). resamples = 1 is plain replacement, the paper's baseline."""
@@ -128,7 +135,7 @@ def repaint_schedule(levels, *, jump_length=10, resamples=10):
     return path
 
 
-def chain_times(diffusion, steps=None):
+def chain_times(diffusion: Diffusion, steps: int | None = None) -> list[int]:
     """The timesteps of a chain, ascending: all T for the DDPM chain (steps None), else DDIM's S."""
     total = diffusion.num_timesteps
     if steps is None:
@@ -137,7 +144,10 @@ def chain_times(diffusion, steps=None):
 
 
 @torch.inference_mode()
-def inpaint(diffusion, images, mask, *, steps=None, eta=1.0, jump_length=10, resamples=10, seed=0, batch_size=100):
+def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
+            eta: float = 1.0,
+            jump_length: int = 10, resamples: int = 10, seed: int = 0,
+            batch_size: int = 100) -> tuple[torch.Tensor, int]:
     """RePaint: regenerate where mask is 1, keep the input where it is 0. Every denoising step (DDPM's posterior
     for steps=None, else the DDIM update on S steps with `eta`) is followed by the known pixels noised to the new
     level (Algorithm 1, line 8); the schedule's jumps re-noise the mixture and denoise it again, so the generated
@@ -163,7 +173,9 @@ def inpaint(diffusion, images, mask, *, steps=None, eta=1.0, jump_length=10, res
 
 
 @torch.inference_mode()
-def library_repaint(diffusion, images, mask, *, resample_iter=10, resample_jump=10, resample_every=50, seed=0):
+def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, resample_iter: int = 10,
+                    resample_jump: int = 10,
+                    resample_every: int = 50, seed: int = 0) -> tuple[torch.Tensor, int]:
     """The library's own repaint.py loop (its GaussianDiffusion.p_sample_loop) on the same weights: its resampling
     sets t = resample_jump whatever the current t is, so it re-noises and re-samples at that fixed t. Kept to show
     what that does (docs/editing.md). Its mask is 1 where the input is kept. Returns (images, NFE per image)."""
@@ -187,7 +199,9 @@ def library_repaint(diffusion, images, mask, *, resample_iter=10, resample_jump=
 # ---------------------------------------------------------------- SDEdit (Meng et al. 2022)
 
 @torch.inference_mode()
-def sdedit(diffusion, images, *, strength, strategy='ddim', steps=50, eta=0.0, seed=0, batch_size=100):
+def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strategy: str = 'ddim', steps: int = 50,
+           eta: float = 0.0,
+           seed: int = 0, batch_size: int = 100) -> tuple[torch.Tensor, int]:
     """Noise the inputs to the level strength x T (0 < strength <= 1) and run a sampler of the registry from there:
     the result keeps the input's layout and takes the model's style. Returns (images, NFE per image)."""
     if not 0 < strength <= 1 or not math.isfinite(strength):
@@ -217,7 +231,7 @@ def sdedit(diffusion, images, *, strength, strategy='ddim', steps=50, eta=0.0, s
 # ---------------------------------------------------------------- DDIM inversion and interpolation
 
 @torch.inference_mode()
-def ddim_invert(diffusion, images, *, steps=50, batch_size=100):
+def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> torch.Tensor:
     """x_T of each image by running DDIM with eta 0 backwards (Song et al. 2021, Sec. 4.3; Dhariwal & Nichol 2021,
     App. F): x_{t_next} = sqrt(a_next) x0_pred(x_t) + sqrt(1 - a_next) eps_pred(x_t), up the S DDIM times. The
     predictions are not clipped, so generation from x_T with the same S retraces the path."""
@@ -234,7 +248,7 @@ def ddim_invert(diffusion, images, *, steps=50, batch_size=100):
 
 
 @torch.inference_mode()
-def ddim_generate(diffusion, x_T, *, steps=50, batch_size=100):
+def ddim_generate(diffusion: Diffusion, x_T: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> torch.Tensor:
     """Images from given x_T by DDIM with eta 0 and unclipped predictions (the inverse of ddim_invert)."""
     pairs = ddim_times(diffusion.num_timesteps, steps)
     out = []
@@ -246,7 +260,7 @@ def ddim_generate(diffusion, x_T, *, steps=50, batch_size=100):
     return torch.cat(out)
 
 
-def invert(diffusion, images, *, steps=50, batch_size=100):
+def invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> Inversion:
     """Inversion(x_T, reconstruction, mse, psnr): the round trip image -> x_T -> image with the same S."""
     x_T = ddim_invert(diffusion, images, steps=steps, batch_size=batch_size)
     reconstruction = ddim_generate(diffusion, x_T, steps=steps, batch_size=batch_size)
@@ -255,7 +269,7 @@ def invert(diffusion, images, *, steps=50, batch_size=100):
     return Inversion(x_T, reconstruction, mse, psnr)
 
 
-def slerp(a, b, weight):
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
     """Spherical interpolation between two x_T (Shoemake 1985), which keeps them at the norm Gaussian noise has;
     a straight line would pass through lower-norm points the model never saw."""
     flat_a, flat_b = a.flatten(), b.flatten()
@@ -266,7 +280,8 @@ def slerp(a, b, weight):
     return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
 
 
-def interpolate(diffusion, x_a, x_b, *, frames=8, steps=50):
+def interpolate(diffusion: Diffusion, x_a: torch.Tensor, x_b: torch.Tensor, *, frames: int = 8,
+                steps: int = 50) -> torch.Tensor:
     """frames images from x_a to x_b (both x_T, shape (1, C, H, W)), generated by DDIM with eta 0."""
     if frames < 2:
         raise UserError(f'--frames {frames} is not allowed: use an integer >= 2')

@@ -6,14 +6,18 @@ When OUTPUT.safetensors exists already (the shipped model), the candidate and it
 command (DDIM-50, eta 1, N = 1000, seed 0, project metrics against the MNIST test split), and a candidate with a
 higher FID is refused unless --force is given: a worse model is never shipped by accident.
 """
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import Callable, Sequence
 
+from .hints import PathLike
 from .settings import add_data_root_arg, add_raw_dir_arg
 from .utils import UserError, run_cli
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint', help='training checkpoint model-N.pt')
     p.add_argument('output', help='output path without suffix; .safetensors and .json are written')
@@ -33,7 +37,8 @@ def parse_args(argv=None):
     return args
 
 
-def compare_with_current(candidate, current, *, raw_dir, data_root, num_samples, log=print):
+def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: PathLike | None, data_root: PathLike,
+                         num_samples: int, log: Callable[[str], None] = print) -> tuple[float, float]:
     """(candidate FID, current FID) with the same command: DDIM-50, eta 1, N images, seed 0, each model scored at
     its own image size (as the training curve and the sweep do)."""
     from .checkpoints import read_weights
@@ -57,8 +62,9 @@ def compare_with_current(candidate, current, *, raw_dir, data_root, num_samples,
     return tuple(fids)
 
 
-def export_model(checkpoint, output, *, raw_dir=None, data_root='./data', num_samples=1000, force=False,
-                 compare=True):
+def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | None = None,
+                 data_root: PathLike = './data', num_samples: int = 1000, force: bool = False,
+                 compare: bool = True) -> Path:
     """Export `checkpoint` to OUTPUT.{safetensors,json}, refusing a candidate that scores worse than the model
     already there (unless force)."""
     from .checkpoints import export_ema
@@ -74,7 +80,7 @@ def export_model(checkpoint, output, *, raw_dir=None, data_root='./data', num_sa
     return path
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     export_model(args.checkpoint, args.output, raw_dir=args.raw_dir, data_root=args.data_root,
                  num_samples=args.num_samples, force=args.force, compare=args.compare)

@@ -1,14 +1,18 @@
 """The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py build the
 same step: the lever switches, bf16 compute, the cached data and the Adam choice."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
 import torch
+from denoising_diffusion_pytorch import Unet
 from PIL import UnidentifiedImageError
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from denoising_diffusion_pytorch import Unet
-
 from .attention import use_fast_attention
 from .conditional import LabelledBatch
+from .hints import Diffusion
 from .utils import UserError
 
 # The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).
@@ -36,7 +40,7 @@ class Bf16ComputeUnet(Unet):
     (same state dict). Unlike autocast, activations stay bf16 between ops instead of being cast back and forth.
     The time MLP stays fp32 (the timestep needs more than bf16's 8 bits), as in sampling's Bf16Unet."""
 
-    def forward(self, x, time, x_self_cond=None):
+    def forward(self, x: torch.Tensor, time: torch.Tensor, x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.inside_bf16_call:
             return super().forward(x, time, x_self_cond)
         weights = {name: p if name.startswith('time_mlp') else p.to(torch.bfloat16)
@@ -51,12 +55,13 @@ class Bf16ComputeUnet(Unet):
         return out.float()
 
 
-def use_bf16_compute(unet):
+def use_bf16_compute(unet: Unet) -> Unet:
+    """Turn a library Unet into a Bf16ComputeUnet in place (same parameters and state dict)."""
     unet.__class__, unet.inside_bf16_call = Bf16ComputeUnet, False
     return unet
 
 
-def apply_levers(diffusion, levers):
+def apply_levers(diffusion: Diffusion, levers: dict[str, Any]) -> Diffusion:
     """Switch the model-side levers on, in place: attention twins, channels_last, bf16 compute, compile."""
     if levers['fast_linear_attention']:
         use_fast_attention(diffusion.model, full=levers['fast_full_attention'])
@@ -69,7 +74,7 @@ def apply_levers(diffusion, levers):
     return diffusion
 
 
-def make_adam(params, kind, **kwargs):
+def make_adam(params: Iterable[torch.nn.Parameter], kind: str, **kwargs: Any) -> torch.optim.Adam:
     """The library's Adam, with PyTorch's for-loop, foreach or fused implementation."""
     flags = dict(fused=kind == 'fused', foreach=kind == 'foreach') if kind != 'for-loop' else dict(foreach=False)
     return torch.optim.Adam(params, **flags, **kwargs)
@@ -82,20 +87,22 @@ class CachedImages:
     drawn without replacement epoch after epoch like a shuffled DataLoader. The library's transform without flips
     is deterministic, so the batches hold exactly the tensors its Dataset would give."""
 
-    def __init__(self, images, batch_size, *, generator=None, device='cpu', memory_format=None, labels=None):
+    def __init__(self, images: torch.Tensor, batch_size: int, *, generator: torch.Generator | None = None,
+                 device: str | torch.device = 'cpu', memory_format: torch.memory_format | None = None,
+                 labels: torch.Tensor | None = None) -> None:
         self.images = images.to(device)  # uint8 (N, C, H, W), from decode_all
         self.labels = None if labels is None else labels.to(device)  # a conditional model's digits, same order
         self.batch_size, self.generator = batch_size, generator
         self.memory_format = memory_format or torch.contiguous_format
         self.order, self.position = None, 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.images)
 
-    def __iter__(self):
+    def __iter__(self) -> CachedImages:
         return self
 
-    def __next__(self):
+    def __next__(self) -> torch.Tensor | LabelledBatch:
         if self.order is None or self.position + self.batch_size > len(self.order):
             self.order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
             self.position = 0
@@ -105,7 +112,7 @@ class CachedImages:
         return images if self.labels is None else LabelledBatch(images, self.labels[index])
 
 
-def decode_all(dataset):
+def decode_all(dataset: torch.utils.data.Dataset) -> torch.Tensor:
     """Every image of the library's Dataset as one uint8 tensor (N, C, H, W). An unreadable file stops here,
     before training starts, with its name."""
     out = None

@@ -1,25 +1,35 @@
 """The inference command: load a checkpoint, sample one grid with one sampler, or run the sampler sweep.
 Both take keyword arguments; inference_comparison.py maps its flags onto them."""
-from pathlib import Path
+from __future__ import annotations
 
+from collections import namedtuple
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
 import torch
 
 from .checkpoints import load_model
-from .device import keep_freed_memory, pick_device
 from .classifier import SECOND_WEIGHTS, load_classifier
 from .conditional import NUM_DIGITS
+from .device import keep_freed_memory, pick_device
+from .hints import Config, PathLike
 from .metrics import Evaluator, inception_fid, inception_model, reference_evaluator
 from .run_folder import find_milestone
 from .sampler_table import SAMPLERS, grid_name, resolve_steps
-from .sampling import check_settings, conditioning, default_batch_size, default_precision, prepare_for_inference, timed_sample
+from .sampling import (check_settings, conditioning, default_batch_size, default_precision, prepare_for_inference,
+                       timed_sample)
 from .settings import SHIPPED, SHIPPED_CONDITIONAL
 from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, run_sweep, sweep_configs
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
+# What a command needs of the model its flags name; loaded is checkpoints.Loaded(diffusion, config, info).
+Opened = namedtuple('Opened', 'device precision path run_name results_folder loaded')
 
 
-def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None, conditional=False):
+def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | None = None,
+                       results_folder: PathLike | None = None, conditional: bool = False) -> tuple[Path, str, PathLike]:
     """(path, output folder name, results folder) for a checkpoint file, a milestone of a results folder or the
     shipped model; the results folder defaults to the original's for a training run, ./runs for the shipped model."""
     shipped = not checkpoint and milestone is None
@@ -27,7 +37,8 @@ def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None, 
     if checkpoint and milestone is not None:
         raise UserError('give either --checkpoint or --milestone, not both')
     if conditional and not shipped:
-        raise UserError('--conditional selects the shipped conditional model; with --checkpoint or --milestone, drop it')
+        raise UserError('--conditional selects the shipped conditional model; with --checkpoint or --milestone, '
+                        'drop it')
     if conditional:
         if not SHIPPED_CONDITIONAL.is_file():
             raise UserError(f'the shipped conditional model {SHIPPED_CONDITIONAL} is missing; train one with '
@@ -46,7 +57,7 @@ def resolve_checkpoint(*, checkpoint=None, milestone=None, results_folder=None, 
     raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
 
 
-def second_evaluator(choice, reference, image_size, seed):
+def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int, seed: int) -> Evaluator | None:
     """The second, independent feature network's evaluator ('auto': the shipped one, when MNIST is on disk), or
     None ('none', or nothing to score against)."""
     if choice == 'none':
@@ -64,16 +75,18 @@ def second_evaluator(choice, reference, image_size, seed):
     return Evaluator(reference, None, image_size=image_size, classifier=load_classifier(path), seed=seed)
 
 
-def resolve_precision(precision, device):
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> the device's default precision; fp16 only on CUDA."""
     if precision == 'fp16' and device.type != 'cuda':
         raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
     return default_precision(device) if precision == 'auto' else precision
 
 
-def open_model(*, checkpoint=None, milestone=None, results_folder=None, device='auto', precision='auto',
-               channels_last=True, compile=False, use_online_weights=False, overrides=None, conditional=False):
-    """Everything a command needs of the model the flags name: a dict with device, precision, path, run_name,
-    results_folder and loaded (Loaded(diffusion, config, info), ready to sample)."""
+def open_model(*, checkpoint: PathLike | None = None, milestone: int | None = None,
+               results_folder: PathLike | None = None, device: str = 'auto', precision: str = 'auto',
+               channels_last: bool = True, compile: bool = False, use_online_weights: bool = False,
+               overrides: Config | None = None, conditional: bool = False) -> Opened:
+    """Everything a command needs of the model the flags name (Opened), the model ready to sample."""
     torch_device = pick_device(device)
     chosen = resolve_precision(precision, torch_device)
     if torch_device.type == 'cpu':
@@ -84,18 +97,20 @@ def open_model(*, checkpoint=None, milestone=None, results_folder=None, device='
     for key, value in (loaded.info.get('detected') or {}).items():
         print(f'detected from the checkpoint: {key} = {value}')
     prepare_for_inference(loaded.diffusion, chosen, channels_last=channels_last, compile=compile)
-    return dict(device=torch_device, precision=chosen, path=path, run_name=run_name, results_folder=results_folder,
-                loaded=loaded)
+    return Opened(device=torch_device, precision=chosen, path=path, run_name=run_name, results_folder=results_folder,
+                  loaded=loaded)
 
 
-def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples=None, batch_size=None, seed=0,
-                digits=None, guidance_scale=1.0, guidance_remove_parallel=False, guidance_rescaled_phi=0.0,
-                **model):
+def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim_eta: float = 0.0,
+                num_samples: int | None = None, batch_size: int | None = None, seed: int = 0,
+                digits: Sequence[int] | None = None, guidance_scale: float = 1.0,
+                guidance_remove_parallel: bool = False, guidance_rescaled_phi: float = 0.0,
+                **model: Any) -> dict[str, Any]:
     """Sample one grid with one sampler, timed; writes STRATEGY/<grid>.png with its record (and a JSON copy). On a
     conditional model, `digits` (default all ten) are drawn in equal numbers, one digit per grid row, with
     classifier-free guidance of scale `guidance_scale` (1: none)."""
     opened = open_model(**model)
-    device, (diffusion, config, info), path = opened['device'], opened['loaded'], opened['path']
+    device, (diffusion, config, info), path = opened.device, opened.loaded, opened.path
     total, spec = diffusion.num_timesteps, SAMPLERS[strategy]
     steps = resolve_steps(strategy, sample_steps, total)
     if spec.all_steps and sample_steps not in (None, total):
@@ -110,7 +125,7 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     labels, guidance = conditioning(diffusion, num_samples, digits=digits, guidance_scale=guidance_scale,
                                     remove_parallel=guidance_remove_parallel, rescaled_phi=guidance_rescaled_phi)
     conditional, digits = labels is not None, list(range(NUM_DIGITS)) if digits is None else digits
-    out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name'] / strategy)
+    out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / strategy)
     remove_stale_temporaries(out_dir)
     images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
                                    steps=steps, eta=eta or 0.0, seed=seed, labels=labels, guidance=guidance)
@@ -122,7 +137,7 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     grid = out_dir / f'{name}.png'
     record = dict(strategy=strategy, sample_steps=steps, ddim_eta=eta, num_samples=num_samples,
                   **(dict(digits=digits, guidance=guidance._asdict()) if conditional else {}),
-                  batch_size=batch_size, seed=seed, precision=opened['precision'], device=str(device),
+                  batch_size=batch_size, seed=seed, precision=opened.precision, device=str(device),
                   nfe_per_image=steps, seconds=round(seconds, 4), seconds_per_image=round(seconds / num_samples, 5),
                   **info, model=config['model'], diffusion=config['diffusion'])
     grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
@@ -136,8 +151,10 @@ def sample_grid(*, strategy='ddpm', sample_steps=None, ddim_eta=0.0, num_samples
     return record
 
 
-def sweep_settings(*, quick=False, compare_samplers=None, compare_ddpm=True, compare_steps=None, compare_etas=None,
-                   compare_solver_steps=None, num_samples=None):
+def sweep_settings(*, quick: bool = False, compare_samplers: Sequence[str] | None = None, compare_ddpm: bool = True,
+                   compare_steps: Sequence[int] | None = None, compare_etas: Sequence[float] | None = None,
+                   compare_solver_steps: Sequence[int] | None = None, num_samples: int | None = None
+                   ) -> tuple[Sequence[str], Sequence[int], Sequence[float], Sequence[int], int]:
     """(samplers, DDIM steps, DDIM etas, other samplers' steps, N) from the sweep settings and quick."""
     defaults = QUICK if quick else {}
     samplers = compare_samplers or defaults.get('samplers') or tuple(SAMPLERS)
@@ -151,16 +168,20 @@ def sweep_settings(*, quick=False, compare_samplers=None, compare_ddpm=True, com
             compare_solver_steps or defaults.get('solver_steps', DEFAULT_SOLVER_STEPS), n)
 
 
-def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, compare_steps=None, compare_etas=None,
-                   compare_solver_steps=None, num_samples=None, batch_size=None, seed=0, raw_dir=None,
-                   data_root='./data', inception_weights=None, second_classifier='auto', digits=None, guidance_scale=1.0,
-                   guidance_remove_parallel=False, guidance_rescaled_phi=0.0, **model):
+def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | None = None, compare_ddpm: bool = True,
+                   compare_steps: Sequence[int] | None = None, compare_etas: Sequence[float] | None = None,
+                   compare_solver_steps: Sequence[int] | None = None, num_samples: int | None = None,
+                   batch_size: int | None = None, seed: int = 0, raw_dir: PathLike | None = None,
+                   data_root: PathLike = './data', inception_weights: PathLike | None = None,
+                   second_classifier: str = 'auto', digits: Sequence[int] | None = None, guidance_scale: float = 1.0,
+                   guidance_remove_parallel: bool = False, guidance_rescaled_phi: float = 0.0,
+                   **model: Any) -> Path:
     """The sampler sweep: every configuration from the same x_T, scored; writes comparison.{json,csv,md,png}."""
     if inception_weights and not Path(inception_weights).is_file():
         raise UserError(f'--inception_weights {inception_weights} not found; download the pytorch-fid weights '
                         '(pt_inception-2015-12-05-6726825d.pth) on a machine with internet and pass their path')
     opened = open_model(**model)
-    device, (diffusion, config, _) = opened['device'], opened['loaded']
+    device, (diffusion, config, _) = opened.device, opened.loaded
     inception = inception_model(inception_weights, device) if inception_weights else None
     samplers, steps, etas, solver_steps, n = sweep_settings(
         quick=quick, compare_samplers=compare_samplers, compare_ddpm=compare_ddpm, compare_steps=compare_steps,
@@ -173,7 +194,7 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     configs = sweep_configs(samplers, steps=steps, etas=etas, solver_steps=solver_steps, total_timesteps=total)
     evaluator, reference = reference_evaluator(image_size=config['diffusion']['image_size'], raw_dir=raw_dir,
                                                data_root=data_root, seed=seed)
-    out_dir = ensure_writable_dir(Path(opened['results_folder']) / opened['run_name']
+    out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name
                                   / ('quick_comparison' if quick else 'comparison'))
     for folder in (out_dir, out_dir / 'grids', out_dir / 'cache'):
         remove_stale_temporaries(folder)
@@ -190,8 +211,8 @@ def run_comparison(*, quick=False, compare_samplers=None, compare_ddpm=True, com
     extra = (lambda images: {k: v for scorer in scorers for k, v in scorer(images).items()}) if scorers else None
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
     pairs = [QUICK['headline']] if quick else []
-    run_sweep(diffusion, evaluator, out_dir, opened['path'], configs, num_samples=n, batch_size=batch_size, seed=seed,
-              precision=opened['precision'], extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
+    run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n, batch_size=batch_size, seed=seed,
+              precision=opened.precision, extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

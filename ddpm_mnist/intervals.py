@@ -8,8 +8,11 @@ A resample repeats images, which inflates FID and KID the way a smaller N would;
 by the bootstrap's own bias (the mean of the resampled values minus the estimate), so it keeps the bootstrap's
 spread around the estimate. docs/metrics.md checks how often such an interval covers a fresh draw.
 """
+from __future__ import annotations
+
 import warnings
 from collections import namedtuple
+from typing import Sequence
 
 import numpy as np
 from scipy import linalg
@@ -18,12 +21,12 @@ RESAMPLES = 200
 Interval = namedtuple('Interval', 'value low high')
 
 
-def resample_indices(n, *, resamples=RESAMPLES, seed=0):
+def resample_indices(n: int, *, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """(resamples, n) indices drawn with replacement; the same seed gives the same draws for every configuration."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def shifted_interval(value, draws):
+def shifted_interval(value: float, draws: Sequence[float] | np.ndarray) -> Interval:
     """The 2.5 and 97.5 % points of the bootstrap draws, moved so that their mean sits on the estimate."""
     draws = np.asarray(draws, dtype=float)
     low, high = np.percentile(draws - (draws.mean() - value), [2.5, 97.5])
@@ -34,21 +37,23 @@ class FrechetToReference:
     """FID of feature sets against one fixed reference Gaussian, fast enough to bootstrap: with R = sqrt(C_r)
     computed once, tr sqrt(C_g C_r) = sum sqrt(eig(R C_g R)) (an eigvalsh per set instead of a sqrtm)."""
 
-    def __init__(self, reference_fit):
+    def __init__(self, reference_fit: tuple[np.ndarray, np.ndarray]) -> None:
         self.mean, self.cov = reference_fit
         with warnings.catch_warnings():  # dead ReLU features make the covariance singular; harmless here
             warnings.simplefilter('ignore')
             self.root = np.real(linalg.sqrtm(self.cov))
         self.trace = float(np.trace(self.cov))
 
-    def __call__(self, features):
+    def __call__(self, features: np.ndarray) -> float:
         mean, cov = features.mean(0), np.cov(features, rowvar=False)
         eigenvalues = np.linalg.eigvalsh(self.root @ cov @ self.root)
         trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
         return float(((mean - self.mean) ** 2).sum() + np.trace(cov) + self.trace - 2 * trace_sqrt)
 
 
-def fid_interval(features, reference_fit, fid, *, resamples=RESAMPLES, seed=0):
+def fid_interval(features: np.ndarray, reference_fit: tuple[np.ndarray, np.ndarray], fid: float, *,
+                 resamples: int = RESAMPLES,
+                 seed: int = 0) -> Interval:
     """Interval(fid, low, high) over resamples of the generated features (low clipped at 0)."""
     distance = FrechetToReference(reference_fit)
     value = shifted_interval(fid, [distance(features[i]) for i in resample_indices(len(features), resamples=resamples,
@@ -56,7 +61,9 @@ def fid_interval(features, reference_fit, fid, *, resamples=RESAMPLES, seed=0):
     return value._replace(low=max(0.0, value.low))
 
 
-def paired_fid_difference(features_a, features_b, reference_fit, *, resamples=RESAMPLES, seed=0):
+def paired_fid_difference(features_a: np.ndarray, features_b: np.ndarray, reference_fit: tuple[np.ndarray,
+                          np.ndarray], *,
+                          resamples: int = RESAMPLES, seed: int = 0) -> Interval:
     """FID(a) - FID(b) with its interval, resampling the same sample indices in both (a and b from the same x_T)."""
     if len(features_a) != len(features_b):
         raise ValueError('a paired comparison needs the same number of samples in both configurations')
@@ -66,14 +73,14 @@ def paired_fid_difference(features_a, features_b, reference_fit, *, resamples=RE
     return shifted_interval(distance(features_a) - distance(features_b), draws)
 
 
-def differs(interval):
+def differs(interval: Interval) -> bool:
     """Whether an interval of a difference excludes 0."""
     return interval.low > 0 or interval.high < 0
 
 
 # ---------------------------------------------------------------- KID (Binkowski et al. 2018), unbiased at small N
 
-def polynomial_kernel(a, b):
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a @ b.T / a.shape[1] + 1) ** 3  # k(x, y) = (x.y / d + 1)^3, the KID paper's kernel
 
 
@@ -81,31 +88,33 @@ class KernelToReference:
     """Unbiased squared MMD of feature sets against one fixed reference set; the reference-reference term is
     computed once (in chunks, never the whole M x M matrix)."""
 
-    def __init__(self, reference_features, chunk=2048):
+    def __init__(self, reference_features: np.ndarray, chunk: int = 2048) -> None:
         self.reference = np.asarray(reference_features, dtype=np.float64)
         m = len(self.reference)
         total = sum(polynomial_kernel(self.reference[s:s + chunk], self.reference).sum() for s in range(0, m, chunk))
         diagonal = ((self.reference ** 2).sum(1) / self.reference.shape[1] + 1) ** 3
         self.reference_term = float((total - diagonal.sum()) / (m * (m - 1)))
 
-    def kernels(self, features):
+    def kernels(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What every resample reuses: the generated-generated kernel matrix, and each generated sample's mean
         kernel value against the reference set."""
         features = np.asarray(features, dtype=np.float64)
         return polynomial_kernel(features, features), polynomial_kernel(features, self.reference).mean(1)
 
-    def mmd(self, k_gg, cross_means, index=None):
+    def mmd(self, k_gg: np.ndarray, cross_means: np.ndarray, index: np.ndarray | None = None) -> float:
+        """Unbiased squared MMD from the precomputed kernels, over the samples `index` (default: all)."""
         if index is not None:
             k_gg, cross_means = k_gg[np.ix_(index, index)], cross_means[index]
         n = len(k_gg)
         within = (k_gg.sum() - np.trace(k_gg)) / (n * (n - 1))
         return float(within + self.reference_term - 2 * cross_means.mean())
 
-    def __call__(self, features):
+    def __call__(self, features: np.ndarray) -> float:
         return self.mmd(*self.kernels(features))
 
 
-def kid_interval(features, kernel_to_reference, *, resamples=RESAMPLES, seed=0):
+def kid_interval(features: np.ndarray, kernel_to_reference: KernelToReference, *, resamples: int = RESAMPLES,
+                 seed: int = 0) -> Interval:
     """Interval(kid, low, high): KID of the generated features and its bootstrap interval."""
     k_gg, cross_means = kernel_to_reference.kernels(features)
     value = kernel_to_reference.mmd(k_gg, cross_means)

@@ -3,9 +3,12 @@
 FID here is the Fréchet distance between Gaussian fits of the classifier's penultimate features (not
 Inception FID; numbers are comparable only with the same classifier, reference set and N).
 """
+from __future__ import annotations
+
 import warnings
 from collections import namedtuple
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -13,8 +16,9 @@ from safetensors.torch import load_file, save_file
 from scipy import linalg
 
 from .checkpoints import load_weights_file
-from .data import DOWNLOAD_HELP, load_split
 from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
+from .data import DOWNLOAD_HELP, load_split
+from .hints import PathLike
 from .intervals import KernelToReference, fid_interval, kid_interval
 from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
 
@@ -33,19 +37,23 @@ STATS_IMAGE_SIZE = 32  # the stats are of test digits resampled 28 -> 32 -> 28, 
 STATS_IMAGE_SIZES = (32, 28)  # one file per training image size: 32 px (the original's) and MNIST's native 28
 
 
-def stats_path_for(image_size, path=REFERENCE_STATS):
+def stats_path_for(image_size: int, path: PathLike = REFERENCE_STATS) -> Path:
     """mnist_test_features.safetensors for 32 px (the original name), mnist_test_features_28px.* for 28 px."""
     path = Path(path)
     return path if image_size == STATS_IMAGE_SIZE else path.with_name(f'{path.stem}_{image_size}px{path.suffix}')
+
+
 FLOOR_SIZES = (36, 100, 300, 500, 1000, 2000)
 ReferenceStats = namedtuple('ReferenceStats', 'mean cov count floors')
 
 
-def gaussian_fit(features):
+def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of a feature set, one row per image."""
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(a, b):
+def frechet_distance(a: np.ndarray | tuple[np.ndarray, np.ndarray], b: np.ndarray | tuple[np.ndarray,
+                     np.ndarray]) -> float:
     """Fréchet distance between the Gaussian fits of two feature sets (each an array, or a (mean, cov) pair)."""
     (mu_a, cov_a), (mu_b, cov_b) = (x if isinstance(x, tuple) else gaussian_fit(x) for x in (a, b))
     with warnings.catch_warnings():  # dead ReLU features make the covariances singular; harmless here
@@ -57,20 +65,23 @@ def frechet_distance(a, b):
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
 
 
-def inception_score(probs):
+def inception_score(probs: np.ndarray) -> float:
+    """exp E[KL(p(y|x) || p(y))] over the images' class probabilities (Salimans et al. 2016)."""
     marginal = probs.mean(0, keepdims=True)
     kl = (probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12))).sum(1)
     return float(np.exp(kl.mean()))
 
 
-def class_balance(probs):
+def class_balance(probs: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(share of each predicted class, the smallest share, KL of the shares from uniform)."""
     counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
     share = counts / counts.sum()
     kl_uniform = float(np.sum(share[share > 0] * np.log(share[share > 0] * len(share))))
     return share, float(share.min()), kl_uniform
 
 
-def _pairwise_min(a, b, k=1, exclude_self=False, chunk=2048):
+def _pairwise_min(a: np.ndarray, b: np.ndarray, k: int = 1, exclude_self: bool = False,
+                  chunk: int = 2048) -> np.ndarray:
     """k-th smallest Euclidean distance from each row of a to the rows of b (chunked)."""
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     out = []
@@ -81,7 +92,7 @@ def _pairwise_min(a, b, k=1, exclude_self=False, chunk=2048):
     return torch.cat(out).numpy()
 
 
-def _within_any_ball(points, centres, radii, chunk=2048):
+def _within_any_ball(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 2048) -> float:
     points, centres = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
     radii = torch.as_tensor(radii, dtype=torch.float64)
     inside = []
@@ -90,21 +101,21 @@ def _within_any_ball(points, centres, radii, chunk=2048):
     return float(torch.cat(inside).double().mean())
 
 
-def precision_recall(real, fake, k=K_NEIGHBOURS):
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
     real_radii = _pairwise_min(real, real, k, exclude_self=True)
     fake_radii = _pairwise_min(fake, fake, k, exclude_self=True)
     return _within_any_ball(fake, real, real_radii), _within_any_ball(real, fake, fake_radii)
 
 
-def flip_preferred_share(probs, flipped_probs):
+def flip_preferred_share(probs: np.ndarray, flipped_probs: np.ndarray) -> float:
     """Share of images the classifier reads more confidently after a horizontal flip. A mirrored digit looks
     more like a real one once flipped back; so do a few real digits, and symmetric ones (0, 1, 8) tie, so read it
-    against the calibration rows (sweep calibration rows: about 0.10 for real training digits, 0.90 for the same digits mirrored)."""
+    against the sweep's calibration rows: real training digits, and the same digits mirrored."""
     return float((flipped_probs.max(1) > probs.max(1)).mean())
 
 
-def memorisation(images, train_pixels):
+def memorisation(images: torch.Tensor, train_pixels: np.ndarray) -> tuple[float, float]:
     """Pixel distance of each image to its nearest training digit; share of near-copies."""
     flat = to_classifier_input(images).flatten(1).numpy()
     nearest = _pairwise_min(flat, train_pixels)
@@ -122,7 +133,8 @@ class Evaluator:
     balance still work; precision/recall, memorisation and the data-based calibration rows are NaN or left out.
     """
 
-    def __init__(self, reference=None, train=None, image_size=32, classifier=None, seed=0, stats=None):
+    def __init__(self, reference: np.ndarray | None = None, train: np.ndarray | None = None, image_size: int = 32,
+                 classifier: torch.nn.Module | None = None, seed: int = 0, stats: ReferenceStats | None = None) -> None:
         self.classifier = classifier or load_classifier()
         self.image_size, self.seed, self.stats = image_size, seed, stats
         self.reference_features = self.train = self.train_pixels = self.kernel = None
@@ -143,11 +155,11 @@ class Evaluator:
         self.identity = dict(classifier=classifier_digest(), image_size=image_size, seed=seed,
                              reference=self.reference_count, train=self.train_count, shipped_stats=stats is not None)
 
-    def features(self, images):
+    def features(self, images: torch.Tensor) -> np.ndarray:
         """The classifier's penultimate features of images (N, 1, H, W) in [0, 1], float64 (N, 128)."""
         return classify(self.classifier, images)[0]
 
-    def score(self, images):
+    def score(self, images: torch.Tensor) -> dict[str, Any]:
         """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
         features, probs = classify(self.classifier, images)
         _, flipped_probs = classify(self.classifier, images.flip(-1))
@@ -173,18 +185,19 @@ class Evaluator:
                     median_nn_train_l2=median_nn, near_copy_share=near_copies,
                     flip_preferred_share=flip_preferred_share(probs, flipped_probs))
 
-    def floor_images(self, n):
+    def floor_images(self, n: int) -> torch.Tensor:
         """n real training digits (all of them if fewer): the best score a perfect model could get."""
         rng = np.random.default_rng(self.seed + 1)
         return self.train[rng.permutation(len(self.train))[:n]]
 
-    def ceiling_images(self, n):
+    def ceiling_images(self, n: int) -> torch.Tensor:
         """n images of pure Gaussian noise, shown the way samples are (the worst case)."""
         generator = torch.Generator().manual_seed(self.seed + 2)
         noise = torch.randn(n, 1, self.image_size, self.image_size, generator=generator)
         return ((noise + 1) / 2).clamp(0, 1)
 
-    def calibration(self, n):
+    def calibration(self, n: int) -> dict[str, dict[str, Any]]:
+        """Scores of real training digits (the floor), the same mirrored, and pure noise (the ceiling), at n."""
         if self.train is None:  # no digits on disk: the shipped floor (if computed at this N) and the noise row
             rows = {}
             floor = (self.stats.floors.get(str(n)) if self.stats is not None and self.seed == 0 else None)
@@ -198,14 +211,16 @@ class Evaluator:
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
 
 
-SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'inception_score', 'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall',
+SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'inception_score', 'confidence',
+              'min_class_share', 'class_kl_uniform', 'precision', 'recall',
               'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
 
 
 ReferenceEvaluator = namedtuple('ReferenceEvaluator', 'evaluator reference')
 
 
-def reference_evaluator(*, image_size, raw_dir=None, data_root='./data', seed=0):
+def reference_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
+                        seed: int = 0) -> ReferenceEvaluator:
     """An Evaluator against the MNIST test split (ReferenceEvaluator(evaluator, test digits)). With no folder named
     and no MNIST found, against the shipped test-split statistics (reference None); a folder the user named that
     does not hold MNIST is an error, not a reason to fall back."""
@@ -223,12 +238,14 @@ def reference_evaluator(*, image_size, raw_dir=None, data_root='./data', seed=0)
     return ReferenceEvaluator(Evaluator(reference, train, image_size=image_size, seed=seed), reference)
 
 
-def classifier_digest(path=WEIGHTS):
+def classifier_digest(path: PathLike = WEIGHTS) -> str | None:
+    """The classifier file's digest (what every cached score is keyed by), None if it is missing."""
     return file_digest(path) if Path(path).is_file() else None
 
 
-def write_reference_stats(classifier, reference, train, path=REFERENCE_STATS, sizes=FLOOR_SIZES,
-                          image_size=STATS_IMAGE_SIZE):
+def write_reference_stats(classifier: torch.nn.Module, reference: np.ndarray, train: np.ndarray,
+                          path: PathLike = REFERENCE_STATS,
+                          sizes: Sequence[int] = FLOOR_SIZES, image_size: int = STATS_IMAGE_SIZE) -> dict[str, float]:
     """Save the test split's feature statistics and the real-data floor FID at each N in `sizes` (seed 0), for
     models trained at `image_size` (the file named by stats_path_for)."""
     evaluator = Evaluator(reference, train, image_size=image_size, classifier=classifier, seed=0)
@@ -244,7 +261,7 @@ def write_reference_stats(classifier, reference, train, path=REFERENCE_STATS, si
     return floors
 
 
-def load_reference_stats(path=REFERENCE_STATS, image_size=STATS_IMAGE_SIZE):
+def load_reference_stats(path: PathLike = REFERENCE_STATS, image_size: int = STATS_IMAGE_SIZE) -> ReferenceStats | None:
     """The shipped statistics, or None (with a one-line warning) if missing or made for another classifier."""
     path = stats_path_for(image_size, path)
     if not path.is_file():
@@ -257,7 +274,7 @@ def load_reference_stats(path=REFERENCE_STATS, image_size=STATS_IMAGE_SIZE):
     return ReferenceStats(tensors['mean'].numpy(), tensors['cov'].numpy(), info['count'], info['floor_fid_by_n'])
 
 
-def inception_model(weights_path, device='cpu'):
+def inception_model(weights_path: PathLike, device: str | torch.device = 'cpu') -> torch.nn.Module:
     """pytorch-fid's InceptionV3 from a locally stored weights file only (never downloads, never unpickles
     code)."""
     import pytorch_fid.inception as fid_inception
@@ -276,12 +293,14 @@ def inception_model(weights_path, device='cpu'):
     return model
 
 
-def inception_fid(images, reference, model, device='cpu', batch_size=100):
+def inception_fid(images: torch.Tensor, reference: torch.Tensor, model: torch.nn.Module,
+                  device: str | torch.device = 'cpu',
+                  batch_size: int = 100) -> float:
     """Standard Inception FID (pytorch-fid's statistics) with a model from inception_model()."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     @torch.inference_mode()
-    def activations(x):
+    def activations(x: torch.Tensor) -> np.ndarray:
         x = to_classifier_input(x) if x.dtype == torch.uint8 or x.dim() == 3 else x
         out = [model(x[i:i + batch_size].to(device).repeat(1, 3, 1, 1))[0].squeeze(-1).squeeze(-1).cpu()
                for i in range(0, len(x), batch_size)]

@@ -1,14 +1,18 @@
 """Building the library's Unet and GaussianDiffusion from a config, and comparing configs."""
+from __future__ import annotations
+
 import platform
 from importlib.metadata import version
+from typing import Any
 
 import torch
 from denoising_diffusion_pytorch import GaussianDiffusion, Unet
-from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (
-    LinearAttention, cosine_beta_schedule, linear_beta_schedule, sigmoid_beta_schedule)
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (LinearAttention, cosine_beta_schedule,
+                                                                     linear_beta_schedule, sigmoid_beta_schedule)
 from torch import nn
 
 from .conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
+from .hints import Config
 from .settings import DIFFUSION_KEYS, MODEL_KEYS
 
 SCHEDULE_FUNCTIONS = {'cosine': cosine_beta_schedule, 'linear': linear_beta_schedule,
@@ -18,7 +22,7 @@ SCHEDULE_FUNCTIONS = {'cosine': cosine_beta_schedule, 'linear': linear_beta_sche
 class NoAttention(nn.Module):
     """Stands where the library's Unet adds a residual attention layer (`x = attn(x) + x`): adds nothing."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(())
 
 
@@ -27,7 +31,7 @@ class LowestAttentionUnet(Unet):
     block); the linear attention of the outer levels, about half of an eager CPU step on MNIST, is left out. Same
     state-dict keys as the library's Unet, less those layers' weights."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for level in (*self.downs, *self.ups):
             if isinstance(level[2], LinearAttention):
@@ -37,18 +41,22 @@ class LowestAttentionUnet(Unet):
 UNET_CLASSES = {'library': Unet, 'lowest': LowestAttentionUnet}
 
 
-def attention_of(model_cfg):
+def attention_of(model_cfg: dict[str, Any]) -> str:
+    """The attention layout of a model section: 'library' (every level) or 'lowest'."""
     return model_cfg.get('attention', 'library')  # configs written before the lever existed: the library's layout
 
 
-def build_unet(model_cfg):
+def build_unet(model_cfg: dict[str, Any]) -> nn.Module:
+    """The Unet a config's model section describes: the library's, its lowest-attention subclass or a conditional
+    one."""
     if is_conditional(model_cfg):
         return build_conditional_unet(model_cfg)
     unet_class = UNET_CLASSES[attention_of(model_cfg)]
     return unet_class(dim=model_cfg['dim'], dim_mults=tuple(model_cfg['dim_mults']), channels=model_cfg['channels'])
 
 
-def diffusion_settings(config, sampling_timesteps=None):
+def diffusion_settings(config: Config, sampling_timesteps: int | None = None) -> dict[str, Any]:
+    """The keyword arguments of the library's GaussianDiffusion for a config."""
     d = config['diffusion']
     gamma = d.get('min_snr_gamma')
     return dict(image_size=d['image_size'], timesteps=d['timesteps'], beta_schedule=d['beta_schedule'],
@@ -56,7 +64,8 @@ def diffusion_settings(config, sampling_timesteps=None):
                 min_snr_gamma=gamma if gamma is not None else 5)
 
 
-def build_diffusion(config, unet=None, sampling_timesteps=None, *, training=False):
+def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_timesteps: int | None = None, *,
+                    training: bool = False) -> GaussianDiffusion:
     """The library's GaussianDiffusion. A conditional model trains as the library's conditional diffusion
     (LabelledDiffusion) and samples through GuidedUnet inside the unconditional one, so every sampler works on it."""
     unet = unet or build_unet(config['model'])
@@ -69,29 +78,31 @@ def build_diffusion(config, unet=None, sampling_timesteps=None, *, training=Fals
     return GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
 
 
-def sampling_view(labelled):
+def sampling_view(labelled: LabelledDiffusion) -> GaussianDiffusion:
     """A LabelledDiffusion (training) as the sampling diffusion of the same Unet (shared, not copied)."""
     return GaussianDiffusion(GuidedUnet(labelled.model), **labelled.settings).to(labelled.betas.device)
 
 
-def arch_of(config):
+def arch_of(config: Config) -> dict[str, Any]:
     """The settings that must agree for weights to be reused, as one flat dict."""
     model = {**config['model'], 'attention': attention_of(config['model']),
              'num_classes': config['model'].get('num_classes')}
     return {**{k: model[k] for k in MODEL_KEYS}, **{k: config['diffusion'][k] for k in DIFFUSION_KEYS}}
 
 
-def arch_differences(a, b):
+def arch_differences(a: Config, b: Config) -> list[str]:
     """Human-readable list of settings where two configs disagree."""
     arch_a, arch_b = arch_of(a), arch_of(b)
     return [f'{k}: {arch_a[k]} vs {arch_b[k]}' for k in arch_a if list_if_seq(arch_a[k]) != list_if_seq(arch_b[k])]
 
 
-def list_if_seq(value):
+def list_if_seq(value: Any) -> Any:
+    """Tuples as lists, so that (1, 2, 2) from code and [1, 2, 2] from JSON compare equal."""
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def versions():
+def versions() -> dict[str, str]:
+    """Python's and the libraries' versions, for provenance."""
     packages = ('torchvision', 'denoising_diffusion_pytorch', 'accelerate', 'ema_pytorch')
     return dict(python=platform.python_version(), torch=str(torch.__version__),
                 **{name: version(name.replace('_', '-')) for name in packages})

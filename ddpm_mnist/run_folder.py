@@ -1,9 +1,12 @@
 """A results folder's rules: config.json, the milestones model-N.pt, resuming, the lock, the loss log."""
+from __future__ import annotations
+
 import fcntl
 import os
 import re
 from pathlib import Path
 
+from .hints import Config, PathLike
 from .model import arch_differences
 from .utils import UserError, atomic_path, read_json, remove_stale_temporaries, write_json
 
@@ -12,7 +15,8 @@ LOSS_LOG = 'loss.csv'
 MILESTONE_RE = re.compile(r'^model-(\d+)\.pt$')
 
 
-def read_config(folder):
+def read_config(folder: PathLike) -> Config | None:
+    """A results folder's config.json, or None where it has none."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         return None
@@ -22,11 +26,11 @@ def read_config(folder):
     return config
 
 
-def write_config(folder, config):
+def write_config(folder: PathLike, config: Config) -> None:
     write_json(Path(folder) / CONFIG_NAME, config)
 
 
-def check_against_folder(config, folder):
+def check_against_folder(config: Config, folder: PathLike) -> None:
     """Refuse to train into a folder whose config.json describes another model or milestone spacing."""
     existing = read_config(folder)
     if existing is None:
@@ -41,7 +45,7 @@ def check_against_folder(config, folder):
                         'consistent')
 
 
-def milestones(folder):
+def milestones(folder: PathLike) -> list[int]:
     """Milestone numbers of the model-N.pt files in a results folder, ascending."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -49,11 +53,12 @@ def milestones(folder):
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := MILESTONE_RE.match(p.name)))
 
 
-def milestone_path(folder, milestone):
+def milestone_path(folder: PathLike, milestone: int) -> Path:
     return Path(folder) / f'model-{milestone}.pt'
 
 
-def find_milestone(folder, milestone):
+def find_milestone(folder: PathLike, milestone: int) -> Path:
+    """model-N.pt of a folder, or a one-line error naming the milestones it does have."""
     path = milestone_path(folder, milestone)
     if not path.is_file():
         found = milestones(folder)
@@ -62,7 +67,7 @@ def find_milestone(folder, milestone):
     return path
 
 
-def resolve_resume(folder, resume):
+def resolve_resume(folder: PathLike, resume: str) -> int | None:
     """Milestone to resume from (or None), refusing anything that would roll back or overwrite."""
     existing = milestones(folder)
     latest = existing[-1] if existing else None
@@ -86,7 +91,7 @@ def resolve_resume(folder, resume):
     return wanted
 
 
-def prepare_folder(folder, config):
+def prepare_folder(folder: PathLike, config: Config) -> None:
     """Under the lock: check the folder still fits this run, clear killed runs' temporaries, write config.json."""
     check_against_folder(config, folder)  # again under the lock: another run may have started meanwhile
     remove_stale_temporaries(folder)
@@ -100,11 +105,11 @@ class FolderLock:
     folder locked; the PID inside the file is only there to name the holder in the error message.
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder: PathLike) -> None:
         self.path = Path(folder) / '.lock'
         self.handle = None
 
-    def __enter__(self):
+    def __enter__(self) -> FolderLock:
         self.handle = open(self.path, 'a+')
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,16 +125,16 @@ class FolderLock:
         self.handle.flush()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.handle.close()
 
 
-def write_loss_log(folder, losses):
+def write_loss_log(folder: PathLike, losses: dict[int, float]) -> None:
     with atomic_path(Path(folder) / LOSS_LOG) as tmp:
         tmp.write_text('step,loss\n' + ''.join(f'{step},{loss:.6f}\n' for step, loss in sorted(losses.items())))
 
 
-def read_loss_log(folder):
+def read_loss_log(folder: PathLike) -> dict[int, float]:
     """{step: loss} from a run's loss.csv (empty if there is none)."""
     path = Path(folder) / LOSS_LOG
     if not path.is_file():

@@ -5,22 +5,26 @@ no torch, so --help and flag errors stay instant. The classes are in samplers.py
 Adding a sampler: write its class in samplers.py (or name a diffusers scheduler with options), add one entry
 here, and add it to tests/test_samplers.py, which checks it against a reference implementation.
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from typing import Any
 
 # builder: a class of samplers.py; options: what it is built with (for DiffusersSolver, the scheduler and its
 # settings)
 SamplerSpec = namedtuple('SamplerSpec', 'label builder all_steps uses_eta stochastic options')
 
 
-def exists(value):
+def exists(value: Any) -> bool:
     return value is not None
 
 
-def default(value, fallback):
+def default(value: Any, fallback: Any) -> Any:
     return value if exists(value) else fallback
 
 
-def solver(label, scheduler, *, stochastic, **options):
+def solver(label: str, scheduler: str, *, stochastic: bool, **options: Any) -> SamplerSpec:
+    """The entry of a diffusers scheduler, built with `options`."""
     return SamplerSpec(label, 'DiffusersSolver', all_steps=False, uses_eta=False, stochastic=stochastic,
                        options=dict(scheduler=scheduler, **options))
 
@@ -40,16 +44,17 @@ SAMPLERS = {
 }
 
 
-def resolve_steps(name, steps, total_timesteps):
+def resolve_steps(name: str, steps: int | None, total_timesteps: int) -> int:
     """Steps S a sampler runs: all T for DDPM, else `steps` (default 50, at most T)."""
     return total_timesteps if SAMPLERS[name].all_steps else default(steps, min(50, total_timesteps))
 
 
-def label(name, steps, eta=None):
+def label(name: str, steps: int, eta: float | None = None) -> str:
+    """How tables and plots name a configuration, e.g. 'DDIM 50, eta 0.0'."""
     text = f'{SAMPLERS[name].label} {steps}'
     return f'{text}, eta {eta}' if SAMPLERS[name].uses_eta else text
 
 
-def grid_name(name, steps, eta=None):
+def grid_name(name: str, steps: int, eta: float | None = None) -> str:
     """The original project's file names ddpm_steps{S} and ddim_steps{S}_eta{E}; {name}_steps{S} for the rest."""
     return f'{name}_steps{steps}_eta{eta}' if SAMPLERS[name].uses_eta else f'{name}_steps{steps}'

@@ -5,18 +5,24 @@ A step receives the library's own model prediction, `GaussianDiffusion.model_pre
 [-1, 1] and the noise re-derived from the clipped x0 (what the library's DDIM does), so every sampler clips the
 same way and works with every objective (pred_noise, pred_x0, pred_v) the checkpoint was trained with.
 """
+from __future__ import annotations
+
 import inspect
+from typing import Any
 
 import torch
 
+from .hints import Diffusion, ModelPrediction
 from .sampler_table import SAMPLERS
 
 
-def full_times(t, like):
+def full_times(t: int, like: torch.Tensor) -> torch.Tensor:
+    """The timestep t for every image of the batch `like`, as the library's model takes it."""
     return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
 
 
-def step_noise(like, generator):
+def step_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise shaped like `like`, drawn from the batch's generator."""
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -25,34 +31,35 @@ class LibraryChain:
     their chain at any timestep."""
     init_noise_sigma = 1.0
 
-    def scale_model_input(self, x, t):
+    def scale_model_input(self, x: torch.Tensor, t: int) -> torch.Tensor:
         return x
 
-    def start_at(self, t_start):
+    def start_at(self, t_start: int) -> None:
         """Keep only the timesteps at or below t_start (SDEdit enters the chain there)."""
         self.timesteps = [t for t in self.timesteps if t <= t_start]
 
-    def add_noise(self, x0, noise, t):
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         return self.diffusion.q_sample(x0, full_times(t, x0), noise)  # Ho et al. 2020, Eq. 4
 
 
 class Ddpm(LibraryChain):
     """Ancestral sampling over all T steps (Ho et al. 2020, Eq. 6-7): x_{t-1} ~ q(x_{t-1} | x_t, x0_pred)."""
 
-    def __init__(self, diffusion, *, eta=None):
+    def __init__(self, diffusion: Diffusion, *, eta: float | None = None) -> None:
         self.diffusion = diffusion
 
-    def set_timesteps(self, steps):
+    def set_timesteps(self, steps: int) -> None:
         self.timesteps = list(reversed(range(self.diffusion.num_timesteps)))
 
-    def step(self, prediction, t, x, generator):
+    def step(self, prediction: ModelPrediction, t: int, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
         mean, _, log_variance = self.diffusion.q_posterior(prediction.pred_x_start, x, full_times(t, x))
         if t == 0:
             return mean
         return mean + (0.5 * log_variance).exp() * step_noise(x, generator)
 
 
-def ddim_times(total_timesteps, steps):
+def ddim_times(total_timesteps: int, steps: int) -> list[tuple[int, int]]:
     """The library's DDIM time pairs [(T-1, next), ..., (0, -1)] for 1 <= S <= T, computed exactly as
     GaussianDiffusion.ddim_sample does (float32 linspace, truncated), so the two agree for every S."""
     times = torch.linspace(-1, total_timesteps - 1, steps=steps + 1).int().tolist()
@@ -63,18 +70,20 @@ def ddim_times(total_timesteps, steps):
 class Ddim(LibraryChain):
     """DDIM (Song et al. 2021) on the library's time pairs; eta = 0 deterministic, eta = 1 with S = T is DDPM."""
 
-    def __init__(self, diffusion, *, eta=0.0):
+    def __init__(self, diffusion: Diffusion, *, eta: float = 0.0) -> None:
         self.diffusion, self.eta = diffusion, eta
 
-    def set_timesteps(self, steps):
+    def set_timesteps(self, steps: int) -> None:
         pairs = ddim_times(self.diffusion.num_timesteps, steps)
         self.timesteps, self.next_time = [t for t, _ in pairs], dict(pairs)
 
-    def step(self, prediction, t, x, generator):
+    def step(self, prediction: ModelPrediction, t: int, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
         return ddim_step(self.diffusion, prediction, t, self.next_time[t], self.eta, generator)
 
 
-def ddim_step(diffusion, prediction, t, t_next, eta, generator):
+def ddim_step(diffusion: Diffusion, prediction: ModelPrediction, t: int, t_next: int, eta: float,
+              generator: torch.Generator | None) -> torch.Tensor:
     """From x_t to x_{t_next} (t_next < t) by the DDIM update; t_next = -1 returns the predicted x0. With eta = 1 and
     t_next = t - 1 it is DDPM's posterior step."""
     if t_next < 0:
@@ -91,7 +100,7 @@ class DiffusersSolver:
     library's (clipped, re-derived) noise prediction, timesteps 'trailing' so the first step is at T-1 like
     DDIM's. diffusers is imported only when such a sampler is asked for."""
 
-    def __init__(self, diffusion, *, scheduler, eta=None, **options):
+    def __init__(self, diffusion: Diffusion, *, scheduler: str, eta: float | None = None, **options: Any) -> None:
         import diffusers  # here: a second of import time, for the solvers only
         betas = diffusion.betas.detach().double().cpu().numpy()
         self.scheduler = getattr(diffusers, scheduler)(
@@ -101,27 +110,28 @@ class DiffusersSolver:
         self.takes_generator = 'generator' in inspect.signature(self.scheduler.step).parameters
 
     @property
-    def init_noise_sigma(self):
+    def init_noise_sigma(self) -> float:
         return float(self.scheduler.init_noise_sigma)
 
-    def set_timesteps(self, steps):
+    def set_timesteps(self, steps: int) -> None:
         self.scheduler.set_timesteps(steps, device=self.device)  # also resets a multistep solver's history
         self.timesteps = [int(t) for t in self.scheduler.timesteps]  # the library's model takes integer t
         self.scheduler_time = dict(zip(self.timesteps, self.scheduler.timesteps))  # the scheduler wants its own
 
-    def scale_model_input(self, x, t):
+    def scale_model_input(self, x: torch.Tensor, t: int) -> torch.Tensor:
         return self.scheduler.scale_model_input(x, self.scheduler_time[t])
 
-    def start_at(self, t_start):
+    def start_at(self, t_start: int) -> None:
         """Enter the solver's schedule at its first timestep at or below t_start, as diffusers' img2img does."""
         begin = next((i for i, t in enumerate(self.timesteps) if t <= t_start), len(self.timesteps))
         self.timesteps = self.timesteps[begin:]
         self.scheduler.set_begin_index(begin)
 
-    def add_noise(self, x0, noise, t):
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         return self.scheduler.add_noise(x0, noise, self.scheduler_time[t].reshape(1))
 
-    def step(self, prediction, t, x, generator):
+    def step(self, prediction: ModelPrediction, t: int, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
         noise = dict(generator=generator) if self.takes_generator else {}
         return self.scheduler.step(prediction.pred_noise, self.scheduler_time[t], x, **noise).prev_sample
 
@@ -129,6 +139,7 @@ class DiffusersSolver:
 BUILDERS = {'Ddpm': Ddpm, 'Ddim': Ddim, 'DiffusersSolver': DiffusersSolver}
 
 
-def build_sampler(name, diffusion, *, eta=0.0):
+def build_sampler(name: str, diffusion: Diffusion, *, eta: float = 0.0) -> Ddpm | Ddim | DiffusersSolver:
+    """The sampler a registry entry names, for one model; call set_timesteps(S) before stepping."""
     spec = SAMPLERS[name]
     return BUILDERS[spec.builder](diffusion, eta=eta, **spec.options)

@@ -6,26 +6,30 @@ different x_T whenever more than one batch is sampled, and it silently runs DDPM
 DDIM with S = T. Here every sampler starts image i from the same x_T (from --seed), draws its per-step
 noise from a seeded generator, and runs on the library's own model predictions.
 """
+from __future__ import annotations
+
 import math
 import time
+from typing import Any, Sequence
 
 import torch
 
 from .attention import use_fast_attention
+from .conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from .device import cpu_has_bf16, synchronize
+from .hints import Diffusion
 from .sampler_table import SAMPLERS, resolve_steps
 from .samplers import build_sampler
-from .conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from .utils import UserError
 
 
-def default_batch_size(device, num_samples):
+def default_batch_size(device: torch.device, num_samples: int) -> int:
     """Images per forward when --batch_size is not given: 100 on a CPU, 500 on a GPU (benchmarks/bench_sampling.py
     compares batch sizes; docs/speed.md)."""
     return min(num_samples, 100 if device.type == 'cpu' else 500)
 
 
-def default_precision(device):
+def default_precision(device: torch.device) -> str:
     """Fastest precision that keeps sample quality (docs/speed.md): bf16 on CPUs that have it; fp32 on
     GPUs, where these small Unets are launch-bound (docs/speed.md)."""
     if device.type == 'cpu' and cpu_has_bf16():
@@ -40,7 +44,7 @@ class Bf16Unet(torch.nn.Module):
     The sinusoidal time embedding and its MLP stay in fp32, as the timestep needs more than bf16's 8 bits.
     """
 
-    def __init__(self, unet):
+    def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet.to(torch.bfloat16)
         self.unet.time_mlp.float()
@@ -48,20 +52,20 @@ class Bf16Unet(torch.nn.Module):
         self.channels, self.out_dim = unet.channels, unet.out_dim
         self.self_condition = getattr(unet, 'self_condition', False)  # the library's conditional Unet has none
 
-    def forward(self, x, time, *args, **kwargs):
+    def forward(self, x: torch.Tensor, time: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.unet(x.to(torch.bfloat16), time, *args, **kwargs).float()
 
 
 class AutocastUnet(torch.nn.Module):
     """The Unet under fp16 autocast (CUDA only: fp16 needs fp32 norms, which autocast keeps)."""
 
-    def __init__(self, unet):
+    def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet
         self.channels, self.out_dim = unet.channels, unet.out_dim
         self.self_condition = getattr(unet, 'self_condition', False)
 
-    def forward(self, x, time, *args, **kwargs):
+    def forward(self, x: torch.Tensor, time: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.float16):
             return self.unet(x, time, *args, **kwargs).float()
 
@@ -69,7 +73,8 @@ class AutocastUnet(torch.nn.Module):
 PRECISION_WRAPPERS = {'bf16': Bf16Unet, 'fp16': AutocastUnet}
 
 
-def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compile=False):
+def prepare_for_inference(diffusion: Diffusion, precision: str = 'fp32', channels_last: bool = True,
+                          compile: bool = False) -> Diffusion:
     """Set the Unet up for sampling, the one place precision is applied: layout-aware attention,
     channels_last, bf16 weights or fp16 autocast, optional compile."""
     holder = diffusion.model if isinstance(diffusion.model, GuidedUnet) else diffusion  # guidance stays outermost
@@ -89,13 +94,14 @@ def prepare_for_inference(diffusion, precision='fp32', channels_last=True, compi
     return diffusion
 
 
-def initial_noise(num_images, channels, image_size, seed):
+def initial_noise(num_images: int, channels: int, image_size: int, seed: int) -> torch.Tensor:
     """x_T for image i depends only on (seed, i): drawn on the CPU, so it is the same on every device."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(num_images, channels, image_size, image_size, generator=generator)
 
 
-def check_settings(strategy, steps, eta, num_samples, batch_size, total_timesteps):
+def check_settings(strategy: str, steps: int, eta: float, num_samples: int, batch_size: int,
+                   total_timesteps: int) -> None:
     """The rules every sampling run obeys; sample() calls this once, before any work."""
     if strategy not in SAMPLERS:
         raise UserError(f'unknown strategy {strategy}; use one of {", ".join(SAMPLERS)}')
@@ -110,7 +116,7 @@ def check_settings(strategy, steps, eta, num_samples, batch_size, total_timestep
         raise UserError(f'--ddim_eta must be a number >= 0 (got {eta})')
 
 
-def batch_generator(seed, start, device):
+def batch_generator(seed: int, start: int, device: str | torch.device) -> torch.Generator:
     """Per-step noise for the batch beginning at image `start`; the same for every sampler."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed << 20) + start + 1)
@@ -118,7 +124,8 @@ def batch_generator(seed, start, device):
 
 
 @torch.inference_mode()
-def denoise(diffusion, sampler, x_T, generator, clip_x0=True):
+def denoise(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: torch.Generator | None,
+            clip_x0: bool = True) -> torch.Tensor:
     """One sampler loop from x_T to x_0 in [-1, 1] units: the library's model prediction at each timestep."""
     img = x_T.to(diffusion.device).contiguous(memory_format=torch.channels_last) * sampler.init_noise_sigma
     for t in sampler.timesteps:
@@ -129,12 +136,16 @@ def denoise(diffusion, sampler, x_T, generator, clip_x0=True):
     return img.float()
 
 
-def run_batch(diffusion, sampler, x_T, generator, clip_x0=True):
+def run_batch(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: torch.Generator | None,
+              clip_x0: bool = True) -> torch.Tensor:
+    """One batch from x_T to images in [0, 1]."""
     return diffusion.unnormalize(denoise(diffusion, sampler, x_T, generator, clip_x0)).clamp(0, 1)
 
 
-def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None, eta=0.0, seed=0, noise=None,
-           clip_x0=True, labels=None, guidance=UNGUIDED):
+def sample(diffusion: Diffusion, strategy: str = 'ddim', num_samples: int = 25, batch_size: int = 25,
+           steps: int | None = None,
+           eta: float = 0.0, seed: int = 0, noise: torch.Tensor | None = None, clip_x0: bool = True,
+           labels: torch.Tensor | Sequence[int] | None = None, guidance: Guidance = UNGUIDED) -> torch.Tensor:
     """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU, with any sampler of
     samplers.SAMPLERS. DDPM always runs all T steps; `steps` defaults to 50 for the others. Precision is
     whatever prepare_for_inference() set on the diffusion's Unet. A conditional model draws image i as digit
@@ -155,8 +166,9 @@ def sample(diffusion, strategy='ddim', num_samples=25, batch_size=25, steps=None
     return torch.cat(out)
 
 
-def conditioning(diffusion, num_samples, *, digits=None, guidance_scale=1.0, remove_parallel=False,
-                 rescaled_phi=0.0):
+def conditioning(diffusion: Diffusion, num_samples: int, *, digits: Sequence[int] | None = None,
+                 guidance_scale: float = 1.0,
+                 remove_parallel: bool = False, rescaled_phi: float = 0.0) -> tuple[torch.Tensor | None, Guidance]:
     """(labels, guidance) of a sampling run: `digits` (default all ten) in equal blocks on a conditional model, None
     on an unconditional one, which refuses digits and guidance in one line."""
     if not isinstance(diffusion.model, GuidedUnet):
@@ -168,7 +180,8 @@ def conditioning(diffusion, num_samples, *, digits=None, guidance_scale=1.0, rem
     return labels, Guidance(guidance_scale, remove_parallel, rescaled_phi)
 
 
-def check_labels(diffusion, labels, num_samples):
+def check_labels(diffusion: Diffusion, labels: torch.Tensor | Sequence[int] | None,
+                 num_samples: int) -> torch.Tensor | None:
     """The labels a sampling run uses: balanced digits by default on a conditional model, none on another."""
     conditional = isinstance(diffusion.model, GuidedUnet)
     if labels is not None and not conditional:
@@ -181,7 +194,7 @@ def check_labels(diffusion, labels, num_samples):
     return labels
 
 
-def warm_up(diffusion, batch_size, strategy='ddim'):
+def warm_up(diffusion: Diffusion, batch_size: int, strategy: str = 'ddim') -> None:
     """One Unet forward at the sampling batch size, and the sampler built once (diffusers' import), so timing
     excludes one-off start-up costs."""
     build_sampler(strategy, diffusion)
@@ -195,7 +208,7 @@ def warm_up(diffusion, batch_size, strategy='ddim'):
     synchronize(device)
 
 
-def timed_sample(diffusion, **kwargs):
+def timed_sample(diffusion: Diffusion, **kwargs: Any) -> tuple[torch.Tensor, float]:
     """sample() after a warm-up, with the device synchronised; returns (images, seconds)."""
     warm_up(diffusion, min(kwargs.get('batch_size', 25), kwargs.get('num_samples', 25)), kwargs.get('strategy', 'ddim'))
     start = time.perf_counter()

@@ -1,7 +1,11 @@
 """Model, diffusion and training settings: the presets and the flags that name them. Imports no torch, so
 `--help` and flag errors are instant."""
+from __future__ import annotations
+
+import argparse
 import copy
 from pathlib import Path
+from typing import Any
 
 SHIPPED = Path(__file__).resolve().parent.parent / 'pretrained' / 'ddpm_mnist_small.safetensors'
 SHIPPED_CONDITIONAL = SHIPPED.with_name('ddpm_mnist_conditional.safetensors')
@@ -52,15 +56,17 @@ MODEL_FLAGS = {
 FLAG_OF = {key: flag for flag, (_, key) in MODEL_FLAGS.items()}
 
 
-def comma_ints(text):
+def comma_ints(text: str) -> list[int]:
+    """'1,2,2' -> [1, 2, 2] (an argparse type)."""
     return [int(x) for x in text.split(',')]
 
 
-def comma_floats(text):
+def comma_floats(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0] (an argparse type)."""
     return [float(x) for x in text.split(',')]
 
 
-def add_model_args(parser):
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared by training and inference; None means 'from the preset, config or checkpoint'."""
     g = parser.add_argument_group('model and diffusion (default: from the preset, config.json or checkpoint)')
     g.add_argument('--unet_dim', type=int, help='base channel width of the Unet (original: 64)')
@@ -78,7 +84,7 @@ def add_model_args(parser):
                    help='what the Unet predicts (original: pred_v, the library default it trained with)')
 
 
-def model_overrides(values):
+def model_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The model/diffusion settings given explicitly in `values` (flag name -> value, None for not given), as
     {'model': {...}, 'diffusion': {...}}."""
     overrides = {'model': {}, 'diffusion': {}}
@@ -88,11 +94,13 @@ def model_overrides(values):
     return overrides
 
 
-def add_raw_dir_arg(parser, help_text):
+def add_raw_dir_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--raw_dir (alias --raw-dir): a folder of MNIST IDX files, for offline use."""
     parser.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help=help_text)
 
 
-def add_data_root_arg(parser):
+def add_data_root_arg(parser: argparse.ArgumentParser) -> None:
+    """--data_root (alias --root): where torchvision downloads and caches MNIST."""
     parser.add_argument('--data_root', '--root', dest='data_root', default='./data',
                         help='folder where torchvision downloads and caches MNIST (default: %(default)s)')
 

@@ -1,17 +1,23 @@
 """The sampler sweep: every (sampler, steps, eta) from the same noise, timed, scored, cached and tabulated."""
+from __future__ import annotations
+
 import csv
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from .conditional import Guidance
+from .device import machine_name
+from .hints import Diffusion, PathLike
 from .intervals import differs, paired_fid_difference
-from .metrics import METRICS_VERSION
+from .metrics import METRICS_VERSION, Evaluator
 from .sampler_table import SAMPLERS, grid_name, label
 from .sampling import initial_noise, timed_sample
-from .device import machine_name
 from .utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
@@ -28,7 +34,8 @@ COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image'
            'near_copy_share', 'flip_preferred_share', 'inception_fid')
 
 
-def sweep_configs(samplers, *, steps, etas, solver_steps, total_timesteps):
+def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequence[float], solver_steps: Sequence[int],
+                  total_timesteps: int) -> list[dict[str, Any]]:
     """Every (sampler, steps, eta) the sweep runs: DDPM at T, DDIM at every steps x eta, the other samplers at
     every solver_steps. DDIM with S = T and eta = 1 is left out next to DDPM: it is the same update with the
     same noise (tests/test_samplers.py checks they agree), so its row would only repeat DDPM's at the sweep's
@@ -51,18 +58,23 @@ def sweep_configs(samplers, *, steps, etas, solver_steps, total_timesteps):
     return configs
 
 
-def config_label(c):
+def config_label(c: dict[str, Any]) -> str:
+    """The table label of one configuration, e.g. 'DDIM 50, eta 0.0'."""
     return label(c['strategy'], c['steps'], c['eta'])
 
 
-def cache_key(**settings):
+def cache_key(**settings: Any) -> str:
     """Cache entries carry the metrics version, so results scored by an older set of metrics are recomputed."""
     settings = dict(settings, metrics=METRICS_VERSION)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples=1000, batch_size=250, seed=0,
-              precision='fp32', grid_images=64, extra_score=None, pairs=(), labels=None, guidance=None):
+def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, checkpoint: PathLike,
+              configs: list[dict[str, Any]], *,
+              num_samples: int = 1000, batch_size: int = 250, seed: int = 0, precision: str = 'fp32',
+              grid_images: int = 64, extra_score: Callable[[torch.Tensor], dict[str, Any]] | None = None,
+              pairs: Sequence[tuple[str, str]] = (), labels: torch.Tensor | None = None,
+              guidance: Guidance | None = None) -> dict[str, Any]:
     """Sample and score every config; results are cached per config so reruns and interrupted sweeps resume."""
     out_dir = Path(out_dir)
     (out_dir / 'cache').mkdir(parents=True, exist_ok=True)
@@ -98,11 +110,10 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
         write_json(cached, row)
         rows.append(row)
     add_paired_differences(rows, features, evaluator.reference_fit, seed=seed)
-    compared = [dict(a=a, b=b, **paired_fid_difference(features[a], features[b], evaluator.reference_fit,
-                                                         seed=seed)._asdict())
-                for a, b in pairs if a in features and b in features]
-    for pair in compared:
-        pair['differs'] = pair['low'] > 0 or pair['high'] < 0
+    compared = []
+    for a, b in (pair for pair in pairs if all(name in features for name in pair)):
+        diff = paired_fid_difference(features[a], features[b], evaluator.reference_fit, seed=seed)
+        compared.append(dict(a=a, b=b, **diff._asdict(), differs=differs(diff)))
     key = cache_key(kind='calibration', n=num_samples, seed=seed, scorer=evaluator.identity)
     cached = out_dir / 'cache' / f'{key}.json'
     if cached.is_file():
@@ -118,7 +129,9 @@ def run_sweep(diffusion, evaluator, out_dir, checkpoint, configs, *, num_samples
     return result
 
 
-def add_paired_differences(rows, features, reference_fit, *, seed=0):
+def add_paired_differences(rows: list[dict[str, Any]], features: dict[str, np.ndarray],
+                           reference_fit: tuple[np.ndarray, np.ndarray],
+                           *, seed: int = 0) -> None:
     """For every row, FID minus the DDPM-1000 row's and minus the best (lowest-FID) row's, each with the interval of
     the paired bootstrap (the same sample indices in both: every configuration starts from the same x_T)."""
     if not rows:
@@ -136,7 +149,7 @@ def add_paired_differences(rows, features, reference_fit, *, seed=0):
         row['is_best'] = row is best
 
 
-def write_outputs(result, out_dir):
+def write_outputs(result: dict[str, Any], out_dir: PathLike) -> None:
     out_dir = Path(out_dir)
     write_json(out_dir / 'comparison.json', result)
     calibration_rows = [dict(config=name, **scores) for name, scores in result['calibration'].items()]
@@ -150,7 +163,7 @@ def write_outputs(result, out_dir):
     plot(result, out_dir / 'comparison.png')
 
 
-def markdown_table(result):
+def markdown_table(result: dict[str, Any]) -> str:
     head = ('| config | NFE | s/image | FID [95 %] | vs DDPM-1000 | vs best | KID [95 %] | IS | confidence '
             '| smallest class | KL to uniform | precision | recall | near-copies | flip-preferred |')
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
@@ -170,28 +183,30 @@ def markdown_table(result):
     return '\n'.join(lines) + '\n'
 
 
-def feature_space_agreement(rows):
+def feature_space_agreement(rows: list[dict[str, Any]]) -> list[str]:
     """Whether the second feature network orders the rows as the first does: pairs agreeing, and those that do not."""
     rows = [r for r in rows if r.get('fid_b') is not None]
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
     if not pairs:
         return []
     disagree = [(a, b) for a, b in pairs if (a['fid'] - b['fid']) * (a['fid_b'] - b['fid_b']) < 0]
-    text = (f'**Second feature network** (scripts/train_classifier.py --arch wide): it orders {len(pairs) - len(disagree)}'
-            f' of the {len(pairs)} pairs of rows as the first does.')
+    text = (f'**Second feature network** (scripts/train_classifier.py --arch wide): it orders '
+            f'{len(pairs) - len(disagree)} of the {len(pairs)} pairs of rows as the first does.')
     if disagree:
         text += ' Ordered the other way: ' + '; '.join(f'{a["config"]} / {b["config"]}' for a, b in disagree) + '.'
     return [text]
 
 
-def pair_sentence(pair):
+def pair_sentence(pair: dict[str, Any]) -> str:
+    """One line on a headline pair: its paired FID difference and whether it is significant."""
     verdict = ('the difference is significant (its interval excludes 0)' if pair['differs'] else
                'no difference can be told at this N (its interval contains 0)')
     return (f'**{pair["a"]} against {pair["b"]}**: FID difference {pair["value"]:+.2f} [{pair["low"]:+.2f}, '
             f'{pair["high"]:+.2f}], paired bootstrap over the same x_T: {verdict}.')
 
 
-def what_the_numbers_show(result):
+def what_the_numbers_show(result: dict[str, Any]) -> str:
+    """What a table at this N can and cannot show, in one paragraph."""
     floor = result['calibration'].get('real training digits (floor)', {}).get('fid')
     floor_text = f' (real digits score {floor:.1f} here)' if floor is not None else ''
     return (f'What these numbers can show: at N = {result["num_samples"]} every FID carries a finite-sample bias'
@@ -199,27 +214,31 @@ def what_the_numbers_show(result):
             'published elsewhere or at another N; two rows whose difference interval contains 0 are not ranked.')
 
 
-def interval_cell(r, key):
+def interval_cell(r: dict[str, Any], key: str) -> str:
+    """'value [low, high]', or the value alone where there is no interval."""
     value, low, high = (r.get(k, float('nan')) for k in (key, f'{key}_low', f'{key}_high'))
     return f'{value:.2f}' if np.isnan(low) else f'{value:.2f} [{low:.2f}, {high:.2f}]'
 
 
-def difference_cell(r, name):
+def difference_cell(r: dict[str, Any], name: str) -> str:
+    """A row's paired difference from the DDPM or the best row, starred where significant."""
     if r.get(f'fid_minus_{name}') is None:
         return '–'
     if name == 'best' and r.get('is_best') or name == 'ddpm' and SAMPLERS[r['strategy']].all_steps:
         return '(this row)'
     star = ' *' if r[f'differs_from_{name}'] else ''
-    return f'{r[f"fid_minus_{name}"]:+.2f} [{r[f"fid_minus_{name}_low"]:+.2f}, {r[f"fid_minus_{name}_high"]:+.2f}]{star}'
+    value, low, high = (r[f'fid_minus_{name}{end}'] for end in ('', '_low', '_high'))
+    return f'{value:+.2f} [{low:+.2f}, {high:+.2f}]{star}'
 
 
-def score_cells(r):
+def score_cells(r: dict[str, Any]) -> str:
+    """The table cells after FID: IS, confidence, class balance, precision/recall, near-copies, flips."""
     return (f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
             f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f} | '
             f'{r.get("flip_preferred_share", float("nan")):.3f}')
 
 
-def plot_series(rows):
+def plot_series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """{legend label: rows} with one line per sampler (per eta for DDIM); DDPM, a single point, apart."""
     series = {}
     for r in rows:
@@ -229,7 +248,7 @@ def plot_series(rows):
     return series
 
 
-def plot(result, path):
+def plot(result: dict[str, Any], path: PathLike) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -1,4 +1,6 @@
 """Training: the library's Trainer corrected for MNIST and for safe resuming, and the training command."""
+from __future__ import annotations
+
 import contextlib
 import copy
 import math
@@ -7,53 +9,58 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
+import denoising_diffusion_pytorch.denoising_diffusion_pytorch as library
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
-from ema_pytorch import PostHocEMA
-import denoising_diffusion_pytorch.denoising_diffusion_pytorch as library
 from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
-from torchvision import utils as torchvision_utils
+from ema_pytorch import PostHocEMA
 from torch.utils.data import DataLoader
+from torchvision import utils as torchvision_utils
 
+from .checkpoints import (Parent, check_resumable, images_seen, load_checkpoint, read_parent, save_checkpoint,
+                          segments_of)
 from .conditional import LabelledBatch, is_conditional
 from .data import check_training_folder, folder_info, labels_of
-from .model import build_diffusion, versions
-from .run_folder import (FolderLock, check_against_folder, milestone_path, prepare_folder, read_config, read_loss_log, resolve_resume, write_loss_log)
-from .checkpoints import check_resumable, images_seen, load_checkpoint, read_parent, save_checkpoint, segments_of
-from .settings import PRESETS
-from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
 from .device import cpu_has_bf16, keep_freed_memory, machine_name, pick_device
+from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
+from .hints import Config, Diffusion, PathLike
+from .model import build_diffusion, versions
+from .run_folder import (FolderLock, check_against_folder, milestone_path, prepare_folder, read_config, read_loss_log,
+                         resolve_resume, write_loss_log)
+from .settings import PRESETS
 from .utils import DiskFull, UserError, ensure_writable_dir, save_grid, warn
 from .validation import check_relations
-
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
 # between be synthesised after training (scripts/post_hoc_ema.py); the paper's sigma_rel values.
 POST_HOC_SIGMA_RELS = (0.05, 0.28)
 
 
-def post_hoc_folder(results_folder):
+def post_hoc_folder(results_folder: PathLike) -> Path:
+    """Where a run keeps its PostHocEMA snapshots."""
     return Path(results_folder) / 'post_hoc_ema'
 
 
 class LabelledImages(torch.utils.data.Dataset):
     """The library's image Dataset with each image's digit, for a conditional model on the plain loader."""
 
-    def __init__(self, dataset, labels):
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor) -> None:
         self.dataset, self.labels = dataset, labels
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset[index], self.labels[index]
 
 
-def collate_labelled(items):
+def collate_labelled(items: list[tuple[torch.Tensor, torch.Tensor]]) -> LabelledBatch:
+    """A DataLoader batch of (image, label) pairs as one LabelledBatch."""
     images, labels = zip(*items)
     return LabelledBatch(torch.stack(images), torch.stack(labels))
 
@@ -62,13 +69,13 @@ class GridsAfterCheckpoints:
     """torchvision.utils as the library's training loop sees it, but save_image only hands the grid to the trainer,
     whose save() writes it after the milestone's checkpoint."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer: MnistTrainer) -> None:
         self.trainer = trainer
 
-    def save_image(self, images, path, **kwargs):
+    def save_image(self, images: torch.Tensor, path: PathLike, **kwargs: Any) -> None:
         self.trainer.pending_grid = (images.detach().cpu(), path)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(torchvision_utils, name)
 
 
@@ -79,9 +86,11 @@ class MnistTrainer(Trainer):
     once into memory, glibc keeping freed memory, channels_last with the layout-aware linear attention, fused Adam, a
     foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
 
-    def __init__(self, diffusion, folder, *, config, num_workers=2, fast=True, compile=False, bf16_compute=False,
-                 train_lr=1e-4, max_minutes=None, lr_warmup_steps=0, lr_schedule='constant', post_hoc_ema_every=None,
-                 **kwargs):
+    def __init__(self, diffusion: Diffusion, folder: PathLike, *, config: Config, num_workers: int = 2,
+                 fast: bool = True,
+                 compile: bool = False, bf16_compute: bool = False, train_lr: float = 1e-4,
+                 max_minutes: float | None = None, lr_warmup_steps: int = 0, lr_schedule: str = 'constant',
+                 post_hoc_ema_every: int | None = None, **kwargs: Any) -> None:
         try:
             super().__init__(diffusion, folder, augment_horizontal_flip=False, train_lr=train_lr, **kwargs)
         except (URLError, ConnectionError, TimeoutError) as err:  # only the Inception download reaches the network
@@ -93,15 +102,16 @@ class MnistTrainer(Trainer):
         self.lr_warmup_steps, self.lr_schedule = lr_warmup_steps, lr_schedule
         self.wall_seconds_before, self.started = 0.0, time.time()  # wall time of earlier sessions, and this one
         self.images_seen_before, self.step_at_start = 0, 0
-        self.effective_batch = self.batch_size * self.gradient_accumulate_every * self.accelerator.num_processes
+        self.effective_batch = effective_batch(config['training'], self.accelerator.num_processes)
         self.machines = [machine_name(self.device)]
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
-        self.model.register_forward_hook(self.record_loss)
         self.post_hoc = None
-        if post_hoc_ema_every and self.accelerator.is_main_process:  # before compiling: the EMAs copy the model
+        # Before compiling and before the loss hook: the EMAs deep-copy the model, and the hook would copy the Trainer.
+        if post_hoc_ema_every and self.accelerator.is_main_process:
             self.post_hoc = PostHocEMA(self.accelerator.unwrap_model(self.model), sigma_rels=POST_HOC_SIGMA_RELS,
                                        update_every=10, checkpoint_every_num_steps=post_hoc_ema_every,
                                        checkpoint_folder=str(post_hoc_folder(self.results_folder)))
+        self.model.register_forward_hook(self.record_loss)
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
         self.labels = None
         if is_conditional(config['model']):
@@ -119,7 +129,7 @@ class MnistTrainer(Trainer):
                             collate_fn=collate)
             self.dl = cycle(self.accelerator.prepare(dl))
 
-    def start_from(self, parent):
+    def start_from(self, parent: Parent) -> None:
         """Online and EMA weights from a parent run (--init_from), with the optimiser left fresh. The EMA keeps
         counting from the parent's steps, so its decay does not warm up again from 0."""
         self.accelerator.unwrap_model(self.model).model.load_state_dict(parent.online)
@@ -127,12 +137,14 @@ class MnistTrainer(Trainer):
         self.ema.step.fill_(sum(seg.get('steps') or 0 for seg in segments_of(parent.record['provenance'])))
         self.ema.initted.fill_(True)
 
-    def record_loss(self, module, args, loss):
+    def record_loss(self, module: torch.nn.Module, args: Any, loss: torch.Tensor) -> None:
+        """Forward hook on the diffusion: each training step's loss, for loss.csv."""
         if module.training:
             step = self.step + 1
             self.losses[step] = self.losses.get(step, 0.0) + loss.item() / self.gradient_accumulate_every
 
-    def use_fast_path(self, images, train_lr, compile, bf16_compute=False):
+    def use_fast_path(self, images: torch.Tensor, train_lr: float, compile: bool, bf16_compute: bool = False) -> None:
+        """The measured levers: cached batches, glibc's freed memory kept, the model levers, fused Adam, foreach EMA."""
         levers = {**DEFAULT_LEVERS, 'compile': compile, **({'precision': 'bf16'} if bf16_compute else {})}
         self.dl = CachedImages(images, self.batch_size, device=self.device, labels=self.labels,
                                memory_format=torch.channels_last if levers['channels_last'] else None)
@@ -144,7 +156,7 @@ class MnistTrainer(Trainer):
         if self.accelerator.is_main_process:
             self.ema.use_foreach = levers['ema_foreach']
 
-    def lr_at(self, step):
+    def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step `step` (0-based): linear warm-up from 0 over lr_warmup_steps, then
         constant or a cosine decay to 0 at train_num_steps (the library's Trainer has no schedule)."""
         warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
@@ -154,15 +166,15 @@ class MnistTrainer(Trainer):
             warm *= 0.5 * (1 + math.cos(math.pi * progress))
         return self.base_lr * warm
 
-    def set_lr(self, step):
+    def set_lr(self, step: int) -> None:
         for group in self.plain_optimiser.param_groups:
             group['lr'] = self.lr_at(step)
 
     @property
-    def plain_optimiser(self):
+    def plain_optimiser(self) -> torch.optim.Optimizer:
         return getattr(self.opt, 'optimizer', self.opt)  # under accelerate's AcceleratedOptimizer wrapper
 
-    def after_optimiser_step(self):
+    def after_optimiser_step(self) -> None:
         """Runs inside opt.step(), before the library's loop counts the step: the next step's learning rate, and
         the time limit, checked at milestone boundaries only so the run ends on a milestone."""
         step = self.step + 1
@@ -172,13 +184,13 @@ class MnistTrainer(Trainer):
         if self.max_minutes is not None and step % self.save_and_sample_every == 0 and self.time_is_up():
             self.train_num_steps = step
 
-    def time_is_up(self):
+    def time_is_up(self) -> bool:
         up = time.time() - self.train_started >= 60 * self.max_minutes
         if self.accelerator.num_processes > 1:  # every process must stop at the same step
             up = broadcast_object_list([up])[0]
         return up
 
-    def train(self):
+    def train(self) -> None:
         """The library's loop, with the learning-rate schedule and time limit hooked onto the optimiser step, and
         its sample-N.png held back until save() has written model-N.pt (the library writes the grid first)."""
         self.total_steps, self.train_started = self.train_num_steps, time.time()
@@ -191,7 +203,7 @@ class MnistTrainer(Trainer):
             library.utils = torchvision_utils
             handle.remove()
 
-    def save(self, milestone):
+    def save(self, milestone: int) -> None:
         if not self.accelerator.is_main_process:
             return
         path = milestone_path(self.results_folder, milestone)
@@ -225,7 +237,7 @@ class MnistTrainer(Trainer):
         except DiskFull as err:
             raise UserError(f'{err}; model-{milestone}.pt was written, rerun to resume from it') from None
 
-    def load(self, milestone):
+    def load(self, milestone: int) -> None:
         try:
             super().load(milestone)
         except Exception:
@@ -234,12 +246,13 @@ class MnistTrainer(Trainer):
         self.losses = {step: loss for step, loss in read_loss_log(self.results_folder).items() if step <= self.step}
         earlier = load_checkpoint(milestone_path(self.results_folder, milestone))
         self.wall_seconds_before = float(earlier.get('wall_seconds', 0.0))
-        self.images_seen_before, self.step_at_start = images_seen(earlier, earlier.get('config') or self.config), self.step
+        self.images_seen_before = images_seen(earlier, earlier.get('config') or self.config)
+        self.step_at_start = self.step
         self.machines = list(dict.fromkeys([*earlier.get('machines', []), *self.machines]))
         self.started = time.time()
 
 
-def mixed_precision(amp, requested, device_type):
+def mixed_precision(amp: bool, requested: str | None, device_type: str) -> str:
     """The accelerate mixed-precision mode that works on this device: fp16 on CUDA, bf16 on CPU/MPS."""
     if not amp:
         return 'no'
@@ -253,7 +266,7 @@ def mixed_precision(amp, requested, device_type):
     return requested
 
 
-def training_device(name):
+def training_device(name: str) -> str:
     """'cuda', 'mps' or 'cpu' for --device. A forced CPU is passed on to the accelerate instance that the
     library's Trainer creates, through ACCELERATE_USE_CPU (which `accelerate launch --cpu` also sets)."""
     if name == 'cpu':
@@ -265,8 +278,9 @@ def training_device(name):
 
 # ---------------------------------------------------------------- the training command
 
-def build_config(*, preset='seed', model=None, diffusion=None, training=None, amp=None, calculate_fid=False,
-                 seed=None, fast_path=True, min_snr_gamma=None):
+def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, diffusion: dict[str, Any] | None = None,
+                 training: dict[str, Any] | None = None, amp: bool | None = None, calculate_fid: bool = False,
+                 seed: int | None = None, fast_path: bool = True, min_snr_gamma: float | None = None) -> Config:
     """The run's config: the preset, with the model, diffusion and training settings given explicitly on top."""
     config = copy.deepcopy(PRESETS[preset])
     config['model'].update(model or {})
@@ -285,7 +299,7 @@ def build_config(*, preset='seed', model=None, diffusion=None, training=None, am
     return config
 
 
-def check_training_settings(t):
+def check_training_settings(t: dict[str, Any]) -> None:
     """Rules the library asserts deep inside Trainer, said up front (single flags are checked at parsing)."""
     if math.isqrt(t['num_samples']) ** 2 != t['num_samples']:
         raise UserError(f'--num_samples must be a square number for the sample grid (got {t["num_samples"]})')
@@ -302,17 +316,18 @@ BYTES_PER_ACTIVATION_UNIT = 600
 FIXED_STEP_BYTES = 1.5e9  # the interpreter, torch, the compiled graph and the cached training images
 
 
-def activation_units(config):
+def activation_units(config: Config) -> int:
+    """Unet width x the pixels of each level x its channel multiplier, summed: what activation memory scales with."""
     size, model = config['diffusion']['image_size'], config['model']
     return model['dim'] * sum(mult * (size // 2 ** level) ** 2 for level, mult in enumerate(model['dim_mults']))
 
 
-def step_bytes(config, batch):
+def step_bytes(config: Config, batch: int) -> float:
     """A rough estimate of one training step's peak memory at this batch (within a factor of about 2)."""
     return FIXED_STEP_BYTES + BYTES_PER_ACTIVATION_UNIT * activation_units(config) * batch
 
 
-def available_bytes():
+def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where there is none, e.g. macOS)."""
     try:
         for line in Path('/proc/meminfo').read_text().splitlines():
@@ -323,7 +338,7 @@ def available_bytes():
     return None
 
 
-def memory_warning(config, device):
+def memory_warning(config: Config, device: str) -> None:
     """A warning, naming a batch that fits, when the step would need more memory than the machine has free."""
     t = config['training']
     available = available_bytes() if device == 'cpu' else None
@@ -337,7 +352,8 @@ def memory_warning(config, device):
          f'{available / 1e9:.1f} GB are available; {advice}')
 
 
-def cpu_warning(config, device):
+def cpu_warning(config: Config, device: str) -> None:
+    """A warning with the expected duration when the original-size model is trained on a CPU."""
     if device != 'cpu' or config['model']['dim'] <= 32:
         return
     t = config['training']
@@ -348,10 +364,14 @@ def cpu_warning(config, device):
          'for CPU training.')
 
 
-def train_model(*, data_folder, preset='seed', model=None, diffusion=None, training=None, amp=None,
-                mixed_precision_type='auto', calculate_fid=False, num_fid_samples=50000, min_snr_gamma=None,
-                fast_path=True, compile=None, num_workers=2, resume='auto', init_from=None, max_minutes=None,
-                device='auto', seed=None, command=None):
+def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str, Any] | None = None,
+                diffusion: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
+                amp: bool | None = None,
+                mixed_precision_type: str = 'auto', calculate_fid: bool = False, num_fid_samples: int = 50000,
+                min_snr_gamma: float | None = None, fast_path: bool = True, compile: bool | None = None,
+                num_workers: int = 2, resume: str = 'auto', init_from: PathLike | None = None,
+                max_minutes: float | None = None, device: str = 'auto', seed: int | None = None,
+                command: str | None = None) -> None:
     """The whole training command: check, build, lock the folder, write config.json, train. `model`, `diffusion`
     and `training` are the settings given explicitly (the rest comes from the preset)."""
     config = build_config(preset=preset, model=model, diffusion=diffusion, training=training, amp=amp,
@@ -402,9 +422,14 @@ def train_model(*, data_folder, preset='seed', model=None, diffusion=None, train
 INIT_FROM_WARMUP_STEPS = 200
 
 
-def check_batch_fits(training, num_processes, num_images):
-    """One optimiser step draws batch x accumulation x processes images; it cannot draw more than the folder holds."""
-    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * num_processes
+def effective_batch(training: dict[str, Any], num_processes: int) -> int:
+    """Images one optimiser step draws: batch x accumulation x processes."""
+    return training['train_batch_size'] * training['gradient_accumulate_every'] * num_processes
+
+
+def check_batch_fits(training: dict[str, Any], num_processes: int, num_images: int) -> None:
+    """An optimiser step cannot draw more images than the folder holds."""
+    effective = effective_batch(training, num_processes)
     if effective > num_images:
         raise UserError(f'an optimiser step needs {effective} images (--train_batch_size {training["train_batch_size"]}'
                         f' x --gradient_accumulate_every {training["gradient_accumulate_every"]} x {num_processes} '
@@ -412,7 +437,7 @@ def check_batch_fits(training, num_processes, num_images):
                         f'{num_images // (training["gradient_accumulate_every"] * num_processes)}')
 
 
-def check_same_parent(folder, config, *, warmup_given):
+def check_same_parent(folder: PathLike, config: Config, *, warmup_given: bool) -> None:
     """A run resumed from its milestones keeps the parent it started from (and its warm-up): --init_from may
     repeat it or be left out."""
     folder_config = read_config(folder) or {}
@@ -428,13 +453,14 @@ def check_same_parent(folder, config, *, warmup_given):
                         f'{given["file"]}; resume without --init_from, or use a new --results_folder')
 
 
-def build_trainer(config, state, device, precision, num_images, *, data_folder, num_workers, fast_path, compile,
-                  seed, num_fid_samples, max_minutes):
+def build_trainer(config: Config, state: PartialState, device: str, precision: str, num_images: int, *,
+                  data_folder: PathLike, num_workers: int, fast_path: bool, compile: bool | None, seed: int | None,
+                  num_fid_samples: int, max_minutes: float | None) -> MnistTrainer:
     """The library's classes, built and checked (data decoded) before anything is written to the folder."""
     training = config['training']
     if seed is not None:
         set_seed(seed)
-    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    effective = effective_batch(training, state.num_processes)
     state.print(f'preset {training["preset"]}: Unet dim {config["model"]["dim"]} mults {config["model"]["dim_mults"]}, '
                 f'objective {config["diffusion"]["objective"]}, {num_images} training images, device {device} x '
                 f'{state.num_processes}, precision {precision}, effective batch {effective} '
@@ -460,7 +486,8 @@ def build_trainer(config, state, device, precision, num_images, *, data_folder, 
         post_hoc_ema_every=training.get('post_hoc_ema_every'))
 
 
-def train(trainer, config, state, resume):
+def train(trainer: MnistTrainer, config: Config, state: PartialState, resume: int | None) -> None:
+    """Resume if asked, train to train_num_steps (or --max_minutes), and report images/s."""
     training = config['training']
     folder = training['results_folder']
     if resume is not None:
@@ -470,12 +497,13 @@ def train(trainer, config, state, resume):
         state.print(f'already trained to step {trainer.step} of {training["train_num_steps"]}; nothing to do '
                     '(raise --train_num_steps to train further)')
         return
-    effective = training['train_batch_size'] * training['gradient_accumulate_every'] * state.num_processes
+    effective = effective_batch(training, state.num_processes)
     started, first_step = time.time(), trainer.step
     trainer.train()
     seconds = time.time() - started
     if trainer.step < training['train_num_steps']:
         state.print(f'stopped at step {trainer.step} of {training["train_num_steps"]}: --max_minutes '
                     f'{trainer.max_minutes} reached (rerun to resume)')
-    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({(trainer.step - first_step) * effective / seconds:.1f} '
+    rate = (trainer.step - first_step) * effective / seconds
+    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({rate:.1f} '
                 f'images/s, milestone grids included); checkpoints in {folder}')

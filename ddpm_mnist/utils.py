@@ -1,5 +1,7 @@
 """Small helpers every module uses: one-line user errors, atomic writes, JSON, digests, grids. Imports no torch
 at the top: the command lines load it before parsing their flags."""
+from __future__ import annotations
+
 import errno
 import hashlib
 import json
@@ -9,13 +11,19 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from .hints import PathLike
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
     """A problem with the user's input or files, reported as one line without a traceback."""
 
 
-def run_cli(main):
+def run_cli(main: Callable[[], Any]) -> None:
     """Call main(); turn a UserError into a one-line message and exit status 2."""
     try:
         main()
@@ -27,7 +35,8 @@ def run_cli(main):
         sys.exit(130)
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -37,7 +46,7 @@ def pid_alive(pid):
     return True
 
 
-def remove_orphans(paths, remove):
+def remove_orphans(paths: Iterable[Path], remove: Callable[[Path], Any]) -> None:
     """Remove temporaries named '...-PID' whose writing process is gone (killed mid-write)."""
     for path in paths:
         pid = path.name.rsplit('-', 1)[-1]
@@ -50,7 +59,7 @@ def remove_orphans(paths, remove):
 TEMPORARY_PATTERNS = ('.*.tmp-*', '.*.partial-*', '.*.old-*')
 
 
-def remove_stale_temporaries(folder):
+def remove_stale_temporaries(folder: PathLike) -> None:
     """Delete the temporaries of killed runs in `folder` (never those of a running process)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -60,12 +69,13 @@ def remove_stale_temporaries(folder):
                        else p.unlink(missing_ok=True))
 
 
-def warn(message):
+def warn(message: str) -> None:
+    """One WARNING line on stderr."""
     print(f'WARNING: {message}', file=sys.stderr)
 
 
 @contextmanager
-def atomic_path(path, *, needed=None):
+def atomic_path(path: PathLike, *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success rename it over `path`, on failure delete it. A full disk
     (however the writer reports it) becomes DiskFull, one line naming the file, what it needed and what is free."""
     path = Path(path)
@@ -89,7 +99,7 @@ class DiskFull(UserError):
     """No space left where a file was being written; the temporary is gone, earlier files are untouched."""
 
 
-def is_disk_full(err):
+def is_disk_full(err: BaseException) -> bool:
     """ENOSPC or a quota from the OS, or a writer's own report of a short write (torch.save: 'unexpected pos')."""
     if isinstance(err, OSError) and err.errno is not None:
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -97,18 +107,19 @@ def is_disk_full(err):
     return 'No space left' in text or 'unexpected pos' in text or 'file write failed' in text
 
 
-def disk_full_message(path, needed=None):
+def disk_full_message(path: PathLike, needed: int | None = None) -> str:
+    """'could not write PATH: No space left on device (X MB free in FOLDER, about Y MB needed)'."""
     folder = next((p for p in Path(path).resolve().parents if p.exists()), Path('/'))
     free = shutil.disk_usage(folder).free
     need = f', about {megabytes(needed)} needed' if needed else ''
     return f'could not write {path}: No space left on device ({megabytes(free)} free in {folder}{need})'
 
 
-def megabytes(size):
+def megabytes(size: float) -> str:
     return f'{size / 1e6:.1f} MB'
 
 
-def tensor_bytes(value):
+def tensor_bytes(value: Any) -> int:
     """Bytes of the tensors inside a (nested) checkpoint dict: about what torch.save writes."""
     if isinstance(value, dict):
         return sum(tensor_bytes(v) for v in value.values())
@@ -117,19 +128,21 @@ def tensor_bytes(value):
     return value.numel() * value.element_size() if hasattr(value, 'element_size') else 0
 
 
-def write_json(path, data):
+def write_json(path: PathLike, data: Any) -> None:
+    """JSON, indented, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + '\n')
 
 
-def read_json(path):
+def read_json(path: PathLike) -> Any:
+    """A JSON file, or a one-line error naming it."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise UserError(f'cannot read {path}: {err}') from None
 
 
-def ensure_writable_dir(path):
+def ensure_writable_dir(path: PathLike) -> Path:
     """Create `path` if needed and prove we can write into it."""
     path = Path(path)
     try:
@@ -142,7 +155,7 @@ def ensure_writable_dir(path):
     return path
 
 
-def shown_path(path):
+def shown_path(path: PathLike) -> str:
     """A path as written into records: relative to the working folder when inside it, else just its name
     (a record should not carry the absolute paths of the machine that wrote it)."""
     path = Path(path).resolve()
@@ -152,7 +165,7 @@ def shown_path(path):
         return path.name
 
 
-def file_digest(path):
+def file_digest(path: PathLike) -> str:
     """First 16 hex digits of the file's SHA-256."""
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -163,12 +176,13 @@ def file_digest(path):
 
 # ---------------------------------------------------------------- image grids
 
-def save_grid(images, path, record=None, *, nrow=None):
+def save_grid(images: torch.Tensor, path: PathLike, record: dict[str, Any] | None = None, *,
+              nrow: int | None = None) -> None:
     """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
     so a grid always carries its own description, even if the JSON copy beside it was never written."""
+    import torch
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-    import torch
     from torchvision.utils import make_grid
     grid = make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))))
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
@@ -179,7 +193,7 @@ def save_grid(images, path, record=None, *, nrow=None):
         Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)
 
 
-def grid_record(path):
+def grid_record(path: PathLike) -> dict[str, Any] | None:
     """The settings stored inside a grid by save_grid (None if it has none)."""
     from PIL import Image
     with Image.open(path) as image:

@@ -1,7 +1,10 @@
 """One table of rules for every numeric flag of the scripts, checked right after parsing (before torch is
 imported or anything is written), so a bad value is one line naming the flag, the value and what is allowed."""
+from __future__ import annotations
+
 import math
 from collections import namedtuple
+from typing import Any, Sequence
 
 from .sampler_table import SAMPLERS
 from .utils import UserError
@@ -10,16 +13,19 @@ Rule = namedtuple('Rule', 'ok allowed')
 MAX_SEED = 2 ** 32 - 1
 
 
-def at_least(low):
+def at_least(low: int) -> Rule:
+    """An integer >= low."""
     return Rule(lambda v: v >= low, f'an integer >= {low}')
 
 
-def fraction(*, closed_top):
+def fraction(*, closed_top: bool) -> Rule:
+    """A number in [0, 1] (closed_top) or [0, 1)."""
     top = ']' if closed_top else ')'
     return Rule(lambda v: math.isfinite(v) and 0 <= v and (v <= 1 if closed_top else v < 1), f'a number in [0, 1{top}')
 
 
-def each(rule):
+def each(rule: Rule) -> Rule:
+    """A list whose every element obeys `rule`."""
     return Rule(lambda values: all(rule.ok(v) for v in values), f'a comma-separated list of {rule.allowed}s')
 
 
@@ -35,9 +41,10 @@ RULES = {
     'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
     'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
     'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
-    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False), 'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER,
-    'min_snr_gamma': POSITIVE_NUMBER,
-    'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2), 'num_workers': at_least(0),
+    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False),
+    'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER, 'min_snr_gamma': POSITIVE_NUMBER,
+    'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2),
+    'num_workers': at_least(0),
     'seed': Rule(lambda v: 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
     # sampling
     'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
@@ -51,7 +58,7 @@ RULES = {
 }
 
 
-def parse_digits(text):
+def parse_digits(text: str) -> list[int]:
     """--digits '7' or '0,3,9' -> [7] or [0, 3, 9] (distinct digits 0-9); a one-line error for anything else."""
     try:
         digits = [int(part) for part in text.split(',')]
@@ -62,7 +69,7 @@ def parse_digits(text):
     return digits
 
 
-def check_flags(values, rules=RULES, extra=None):
+def check_flags(values: dict[str, Any], rules: dict[str, Rule] = RULES, extra: dict[str, Rule] | None = None) -> None:
     """Raise a one-line UserError for the first flag in `values` (flag name -> value) that breaks its rule."""
     rules = {**rules, **(extra or {})}
     for name, value in values.items():
@@ -72,7 +79,8 @@ def check_flags(values, rules=RULES, extra=None):
             raise UserError(f'--{name} {shown} is not allowed: use {rule.allowed}')
 
 
-def check_relations(*, image_size, dim_mults, timesteps, sampling_timesteps=None):
+def check_relations(*, image_size: int, dim_mults: Sequence[int], timesteps: int,
+                    sampling_timesteps: int | None = None) -> None:
     """Rules between settings: the Unet halves the image once per level but the last; S <= T."""
     halvings = 2 ** (len(dim_mults) - 1)
     if image_size % halvings:

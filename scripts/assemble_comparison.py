@@ -10,6 +10,7 @@ here; they do not depend on the device. For a GPU sweep whose cache came back in
 Configs missing from the cache are listed and left out of the table.
 """
 import argparse
+from typing import Sequence
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from ddpm_mnist.settings import add_raw_dir_arg  # noqa: E402
 from ddpm_mnist.utils import file_digest, run_cli  # noqa: E402
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
     p.add_argument('--checkpoint', default='pretrained/ddpm_mnist_small.safetensors', help='checkpoint swept')

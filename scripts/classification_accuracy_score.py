@@ -7,6 +7,7 @@ Writes assets/classification_accuracy_score.{json,md}. Generating 60,000 digits 
 (default UniPC, 10 steps) keeps it under an hour on a 2-core CPU.
 """
 import argparse
+from typing import Sequence
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 

@@ -10,6 +10,7 @@
 Writes assets/editing.{json,md}. Long on a CPU: RePaint makes about resamples x T Unet calls per digit.
 """
 import argparse
+from typing import Any, Sequence
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
     add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
@@ -47,7 +48,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import numpy as np
     import torch
@@ -117,12 +118,12 @@ def main(argv=None):
     print(markdown(result))
 
 
-def classify_probs(evaluator, images):
+def classify_probs(evaluator: Any, images: Any) -> Any:
     from ddpm_mnist.classifier import classify
     return classify(evaluator.classifier, images)[1]
 
 
-def markdown(result):
+def markdown(result: dict[str, Any]) -> str:
     lines = [f'{result["num_digits"]} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
              f'({result["image_size"]} px); command: `{result["command"]}`.', '']
     if 'inpainting' in result:

@@ -7,6 +7,7 @@ FID-against-guidance trade-off plot (the standard figure for guidance), with the
 Writes assets/guidance.{json,md,png}.
 """
 import argparse
+from typing import Any, Sequence
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
@@ -35,7 +36,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
@@ -74,7 +75,7 @@ def main(argv=None):
     print(markdown(result))
 
 
-def markdown(result):
+def markdown(result: dict[str, Any]) -> str:
     floor = result['floor_fid']
     floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
     lines = [f'{result["strategy"]} {result["steps"]} steps, N = {result["num_samples"]} balanced digits per scale, '
@@ -89,7 +90,7 @@ def markdown(result):
     return '\n'.join(lines) + '\n'
 
 
-def plot(result, path):
+def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -7,6 +7,7 @@ also the spread of the values across seeds beside the intervals.
 Writes assets/interval_coverage.{json,md}.
 """
 import argparse
+from typing import Sequence
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
     add_data_root_arg(p)
@@ -35,7 +36,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import numpy as np
 

@@ -8,7 +8,8 @@
 # The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (every sampler;
 # DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20, 50 steps; N = 500: about 70 minutes on
 # 2 cores; cached in runs/figures, so an interrupted run resumes) and copies it to assets/; SWEEP=quick runs the
-# demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/.
+# demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/;
+# EDITS=no skips the editing figure assets/editing.png (scripts/edit_figure.py: RePaint takes minutes on a CPU).
 #   bash scripts/make_figures.sh                                  # grids and the full sweep (GPU)
 #   SWEEP=none RUN=runs/shipped60k bash scripts/make_figures.sh   # grids, training grids and training curve
 set -euo pipefail
@@ -40,6 +41,9 @@ case "${SWEEP:-full}" in
   none) ;;
   *) echo "error: SWEEP=$SWEEP; use full, cpu, quick or none" >&2; exit 1 ;;
 esac
+if [ "${EDITS:-yes}" != no ]; then  # the editing figure: one row per operation of edit_digits.py
+  python scripts/edit_figure.py "${raw[@]}" --output assets/editing.png
+fi
 if [ -n "${RUN:-}" ]; then
   last=$(ls "$RUN" | sed -n 's/^sample-\([0-9]*\)\.png$/\1/p' | sort -n | tail -1)
   [ -n "$last" ] || { echo "error: no sample-N.png in RUN=$RUN; point RUN at a training results folder" >&2; exit 1; }

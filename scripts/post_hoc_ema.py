@@ -7,6 +7,7 @@ EMA of --ema_decay) at its last milestone.
 Writes RESULTS/post_hoc_ema/synth-<sigma_rel>.{safetensors,json} and prints (and writes, with --output) a table.
 """
 import argparse
+from typing import Sequence
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
     add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import copy
 
@@ -60,7 +61,8 @@ def main(argv=None):
     reference, _ = load_split('test', args.raw_dir, args.data_root)
     train, _ = load_split('train', args.raw_dir, args.data_root)
     evaluator = Evaluator(reference, train, image_size=config['diffusion']['image_size'], seed=0)
-    settings = CurveSettings(steps=50, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
+    steps = min(50, config['diffusion']['timesteps'])  # DDIM-50, or every step of a shorter chain
+    settings = CurveSettings(steps=steps, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
                              precision=default_precision(pick_device('auto')))
     rows = [dict(ema=f'library EMA, decay {config["training"]["ema_decay"]}',
                  **score_milestone(last, evaluator, settings))]
@@ -74,7 +76,7 @@ def main(argv=None):
         rows.append(dict(ema=f'post-hoc, sigma_rel {sigma_rel:.2f}',
                          **score_milestone(stem.with_suffix('.safetensors'), evaluator, settings)))
         print(f'{rows[-1]["ema"]}: FID {rows[-1]["fid"]:.2f}', flush=True)
-    lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-50, eta 1, N = {args.num_samples}, seed 0', '',
+    lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-{steps}, eta 1, N = {args.num_samples}, seed 0', '',
              '| EMA | FID [95 %] | IS | confidence | smallest class |', '|---|---|---|---|---|']
     lines += [f'| {r["ema"]} | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] | {r["inception_score"]:.2f} | '
               f'{r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f} % |' for r in rows]

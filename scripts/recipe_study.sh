@@ -14,6 +14,7 @@ DATA=${DATA:-data/mnist_full_train}
 RAW_DIR=${RAW_DIR:-../shared/data/mnist-full}
 PY=${PY:-.venv/bin/python}
 LEAN="--image_size 28 --attention lowest"
+LEAN32="$LEAN --train_batch_size 32 --train_lr 2.1e-4"  # the first study's winner; the second stage varies it
 declare -A FLAGS=(
   [default]=""                                          # today's shipped recipe: 32 px, library attention
   [28px]="--image_size 28"
@@ -26,7 +27,14 @@ declare -A FLAGS=(
   [lean_b128]="$LEAN --train_batch_size 128 --train_lr 4.2e-4"
   [lean_minsnr]="$LEAN --min_snr_gamma 5"
   [lean_cosine]="$LEAN --lr_warmup_steps 200 --lr_schedule cosine"  # decays to 0 at lean's step count
+  [lean_b32_phema]="$LEAN32 --post_hoc_ema_every 250"   # second-stage reference; PostHocEMA chooses the EMA length
+  [lean_b32_minsnr]="$LEAN32 --min_snr_gamma 5"
+  [lean_b32_cosine]="$LEAN32 --lr_warmup_steps 200 --lr_schedule cosine"  # decays to 0 at the reference's steps
+  [lean_b32_eps]="$LEAN32 --objective pred_noise"
+  [lean_b32_dim48]="$LEAN32 --unet_dim 48"
 )
+# The run whose step count in MINUTES a cosine schedule decays over.
+declare -A COSINE_BASE=([lean_cosine]=lean [lean_b32_cosine]=lean_b32_phema)
 ORDER=(default lean lean_x0 lean_b32 lean_dim48 lean_minsnr lean_cosine lean_b128 lean_eps)
 [ $# -gt 0 ] && ORDER=("$@")
 [ -f "$DATA/dataset.json" ] || $PY get_mnist_data.py --raw_dir "$RAW_DIR" --output "$DATA"
@@ -37,9 +45,10 @@ for name in "${ORDER[@]}"; do
   if [ -f "$run/done" ]; then echo "== $name: done already"; continue; fi
   rm -rf "$run" "$run-score".*  # a candidate killed midway starts over: a resumed one would get more wall time
   steps=1000000
-  if [ "$name" = lean_cosine ]; then  # the cosine has to end when the time does: lean's step count in MINUTES
-    steps=$(ls "$OUT/lean" | sed -n 's/^model-\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
-    [ -n "$steps" ] || { echo "error: run lean first (lean_cosine decays over lean's step count)" >&2; exit 2; }
+  if [ -n "${COSINE_BASE[$name]+x}" ]; then  # the cosine has to end when the time does: its base's steps in MINUTES
+    base=${COSINE_BASE[$name]}
+    steps=$(ls "$OUT/$base" 2>/dev/null | sed -n 's/^model-\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
+    [ -n "$steps" ] || { echo "error: run $base first ($name decays over its step count)" >&2; exit 2; }
     steps=$((steps * 100))
   fi
   echo "== $(date -u +%FT%TZ) $name: ${FLAGS[$name]:-(the current recipe)}, $MINUTES min"

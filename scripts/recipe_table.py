@@ -5,6 +5,7 @@ its settings, training images/s, images seen in the equal wall time, and the sco
   python3 scripts/recipe_table.py --output docs/recipe_table.md
 """
 import argparse
+from typing import Any, Sequence
 import json
 import sys
 from pathlib import Path
@@ -12,14 +13,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--study', default='runs/recipe', help='folder of the study runs (default: %(default)s)')
     p.add_argument('--output', default=None, help='also write the table to this markdown file')
     return p.parse_args(argv)
 
 
-def settings_of(config):
+def settings_of(config: dict[str, Any]) -> str:
     m, d, t = config['model'], config['diffusion'], config['training']
     parts = [f'{d["image_size"]} px', f'attention {m.get("attention", "library")}', f'dim {m["dim"]}',
              d['objective'], f'batch {t["train_batch_size"]}', f'lr {t["train_lr"]:g}']
@@ -30,7 +31,7 @@ def settings_of(config):
     return ', '.join(parts)
 
 
-def rows(study):
+def rows(study: Path) -> list[dict[str, Any]]:
     out = []
     for score_file in sorted(Path(study).glob('*-score.json')):
         name = score_file.name[:-len('-score.json')]
@@ -44,7 +45,7 @@ def rows(study):
     return sorted(out, key=lambda r: r['fid'])
 
 
-def markdown(table):
+def markdown(table: list[dict[str, Any]]) -> str:
     lines = ['| candidate | settings | minutes | img/s | images seen | FID [95 % interval] | floor | FID / floor | IS '
              '| confidence | smallest class |', '|' + '---|' * 11]
     lines += [f'| {r["name"]} | {r["settings"]} | {r["minutes"]:.1f} | {r["images_per_s"]:.0f} | '
@@ -55,7 +56,7 @@ def markdown(table):
     return '\n'.join(lines) + '\n'
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     table = rows(args.study)
     if not table:

@@ -7,6 +7,7 @@ Online:  python3 scripts/train_classifier.py                                    
 Statistics only, for the classifier already there: add --stats_only
 """
 import argparse
+from typing import Any, Sequence
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 from ddpm_mnist.utils import run_cli  # noqa: E402
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_raw_dir_arg(p, 'folder with the MNIST IDX files (offline); default: download via torchvision')
     add_data_root_arg(p)
@@ -54,7 +55,8 @@ def main(argv=None):
         write_all_stats(model, test_x, train_x, stats_path)
 
 
-def write_all_stats(model, test_x, train_x, stats_path):
+def write_all_stats(model: Any, test_x: Any, train_x: Any, stats_path: Path) -> None:
+    """The test split's feature statistics and floors for every training image size."""
     from ddpm_mnist.metrics import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
     for size in STATS_IMAGE_SIZES:
         floors = write_reference_stats(model, test_x, train_x, stats_path, image_size=size)

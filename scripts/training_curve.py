@@ -7,6 +7,7 @@ drawn. Scores are cached in the run folder, so a rerun after more milestones onl
   python3 scripts/training_curve.py --results_folder runs/shipped60k --raw_dir ../shared/data/mnist-full
 """
 import argparse
+from typing import Sequence
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
     add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.classifier import WEIGHTS
     from ddpm_mnist.utils import file_digest, read_json

@@ -35,6 +35,15 @@ def write_idx_dir(folder, n_train=120, n_test=30, gz=True, seed=0):
     return folder
 
 
+def load_script(name):
+    """A script of scripts/ as a module (they are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def run_main(main, argv, capsys):
     """Run a script's main through run_cli; return (exit code, stdout, stderr)."""
     from ddpm_mnist.utils import run_cli

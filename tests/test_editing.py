@@ -161,3 +161,22 @@ def test_bad_edit_inputs_are_one_line_and_write_nothing(trained_run, pngs, tmp_p
                                                    '--results_folder', str(out)], capsys)
         assert_one_line_error(code, err, message)
         assert not out.exists(), argv
+
+
+def test_edit_figure_has_one_row_per_operation(trained_run, idx_dir, tmp_path, capsys):
+    from conftest import load_script
+    from ddpm_mnist.api import load_model as load_api_model
+    script = load_script('edit_figure')
+    model = load_api_model(trained_run / 'model-2.pt', device='cpu', precision='fp32')
+    digits = torch.rand(4, 1, 32, 32)
+    rows = script.edit_rows(model, digits, seed=0, inpaint_steps=3)
+    assert tuple(rows) == script.ROWS and all(images.shape == (8, 1, 32, 32) for images in rows.values())
+    assert torch.allclose(rows['inpaint'][1::2, :, :16], digits[:, :, :16], atol=1e-6)  # the kept top half
+    assert torch.equal(rows['sdedit'][0::2], digits) and torch.equal(rows['invert'][0::2], digits)  # the inputs
+    out = tmp_path / 'editing.png'
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--inpaint_steps', '3',
+            '--output', str(out)]
+    code, _, err = run_main(script.main, argv, capsys)
+    assert code == 0, err
+    width, height = Image.open(out).size
+    assert width > height and not list(tmp_path.glob('.*'))  # one figure, no temporary left

@@ -65,11 +65,8 @@ def test_bad_edit_flag(tmp_path, monkeypatch, capsys, argv, flag):
 
 @pytest.mark.parametrize('flag, value', CURVE_BAD)
 def test_bad_training_curve_flag(tmp_path, monkeypatch, capsys, flag, value):
-    import importlib.util
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('training_curve', ROOT / 'scripts' / 'training_curve.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import load_script
+    script = load_script('training_curve')
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(script.main, ['--results_folder', 'r', flag, value], capsys)
     assert_one_line_error(code, err, f'{flag} ', 'is not allowed: use')

@@ -9,7 +9,7 @@ from denoising_diffusion_pytorch import Unet
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import LinearAttention
 
 import train_ddpm_mnist
-from conftest import assert_one_line_error, run_main, train_argv
+from conftest import assert_one_line_error, load_script, run_main, train_argv
 from ddpm_mnist.model import LowestAttentionUnet, build_unet
 from ddpm_mnist.checkpoints import export_ema, images_seen, load_checkpoint, load_model
 from ddpm_mnist.checkpoint_config import infer_unet_arch
@@ -86,6 +86,22 @@ def test_min_snr_gamma_sets_the_library_loss_weight(tmp_path, image_folder, caps
     snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
     assert config['diffusion']['min_snr_gamma'] == 5
     assert torch.allclose(diffusion.loss_weight, snr.clamp(max=5) / (snr + 1))  # pred_v with min-SNR-5
+
+
+def test_post_hoc_ema_keeps_snapshots_and_synthesises_lengths(tmp_path, image_folder, idx_dir, capsys):
+    results = tmp_path / 'phema'
+    argv = train_argv(image_folder, results, steps=40, every=20, extra=['--post_hoc_ema_every', '10'])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert code == 0, err
+    assert len(list((results / 'post_hoc_ema').glob('*.pt'))) == 2 * 4  # two EMA profiles, steps 10, 20, 30, 40
+    script = load_script('post_hoc_ema')
+    code, out, err = run_main(script.main, ['--results_folder', str(results), '--raw_dir', str(idx_dir),
+                                            '--sigma_rels', '0.05,0.25', '--num_samples', '10'], capsys)
+    assert code == 0, err
+    assert 'library EMA, decay' in out and '| post-hoc, sigma_rel 0.25 |' in out
+    short, long = (load_model(results / 'post_hoc_ema' / f'synth-{s}.safetensors')[0] for s in ('0.05', '0.25'))
+    assert short.image_size == (32, 32)  # loaded with the run's config, from the .json beside the weights
+    assert not torch.equal(short.model.init_conv.weight, long.model.init_conv.weight)
 
 
 def test_max_minutes_stops_at_a_milestone_and_resumes(tmp_path, image_folder, capsys):
