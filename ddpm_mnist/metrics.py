@@ -115,10 +115,14 @@ def flip_preferred_share(probs: np.ndarray, flipped_probs: np.ndarray) -> float:
     return float((flipped_probs.max(1) > probs.max(1)).mean())
 
 
+def nearest_train_distance(images: torch.Tensor | np.ndarray, train_pixels: np.ndarray) -> np.ndarray:
+    """Pixel distance (L2 on 28x28 in [0, 1]) of each image to its nearest training digit."""
+    return _pairwise_min(to_classifier_input(images).flatten(1).numpy(), train_pixels)
+
+
 def memorisation(images: torch.Tensor, train_pixels: np.ndarray) -> tuple[float, float]:
-    """Pixel distance of each image to its nearest training digit; share of near-copies."""
-    flat = to_classifier_input(images).flatten(1).numpy()
-    nearest = _pairwise_min(flat, train_pixels)
+    """Median distance of the images to their nearest training digit; share of near-copies."""
+    nearest = nearest_train_distance(images, train_pixels)
     return float(np.median(nearest)), float((nearest < NEAR_COPY_L2).mean())
 
 

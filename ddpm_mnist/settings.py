@@ -105,6 +105,15 @@ def add_data_root_arg(parser: argparse.ArgumentParser) -> None:
                         help='folder where torchvision downloads and caches MNIST (default: %(default)s)')
 
 
+RAW_DIR_HELP = 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download'
+
+
+def add_mnist_args(parser: argparse.ArgumentParser, raw_dir_help: str = RAW_DIR_HELP) -> None:
+    """--raw_dir and --data_root: where a script finds MNIST (offline IDX files, or torchvision's cache)."""
+    add_raw_dir_arg(parser, raw_dir_help)
+    add_data_root_arg(parser)
+
+
 # Training flags that map one-to-one onto config['training'] (type, help).
 TRAINING_FLAGS = {
     'train_batch_size': (int, 'images per process per step'),

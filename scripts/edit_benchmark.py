@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args  # noqa: E402
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -26,8 +26,7 @@ METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
-    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    add_data_root_arg(p)
+    add_mnist_args(p)
     p.add_argument('--num_digits', type=int, default=1000, help='test digits per measurement (default: %(default)s)')
     p.add_argument('--methods', default=','.join(METHODS),
                    help=f'inpainting methods, from {",".join(METHODS)} (default: all)')

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args  # noqa: E402
 
 ROWS = ('inpaint', 'sdedit', 'invert', 'interpolate')
 
@@ -25,8 +25,7 @@ ROWS = ('inpaint', 'sdedit', 'invert', 'interpolate')
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
-    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    add_data_root_arg(p)
+    add_mnist_args(p)
     p.add_argument('--inpaint_steps', type=int, default=None,
                    help='DDIM steps of the fast RePaint variant (default: the DDPM chain, RePaint as published)')
     p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')

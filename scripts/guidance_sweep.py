@@ -15,15 +15,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
-    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    add_data_root_arg(p)
+    add_mnist_args(p)
     p.add_argument('--scales', default='0,1,1.5,2,3,4,6', help='guidance scales W (default: %(default)s)')
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
     p.add_argument('--steps', type=int, default=50, help='sampler steps (default: %(default)s)')

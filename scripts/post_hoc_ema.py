@@ -13,14 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
-    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    add_data_root_arg(p)
+    add_mnist_args(p)
     p.add_argument('--sigma_rels', default='0.05,0.10,0.15,0.20,0.28',
                    help='EMA lengths to synthesise, as sigma_rel (the EMA profile width relative to training time)')
     p.add_argument('--num_samples', type=int, default=500, help='images per model (default: %(default)s)')
@@ -68,13 +67,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  **score_milestone(last, evaluator, settings))]
     for sigma_rel in map(float, args.sigma_rels.split(',')):
         synthesised = post_hoc.synthesize_ema_model(sigma_rel=sigma_rel)
-        stem = snapshots / f'synth-{sigma_rel:.2f}'
-        with atomic_path(stem.with_suffix('.safetensors')) as tmp:
+        name = f'synth-{sigma_rel:.2f}'  # not with_suffix: it would cut at the decimal point
+        weights, record = snapshots / f'{name}.safetensors', snapshots / f'{name}.json'
+        with atomic_path(weights) as tmp:
             save_file({k: v.contiguous() for k, v in synthesised.ema_model.model.state_dict().items()}, str(tmp))
-        write_json(stem.with_suffix('.json'), dict(copy.deepcopy(config), post_hoc_ema=dict(
+        write_json(record, dict(copy.deepcopy(config), post_hoc_ema=dict(
             sigma_rel=sigma_rel, step=ckpt['step'], images_seen=images_seen(ckpt, config))))
         rows.append(dict(ema=f'post-hoc, sigma_rel {sigma_rel:.2f}',
-                         **score_milestone(stem.with_suffix('.safetensors'), evaluator, settings)))
+                         **score_milestone(weights, evaluator, settings)))
         print(f'{rows[-1]["ema"]}: FID {rows[-1]["fid"]:.2f}', flush=True)
     lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-{steps}, eta 1, N = {args.num_samples}, seed 0', '',
              '| EMA | FID [95 %] | IS | confidence | smallest class |', '|---|---|---|---|---|']

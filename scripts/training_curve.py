@@ -13,14 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
-    add_raw_dir_arg(p, 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download')
-    add_data_root_arg(p)
+    add_mnist_args(p)
     p.add_argument('--num_samples', type=int, default=500, help='images per milestone (default: %(default)s)')
     p.add_argument('--sample_steps', type=int, default=50, help='DDIM steps (default: %(default)s)')
     p.add_argument('--ddim_eta', type=float, default=1.0, help='DDIM eta (default: %(default)s)')
