@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def chosen_digits(images: Any, labels: Any, count: int = 4) -> list[int]:
+def chosen_digits(labels: Any, count: int = 4) -> list[int]:
     """Indices of the first test digits with `count` different labels."""
     seen, chosen = set(), []
     for i, label in enumerate(labels):
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.data import load_split
     model = load_model(args.checkpoint)
     test, labels = load_split('test', args.raw_dir, args.data_root)
-    digits = as_training_resolution(test[chosen_digits(test, labels)], model.image_size)
+    digits = as_training_resolution(test[chosen_digits(labels)], model.image_size)
     rows = edit_rows(model, digits, seed=args.seed, inpaint_steps=args.inpaint_steps)
     inpaint = 'RePaint' if args.inpaint_steps is None else f'RePaint, DDIM-{args.inpaint_steps}'
     titles = dict(inpaint=f'inpaint\n(input, {inpaint})', sdedit='SDEdit 0.5\n(input, result)',

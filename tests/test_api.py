@@ -58,3 +58,22 @@ def test_importing_the_package_loads_no_torch():
     code = 'import sys, ddpm_mnist, ddpm_mnist.settings; print("torch" in sys.modules)'
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'False'
+
+
+def test_every_public_function_of_the_package_is_annotated():
+    import ast
+    from conftest import ROOT
+    missing = []
+    for path in sorted((ROOT / 'ddpm_mnist').glob('*.py')):
+        def visit(body):
+            for node in body:
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body)
+                elif isinstance(node, ast.FunctionDef) and (not node.name.startswith('_') or node.name.endswith('__')):
+                    args = [*node.args.args, *node.args.kwonlyargs, node.args.vararg, node.args.kwarg]
+                    bare = [a.arg for a in args if a is not None and a.arg not in ('self', 'cls', '_')
+                            and a.annotation is None]
+                    if bare or node.returns is None and node.name != '__init__':
+                        missing.append(f'{path.name}:{node.lineno} {node.name}')
+        visit(ast.parse(path.read_text()).body)
+    assert not missing, missing
