@@ -3,12 +3,15 @@
     python -m ddpm_mnist.export runs/shipped/model-30.pt pretrained/ddpm_mnist_small --raw_dir ../shared/data/mnist-full
 
 When OUTPUT.safetensors exists already (the shipped model), the candidate and it are first scored with the same
-command (DDIM-50, eta 1, N = 1000, seed 0, project metrics against the MNIST test split), and a candidate with a
-higher FID is refused unless --force is given: a worse model is never shipped by accident.
+command (DDIM-50, eta 1, N = 1000, seed 0, project metrics against the MNIST test split), and a candidate further
+from real digits is refused unless --force is given: a worse model is never shipped by accident. "Further" is FID
+divided by the real-data floor (real training digits, same N, at the model's own image size): each model is scored
+at its own size, where the floors differ (28 px against 32 px), so the ratio is the common unit.
 """
 from __future__ import annotations
 
 import argparse
+from collections import namedtuple
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,10 +40,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+GateScore = namedtuple('GateScore', 'fid floor image_size')  # floor: FID of N real training digits, same size
+
+
+def ratio(score: GateScore) -> float:
+    """FID in units of the real-data floor: 1 is as close to the test digits as real training digits are."""
+    return score.fid / score.floor
+
+
 def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: PathLike | None, data_root: PathLike,
-                         num_samples: int, log: Callable[[str], None] = print) -> tuple[float, float]:
-    """(candidate FID, current FID) with the same command: DDIM-50, eta 1, N images, seed 0, each model scored at
-    its own image size (as the training curve and the sweep do)."""
+                         num_samples: int, log: Callable[[str], None] = print) -> tuple[GateScore, GateScore]:
+    """(candidate, current) scored with the same command: DDIM-50, eta 1, N images, seed 0, each model at its own
+    image size (as the training curve and the sweep do), with the floor at that size and N."""
     from .checkpoints import read_weights
     from .curve import CurveSettings, score_milestone
     from .data import load_split
@@ -52,14 +63,17 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
     train, _ = load_split('train', raw_dir, data_root)
     settings = CurveSettings(steps=50, eta=1.0, num_samples=num_samples, seed=0, batch_size=100,
                              precision=default_precision(device))
-    fids = []
+    gates = []
     for name, path in (('candidate', candidate), ('current', current)):
         size = read_weights(path).config['diffusion']['image_size']
-        scores = score_milestone(path, Evaluator(reference, train, image_size=size, seed=0), settings, device)
-        log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {scores["fid"]:.2f}, IS '
-            f'{scores["inception_score"]:.2f}, confidence {scores["confidence"]:.3f} ({size} px)')
-        fids.append(scores['fid'])
-    return tuple(fids)
+        evaluator = Evaluator(reference, train, image_size=size, seed=0)
+        scores = score_milestone(path, evaluator, settings, device)
+        gate = GateScore(scores['fid'], evaluator.score(evaluator.floor_images(num_samples))['fid'], size)
+        log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {gate.fid:.2f} = {ratio(gate):.2f}x '
+            f'the floor {gate.floor:.2f} ({size} px), IS {scores["inception_score"]:.2f}, confidence '
+            f'{scores["confidence"]:.3f}')
+        gates.append(gate)
+    return tuple(gates)
 
 
 def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | None = None,
@@ -72,9 +86,10 @@ def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | 
     if compare and current.is_file():
         new, old = compare_with_current(checkpoint, current, raw_dir=raw_dir, data_root=data_root,
                                         num_samples=num_samples)
-        if new > old and not force:
-            raise UserError(f'{checkpoint} scores worse than the current {current} (FID {new:.2f} against '
-                            f'{old:.2f}, same command); train longer, or pass --force to replace it anyway')
+        if ratio(new) > ratio(old) and not force:
+            raise UserError(f'{checkpoint} scores worse than the current {current} (FID {new.fid:.2f} = '
+                            f'{ratio(new):.2f}x its floor against {old.fid:.2f} = {ratio(old):.2f}x, same command); '
+                            'train longer, or pass --force to replace it anyway')
     path = export_ema(checkpoint, output)
     print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix(".json")}')
     return path

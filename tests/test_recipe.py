@@ -189,7 +189,19 @@ def test_export_refusal_is_one_line_and_changes_nothing(trained_run, tmp_path, m
     stem = tmp_path / 'shipped'
     export_ema(trained_run / 'model-2.pt', stem)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (30.0, 20.0))
+    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (export.GateScore(30.0, 10.0, 28),
+                                                                         export.GateScore(20.0, 10.0, 32)))
     code, _, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
-    assert_one_line_error(code, err, 'scores worse', 'FID 30.00 against 20.00', '--force')
+    assert_one_line_error(code, err, 'scores worse', 'FID 30.00 = 3.00x its floor against 20.00 = 2.00x', '--force')
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_export_gate_compares_distance_to_the_floor_not_raw_fid(trained_run, tmp_path, monkeypatch, capsys):
+    """A 28 px candidate with a higher FID but a higher floor too (1.5x) replaces a 32 px model at 2x."""
+    from ddpm_mnist import export
+    stem = tmp_path / 'shipped'
+    export_ema(trained_run / 'model-2.pt', stem)
+    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (export.GateScore(12.0, 8.0, 28),
+                                                                         export.GateScore(10.0, 5.0, 32)))
+    code, out, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
+    assert code == 0 and 'wrote' in out, err
