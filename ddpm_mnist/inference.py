@@ -20,7 +20,7 @@ from .sampler_table import SAMPLERS, grid_name, resolve_steps
 from .sampling import (check_settings, conditioning, default_batch_size, default_precision, prepare_for_inference,
                        timed_sample)
 from .settings import SHIPPED, SHIPPED_CONDITIONAL
-from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, run_sweep, sweep_configs
+from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep, sweep_configs
 from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
@@ -210,7 +210,7 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
                                        if k in ('fid', 'fid_low', 'fid_high')})
     extra = (lambda images: {k: v for scorer in scorers for k, v in scorer(images).items()}) if scorers else None
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
-    pairs = [QUICK['headline']] if quick else []
+    pairs = [QUICK['headline']] if quick else eta_pairs(steps)
     run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n, batch_size=batch_size, seed=seed,
               precision=opened.precision, extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
     print((out_dir / 'comparison.md').read_text())

@@ -58,6 +58,12 @@ def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequen
     return configs
 
 
+def eta_pairs(steps: Sequence[int]) -> list[tuple[str, str]]:
+    """DDIM eta 0 against eta 1 at each S: the DDIM paper's ordering (eta 0 wins at every S < T), paired. The sweep
+    keeps the pairs whose rows it holds."""
+    return [(f'DDIM {s}, eta 0.0', f'DDIM {s}, eta 1.0') for s in steps]
+
+
 def config_label(c: dict[str, Any]) -> str:
     """The table label of one configuration, e.g. 'DDIM 50, eta 0.0'."""
     return label(c['strategy'], c['steps'], c['eta'])

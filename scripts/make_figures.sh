@@ -4,14 +4,15 @@
 #   assets/comparison.{png,md,json,csv}: the sampler sweep (every sampler of the registry), 1000 images per config,
 # and, with RUN=<training results folder>, the training grids assets/sample-1.png and assets/sample-<last>.png
 # copied from that run and its training curve assets/training_curve.{png,md,csv} (the shipped model's run:
-# scripts/train_shipped.sh, runs/shipped60k).
+# scripts/train_shipped.sh, runs/shipped/segment-K).
 # The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (every sampler;
-# DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20, 50 steps; N = 500: about 70 minutes on
-# 2 cores; cached in runs/figures, so an interrupted run resumes) and copies it to assets/; SWEEP=quick runs the
+# DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20 steps; N = 1000; DDPM-1000 is most of its
+# time; cached in runs/figures, so an interrupted run resumes) and copies it to assets/. Either sweep then writes
+# assets/targets.md (scripts/target_table.py: the shipped model against its quality targets). SWEEP=quick runs the
 # demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/;
 # EDITS=no skips the editing figure assets/editing.png (scripts/edit_figure.py: RePaint takes minutes on a CPU).
 #   bash scripts/make_figures.sh                                  # grids and the full sweep (GPU)
-#   SWEEP=none RUN=runs/shipped60k bash scripts/make_figures.sh   # grids, training grids and training curve
+#   SWEEP=none RUN=runs/shipped/segment-1 bash scripts/make_figures.sh   # grids, training grids and training curve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -33,13 +34,16 @@ case "${SWEEP:-full}" in
           --results_folder $out  # the README's settings
         cp $grids/comparison/comparison.{png,md,json,csv} assets/
         cp $grids/comparison/grids/{unipc_steps10,dpmpp_2m_steps10,dpmpp_2m_sde_steps20}.png assets/ ;;
-  cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 500 --compare_steps 10,20,50 \
-         --compare_etas 0,1 --compare_solver_steps 5,10,20,50 --results_folder $out
+  cpu) python inference_comparison.py --compare "${raw[@]}" --num_samples 1000 --compare_steps 10,20,50 \
+         --compare_etas 0,1 --compare_solver_steps 5,10,20 --results_folder $out
        cp $grids/comparison/comparison.{png,md,json,csv} assets/
        cp $grids/comparison/grids/{unipc_steps10,dpmpp_2m_steps10,dpmpp_2m_sde_steps20}.png assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
   *) echo "error: SWEEP=$SWEEP; use full, cpu, quick or none" >&2; exit 1 ;;
+esac
+case "${SWEEP:-full}" in
+  full|cpu) python scripts/target_table.py assets/comparison.json --output assets/targets.md ;;
 esac
 if [ "${EDITS:-yes}" != no ]; then  # the editing figure: one row per operation of edit_digits.py
   python scripts/edit_figure.py "${raw[@]}" --output assets/editing.png

@@ -205,3 +205,36 @@ def test_export_gate_compares_distance_to_the_floor_not_raw_fid(trained_run, tmp
                                                                          export.GateScore(10.0, 5.0, 32)))
     code, out, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
     assert code == 0 and 'wrote' in out, err
+
+
+def sweep_row(config, strategy, nfe, fid, shares=(0.1,) * 10, copies=0.0):
+    return dict(config=config, strategy=strategy, nfe=nfe, fid=fid, fid_low=fid - 1, fid_high=fid + 1,
+                class_shares=list(shares), near_copy_share=copies, seconds=60.0)
+
+
+def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
+    """Met and missed targets read off a comparison.json; a sweep without the needed rows is one line."""
+    from conftest import load_script
+    script = load_script('target_table')
+    result = dict(num_samples=1000, seed=0, precision='bf16', machine='cpu', checkpoint='m', checkpoint_sha256_16='x',
+                  calibration={script.FLOOR: dict(fid=10.0)},
+                  rows=[sweep_row('DDPM 1000', 'ddpm', 1000, 12.0),           # 1.2x the floor: met
+                        sweep_row('DDIM 50, eta 0.0', 'ddim', 50, 16.0),       # worse than eta 1: missed
+                        sweep_row('DDIM 50, eta 1.0', 'ddim', 50, 15.0, copies=0.004),
+                        sweep_row('DDIM 10, eta 0.0', 'ddim', 10, 30.0),
+                        sweep_row('UniPC 10', 'unipc', 10, 17.0, shares=(0.07,) + (0.93 / 9,) * 9)],
+                  pairs=[dict(a='DDIM 50, eta 0.0', b='DDIM 50, eta 1.0', value=1.0, low=-0.5, high=2.5,
+                              differs=False)])
+    met = [ok for _, _, ok in script.target_rows(result)]
+    assert met == [True, False, True, False, True]  # UniPC 10 is the best fast row: 17 <= 18
+    path = tmp_path / 'comparison.json'
+    path.write_text(json.dumps(result))
+    code, out, err = run_main(script.main, [str(path), '--output', str(tmp_path / 'targets.md')], capsys)
+    assert code == 0, err
+    table = (tmp_path / 'targets.md').read_text()
+    assert 'UniPC 10 17.00 [16.00, 18.00] = 1.42x DDPM 1000' in table and 'not significant' in table
+    assert 'class shares 7.0% to 10.3%' in table and table.count('**no**') == 2
+    result['rows'] = result['rows'][:1]
+    path.write_text(json.dumps(result))
+    code, _, err = run_main(script.main, [str(path)], capsys)
+    assert_one_line_error(code, err, 'DDIM 50, eta 0.0', '--help')
