@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.model import build_diffusion
     from ddpm_mnist.run_folder import milestone_path, milestones, read_config
     from ddpm_mnist.sampling import default_precision
-    from ddpm_mnist.training import POST_HOC_SIGMA_RELS, post_hoc_folder
+    from ddpm_mnist.trainer import POST_HOC_SIGMA_RELS, post_hoc_folder
     from ddpm_mnist.utils import UserError, atomic_path, write_json
 
     folder = Path(args.results_folder)

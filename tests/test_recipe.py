@@ -14,7 +14,7 @@ from ddpm_mnist.model import LowestAttentionUnet, build_unet
 from ddpm_mnist.checkpoints import export_ema, images_seen, load_checkpoint, load_model
 from ddpm_mnist.checkpoint_config import infer_unet_arch
 from ddpm_mnist.run_folder import milestones
-from ddpm_mnist.training import MnistTrainer
+from ddpm_mnist.trainer import MnistTrainer
 
 LEAN = ['--image_size', '28', '--attention', 'lowest']
 

@@ -8,7 +8,8 @@ from conftest import assert_one_line_error, run_main, train_argv
 from ddpm_mnist.checkpoints import load_checkpoint
 from ddpm_mnist.run_folder import milestones
 from ddpm_mnist.device import cpu_has_bf16
-from ddpm_mnist.training import MnistTrainer, build_config, mixed_precision
+from ddpm_mnist.trainer import MnistTrainer
+from ddpm_mnist.training import build_config, mixed_precision
 
 
 def test_training_writes_config_milestones_and_samples(trained_run):
