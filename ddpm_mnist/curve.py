@@ -43,15 +43,21 @@ def with_earlier_segments(rows: list[dict[str, Any]], previous: list[dict[str, A
 
 
 def chosen_milestones(found: list[int], which: str) -> list[int]:
-    """'all', 'last' or '3,5' -> the milestone numbers of `found` to score."""
+    """'all', 'last', 'every:K' (every K-th of `found`, counted from the first, and the last) or '3,5' -> the
+    milestone numbers of `found` to score."""
     if which == 'all':
         return found
     if which == 'last':
         return found[-1:]
+    if which.startswith('every:'):
+        k = which.removeprefix('every:')
+        if not k.isdigit() or int(k) < 1:
+            raise UserError(f'--milestones {which}: K of every:K must be a whole number of at least 1')
+        return sorted(set(found[::int(k)]) | set(found[-1:]))
     try:
         wanted = [int(x) for x in which.split(',')]
     except ValueError:
-        raise UserError(f'--milestones {which} is not all, last or comma-separated numbers') from None
+        raise UserError(f'--milestones {which} is not all, last, every:K or comma-separated numbers') from None
     missing = sorted(set(wanted) - set(found))
     if missing:
         raise UserError(f'milestone(s) {missing} not found; the folder has {found}')

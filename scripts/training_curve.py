@@ -30,7 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'digits) instead of the run\'s own image size, to compare runs of different sizes on one '
                         'reference (default: the run\'s size)')
     p.add_argument('--milestones', default='all',
-                   help='all, last, or comma-separated milestone numbers to score (default: %(default)s)')
+                   help='all, last, every:K (every K-th milestone and the last: a long run scored in '
+                        'bounded time) or comma-separated milestone numbers to score (default: %(default)s)')
     p.add_argument('--output', default='assets/training_curve',
                    help='output stem: writes STEM.png, STEM.csv, STEM.md and STEM.json (default: %(default)s)')
     args = p.parse_args(argv)

@@ -238,3 +238,14 @@ def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
     path.write_text(json.dumps(result))
     code, _, err = run_main(script.main, [str(path)], capsys)
     assert_one_line_error(code, err, 'DDIM 50, eta 0.0', '--help')
+
+
+def test_curve_scores_every_kth_milestone_and_the_last():
+    from ddpm_mnist.curve import chosen_milestones
+    from ddpm_mnist.utils import UserError
+    found = list(range(1, 24))
+    assert chosen_milestones(found, 'every:4') == [1, 5, 9, 13, 17, 21, 23]
+    assert chosen_milestones(found, 'every:1') == found and chosen_milestones([3], 'every:4') == [3]
+    for bad in ('every:0', 'every:x', 'every:'):
+        with pytest.raises(UserError, match='every:K'):
+            chosen_milestones(found, bad)
