@@ -7,18 +7,21 @@
 - SDEdit: how often the digit's label survives, against strength.
 
   python3 scripts/edit_benchmark.py --raw_dir ../shared/data/mnist-full --num_digits 1000
-Writes assets/editing.{json,md}. Long on a CPU: RePaint makes about resamples x T Unet calls per digit.
+Writes assets/editing.{json,md}. Long on a CPU: RePaint makes about resamples x T Unet calls per digit. Each
+measurement is saved as soon as it is made; rerun the same command and it resumes, reusing what the same model,
+digits and seed already gave.
 """
 import argparse
-from typing import Any, Sequence
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.utils import atomic_path, file_digest, write_json  # noqa: E402
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -69,52 +72,80 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = rng.permutation(len(test))[:args.num_digits]
     digits = as_training_resolution(test[chosen], size)
     truth = torch.from_numpy(labels[chosen].astype(np.int64))
-    result = dict(checkpoint=str(model.path), num_digits=args.num_digits, seed=args.seed, image_size=size,
-                  command='python3 scripts/edit_benchmark.py ' + ' '.join(argv or sys.argv[1:]))
+    out = Path(args.output)
+    setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
+                 seed=args.seed, image_size=size, batch_size=args.batch_size)
+    done = earlier_measurements(out.with_suffix('.json'), setup)
+    result = dict(setup, command='python3 scripts/edit_benchmark.py ' + ' '.join(argv or sys.argv[1:]),
+                  measured=done)
+
+    def measure(key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One measurement, or its result from an earlier run of the same setup; saved as soon as it is made."""
+        if key in done:
+            print(f'{key}: from the earlier run in {out.with_suffix(".json")}', flush=True)
+        else:
+            done[key] = run()
+            print(key, done[key], flush=True)
+            write_json(out.with_suffix('.json'), result)
+        return done[key]
 
     def label_agreement(images):
         return float((torch.from_numpy(classify_probs(evaluator, images)).argmax(1) == truth).float().mean())
 
+    def inpainting_row(method: str, mask: torch.Tensor) -> dict[str, Any]:
+        start = time.perf_counter()
+        if method == 'library_repaint':
+            images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed)
+        else:
+            steps = args.ddim_steps if method == 'repaint_ddim' else None
+            resamples = 1 if method == 'replacement' else 10
+            images, nfe = editing.inpaint(diffusion, digits, mask, steps=steps, eta=1.0 if steps is None else 0.0,
+                                          resamples=resamples, seed=args.seed, batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+        scores = evaluator.score(images)
+        return dict(method=method, nfe_per_image=nfe, seconds_per_image=seconds / len(images),
+                    label_agreement=label_agreement(images), fid=scores['fid'], fid_low=scores['fid_low'],
+                    fid_high=scores['fid_high'])
+
+    def inversion_row(k: int) -> dict[str, Any]:
+        inversion = editing.invert(diffusion, digits, steps=k, batch_size=args.batch_size)
+        return dict(steps=k, psnr_mean=float(inversion.psnr.mean()), psnr_median=float(inversion.psnr.median()))
+
+    def sdedit_row(strength: float) -> dict[str, Any]:
+        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=50, seed=args.seed,
+                                     batch_size=args.batch_size)
+        return dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images))
+
     if 'inpaint' not in args.skip:
         mask = editing.named_mask('bottom', size)
-        rows = []
-        for method in args.methods.split(','):
-            start = time.perf_counter()
-            if method == 'library_repaint':
-                images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed)
-            else:
-                steps = args.ddim_steps if method == 'repaint_ddim' else None
-                resamples = 1 if method == 'replacement' else 10
-                images, nfe = editing.inpaint(diffusion, digits, mask, steps=steps, eta=1.0 if steps is None else 0.0,
-                                              resamples=resamples, seed=args.seed, batch_size=args.batch_size)
-            seconds = time.perf_counter() - start
-            scores = evaluator.score(images)
-            rows.append(dict(method=method, nfe_per_image=nfe, seconds_per_image=seconds / len(images),
-                             label_agreement=label_agreement(images), fid=scores['fid'], fid_low=scores['fid_low'],
-                             fid_high=scores['fid_high']))
-            print(rows[-1], flush=True)
-        result['inpainting'] = dict(mask='bottom', rows=rows,
-                                    real_digits=dict(label_agreement=label_agreement(digits),
-                                                     fid=evaluator.score(digits)['fid']))
+        rows = [measure(f'inpaint:{method}' + (f':{args.ddim_steps}' if method == 'repaint_ddim' else ''),
+                        lambda method=method: inpainting_row(method, mask)) for method in args.methods.split(',')]
+        real = measure('inpaint:real_digits', lambda: dict(label_agreement=label_agreement(digits),
+                                                           fid=evaluator.score(digits)['fid']))
+        result['inpainting'] = dict(mask='bottom', rows=rows, real_digits=real)
     if 'invert' not in args.skip:
-        result['inversion'] = []
-        for k in map(int, args.inversion_steps.split(',')):
-            inversion = editing.invert(diffusion, digits, steps=k, batch_size=args.batch_size)
-            result['inversion'].append(dict(steps=k, psnr_mean=float(inversion.psnr.mean()),
-                                            psnr_median=float(inversion.psnr.median())))
-            print(result['inversion'][-1], flush=True)
+        result['inversion'] = [measure(f'invert:{k}', lambda k=k: inversion_row(k))
+                               for k in map(int, args.inversion_steps.split(','))]
     if 'sdedit' not in args.skip:
-        result['sdedit'] = []
-        for strength in map(float, args.strengths.split(',')):
-            images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=50, seed=args.seed,
-                                         batch_size=args.batch_size)
-            result['sdedit'].append(dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images)))
-            print(result['sdedit'][-1], flush=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
-    out.with_suffix('.md').write_text(markdown(result))
+        result['sdedit'] = [measure(f'sdedit:{strength}', lambda strength=strength: sdedit_row(strength))
+                            for strength in map(float, args.strengths.split(','))]
+    write_json(out.with_suffix('.json'), result)
+    with atomic_path(out.with_suffix('.md')) as tmp:
+        tmp.write_text(markdown(result))
     print(markdown(result))
+
+
+def earlier_measurements(path: Path, setup: dict[str, Any]) -> dict[str, Any]:
+    """The measurements an earlier run of the same setup (model, digits, seed) saved, so that an interrupted
+    benchmark (RePaint on the DDPM chain takes hours on a CPU) resumes where it stopped."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    same = all(earlier.get(k) == v for k, v in setup.items())
+    return dict(earlier.get('measured') or {}) if same else {}
 
 
 def classify_probs(evaluator: Any, images: Any) -> Any:

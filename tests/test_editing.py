@@ -180,3 +180,25 @@ def test_edit_figure_has_one_row_per_operation(trained_run, idx_dir, tmp_path, c
     assert code == 0, err
     width, height = Image.open(out).size
     assert width > height and not list(tmp_path.glob('.*'))  # one figure, no temporary left
+
+
+def test_edit_benchmark_resumes_from_its_saved_measurements(trained_run, idx_dir, tmp_path, capsys):
+    """Every measurement is saved as it is made; the same command again reuses them all and writes the same table,
+    and another seed measures afresh."""
+    from conftest import load_script
+    script = load_script('edit_benchmark')
+    out = tmp_path / 'editing'
+    argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--num_digits', '10',
+            '--methods', 'replacement,repaint_ddim', '--ddim_steps', '3', '--inversion_steps', '2',
+            '--strengths', '0.5', '--batch_size', '10', '--output', str(out)]
+    code, first, err = run_main(script.main, argv, capsys)
+    assert code == 0, err
+    table = out.with_suffix('.md').read_text()
+    measured = json.loads(out.with_suffix('.json').read_text())['measured']
+    assert set(measured) == {'inpaint:replacement', 'inpaint:repaint_ddim:3', 'inpaint:real_digits', 'invert:2',
+                             'sdedit:0.5'}
+    code, again, err = run_main(script.main, argv, capsys)
+    assert code == 0 and again.count('from the earlier run') == 5, again
+    assert out.with_suffix('.md').read_text() == table and not list(tmp_path.glob('.*'))
+    code, other, err = run_main(script.main, [*argv, '--seed', '1'], capsys)
+    assert code == 0 and 'from the earlier run' not in other, other
