@@ -142,6 +142,37 @@ def read_json(path: PathLike) -> Any:
         raise UserError(f'cannot read {path}: {err}') from None
 
 
+class SavedMeasurements:
+    """Measurements of a long benchmark, each saved to PATH (JSON) as soon as it is made; a rerun with the same
+    `setup` (model digest, N, seed...) reuses them, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, path: PathLike, setup: dict[str, Any], *, log: Callable[[str], None] = print) -> None:
+        self.path, self.setup, self.log = Path(path), setup, log
+        self.done = self.earlier()
+
+    def earlier(self) -> dict[str, Any]:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or cut short while written by something else
+            return {}
+        same = isinstance(saved, dict) and all(saved.get(k) == v for k, v in self.setup.items())
+        return dict(saved.get('measured') or {}) if same else {}
+
+    def get(self, key: str, measure: Callable[[], Any]) -> Any:
+        """The measurement named `key`: from an earlier run of the same setup, or made now and saved."""
+        if key in self.done:
+            self.log(f'{key}: from the earlier run in {self.path}')
+        else:
+            self.done[key] = measure()
+            self.log(f'{key}: {self.done[key]}')
+            write_json(self.path, self.record())
+        return self.done[key]
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The setup, `extra` and every measurement so far, as written to PATH."""
+        return dict(self.setup, **extra, measured=self.done)
+
+
 def ensure_writable_dir(path: PathLike) -> Path:
     """Create `path` if needed and prove we can write into it."""
     path = Path(path)

@@ -16,12 +16,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import atomic_path, file_digest, write_json  # noqa: E402
+from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -75,19 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.output)
     setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
                  seed=args.seed, image_size=size, batch_size=args.batch_size)
-    done = earlier_measurements(out.with_suffix('.json'), setup)
-    result = dict(setup, command='python3 scripts/edit_benchmark.py ' + ' '.join(argv or sys.argv[1:]),
-                  measured=done)
-
-    def measure(key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """One measurement, or its result from an earlier run of the same setup; saved as soon as it is made."""
-        if key in done:
-            print(f'{key}: from the earlier run in {out.with_suffix(".json")}', flush=True)
-        else:
-            done[key] = run()
-            print(key, done[key], flush=True)
-            write_json(out.with_suffix('.json'), result)
-        return done[key]
+    saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
+    measure = saved.get
 
     def label_agreement(images):
         return float((torch.from_numpy(classify_probs(evaluator, images)).argmax(1) == truth).float().mean())
@@ -116,36 +105,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      batch_size=args.batch_size)
         return dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images))
 
+    parts = {}
     if 'inpaint' not in args.skip:
         mask = editing.named_mask('bottom', size)
         rows = [measure(f'inpaint:{method}' + (f':{args.ddim_steps}' if method == 'repaint_ddim' else ''),
                         lambda method=method: inpainting_row(method, mask)) for method in args.methods.split(',')]
         real = measure('inpaint:real_digits', lambda: dict(label_agreement=label_agreement(digits),
                                                            fid=evaluator.score(digits)['fid']))
-        result['inpainting'] = dict(mask='bottom', rows=rows, real_digits=real)
+        parts['inpainting'] = dict(mask='bottom', rows=rows, real_digits=real)
     if 'invert' not in args.skip:
-        result['inversion'] = [measure(f'invert:{k}', lambda k=k: inversion_row(k))
-                               for k in map(int, args.inversion_steps.split(','))]
+        parts['inversion'] = [measure(f'invert:{k}', lambda k=k: inversion_row(k))
+                              for k in map(int, args.inversion_steps.split(','))]
     if 'sdedit' not in args.skip:
-        result['sdedit'] = [measure(f'sdedit:{strength}', lambda strength=strength: sdedit_row(strength))
-                            for strength in map(float, args.strengths.split(','))]
+        parts['sdedit'] = [measure(f'sdedit:{strength}', lambda strength=strength: sdedit_row(strength))
+                           for strength in map(float, args.strengths.split(','))]
+    result = saved.record(command='python3 scripts/edit_benchmark.py ' + ' '.join(argv or sys.argv[1:]), **parts)
     write_json(out.with_suffix('.json'), result)
     with atomic_path(out.with_suffix('.md')) as tmp:
         tmp.write_text(markdown(result))
     print(markdown(result))
-
-
-def earlier_measurements(path: Path, setup: dict[str, Any]) -> dict[str, Any]:
-    """The measurements an earlier run of the same setup (model, digits, seed) saved, so that an interrupted
-    benchmark (RePaint on the DDPM chain takes hours on a CPU) resumes where it stopped."""
-    if not path.is_file():
-        return {}
-    try:
-        earlier = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-    same = all(earlier.get(k) == v for k, v in setup.items())
-    return dict(earlier.get('measured') or {}) if same else {}
 
 
 def classify_probs(evaluator: Any, images: Any) -> Any:

@@ -4,18 +4,18 @@ FID-against-guidance trade-off plot (the standard figure for guidance), with the
 
   python3 scripts/guidance_sweep.py --raw_dir ../shared/data/mnist-full                       # shipped model
   python3 scripts/guidance_sweep.py --checkpoint runs/conditional/model-10.pt --scales 1,2,3 --num_samples 500
-Writes assets/guidance.{json,md,png}.
+Writes assets/guidance.{json,md,png}. Each scale is saved as it is measured; the same command resumes.
 """
 import argparse
-from typing import Any, Sequence
-import json
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,8 +49,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     evaluator = reference_evaluator(image_size=model.image_size, raw_dir=args.raw_dir, data_root=args.data_root,
                                     seed=args.seed).evaluator
     labels = balanced_labels(args.num_samples)
-    rows = []
-    for scale in map(float, args.scales.split(',')):
+    out = Path(args.output)
+    setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), strategy=args.strategy,
+                 steps=args.steps, num_samples=args.num_samples, seed=args.seed, image_size=model.image_size)
+    saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
+
+    def scale_row(scale: float) -> dict[str, Any]:
         images = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.num_samples,
                                    seed=args.seed, guidance_scale=scale)
         _, probs = classify(evaluator.classifier, images)
@@ -58,19 +62,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         accuracy = float((torch.from_numpy(probs).argmax(1) == labels).float().mean())
         per_digit = [float((torch.from_numpy(probs[labels == d]).argmax(1) == d).float().mean())
                      for d in range(NUM_DIGITS)]
-        rows.append(dict(scale=scale, accuracy=accuracy, worst_digit_accuracy=min(per_digit), **{
-            k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence')}))
-        print(f'W = {scale:g}: accuracy {100 * accuracy:.1f} %, FID {scores["fid"]:.2f}', flush=True)
-    floor = evaluator.calibration(args.num_samples)['real training digits (floor)']['fid'] if evaluator.train is not None \
-        else (evaluator.stats.floors.get(str(args.num_samples)) if evaluator.stats is not None else None)
-    result = dict(checkpoint=str(model.path), strategy=args.strategy, steps=args.steps, num_samples=args.num_samples,
-                  seed=args.seed, floor_fid=floor, rows=rows,
-                  command='python3 scripts/guidance_sweep.py ' + ' '.join(argv or sys.argv[1:]))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
-    out.with_suffix('.md').write_text(markdown(result))
-    plot(result, out.with_suffix('.png'))
+        return dict(scale=scale, accuracy=accuracy, worst_digit_accuracy=min(per_digit), **{
+            k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence')})
+
+    rows = [saved.get(f'W={scale:g}', lambda scale=scale: scale_row(scale))
+            for scale in map(float, args.scales.split(','))]
+    floor = (evaluator.calibration(args.num_samples)['real training digits (floor)']['fid']
+             if evaluator.train is not None else
+             evaluator.stats.floors.get(str(args.num_samples)) if evaluator.stats is not None else None)
+    result = saved.record(floor_fid=floor, rows=rows,
+                          command='python3 scripts/guidance_sweep.py ' + ' '.join(argv or sys.argv[1:]))
+    write_json(out.with_suffix('.json'), result)
+    with atomic_path(out.with_suffix('.md')) as tmp:
+        tmp.write_text(markdown(result))
+    with atomic_path(out.with_suffix('.png')) as tmp:
+        plot(result, tmp)
     print(markdown(result))
 
 
@@ -109,7 +115,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.legend(loc='upper center', fontsize=8)
     ax.set_title(f'Guidance trade-off: {result["strategy"]}-{result["steps"]}, N = {result["num_samples"]}', fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format='png')  # path may be a temporary name without .png
     plt.close(fig)
 
 

@@ -132,3 +132,21 @@ def test_init_from_an_unconditional_model_is_refused(trained_run, tmp_path, imag
                                                             str(trained_run / 'model-2.pt')])
     code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
     assert_one_line_error(code, err, 'num_classes')
+
+
+def test_guidance_sweep_scores_each_scale_and_resumes(conditional_run, idx_dir, tmp_path, capsys):
+    """One row per scale (accuracy against the requested digits, FID, the plot); rerun, it reuses every scale."""
+    from conftest import load_script
+    script = load_script('guidance_sweep')
+    out = tmp_path / 'guidance'
+    argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--scales', '1,3',
+            '--steps', '3', '--num_samples', '20', '--output', str(out)]
+    code, _, err = run_main(script.main, argv, capsys)
+    assert code == 0, err
+    result = json.loads(out.with_suffix('.json').read_text())
+    assert [r['scale'] for r in result['rows']] == [1.0, 3.0] and all(0 <= r['accuracy'] <= 1 for r in result['rows'])
+    assert result['floor_fid'] is not None and out.with_suffix('.png').stat().st_size > 0
+    assert not list(tmp_path.glob('.*'))  # no temporary left
+    code, again, err = run_main(script.main, argv, capsys)
+    assert code == 0 and again.count('from the earlier run') == 2, again
+    assert json.loads(out.with_suffix('.json').read_text())['rows'] == result['rows']
