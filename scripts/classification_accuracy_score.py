@@ -4,19 +4,20 @@ architecture, epochs and seed) trained on the 60,000 real training digits.
 
   python3 scripts/classification_accuracy_score.py --raw_dir ../shared/data/mnist-full --guidance_scale 2
 Writes assets/classification_accuracy_score.{json,md}. Generating 60,000 digits is the long part: a fast sampler
-(default UniPC, 10 steps) keeps it under an hour on a 2-core CPU.
+(default UniPC, 10 steps) keeps it under an hour on a 2-core CPU. Each of the two classifiers' accuracy is saved as
+it is measured; the same command resumes.
 """
 import argparse
-from typing import Sequence
-import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -51,28 +52,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)
     test_x, test_y = load_split('test', args.raw_dir, args.data_root)
     n = args.per_class * NUM_DIGITS
-    start = time.time()
-    generated = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=n, seed=args.seed,
-                                  guidance_scale=args.guidance_scale)
-    labels = torch.arange(NUM_DIGITS).repeat_interleave(args.per_class)
-    sampling_seconds = time.time() - start
-    print(f'generated {n} digits in {sampling_seconds:.0f} s', flush=True)
-    on_generated = train_classifier(generated, labels.numpy(), epochs=args.epochs, seed=args.seed)
-    on_real = train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed)
-    result = dict(checkpoint=str(model.path), per_class=args.per_class, guidance_scale=args.guidance_scale,
-                  strategy=args.strategy, steps=args.steps, epochs=args.epochs, seed=args.seed,
-                  sampling_seconds=round(sampling_seconds, 1),
-                  accuracy_trained_on_generated=accuracy(on_generated, test_x, test_y),
-                  accuracy_trained_on_real=accuracy(on_real, test_x, test_y), real_training_digits=len(train_y),
-                  command='python3 scripts/classification_accuracy_score.py ' + ' '.join(argv or sys.argv[1:]))
+    out = Path(args.output)
+    setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), per_class=args.per_class,
+                 guidance_scale=args.guidance_scale, strategy=args.strategy, steps=args.steps, epochs=args.epochs,
+                 seed=args.seed)
+    saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
+
+    def trained_on_generated() -> dict[str, float]:
+        start = time.time()
+        generated = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=n, seed=args.seed,
+                                      guidance_scale=args.guidance_scale)
+        labels = torch.arange(NUM_DIGITS).repeat_interleave(args.per_class)
+        seconds = time.time() - start
+        print(f'generated {n} digits in {seconds:.0f} s', flush=True)
+        classifier = train_classifier(generated, labels.numpy(), epochs=args.epochs, seed=args.seed)
+        return dict(accuracy=accuracy(classifier, test_x, test_y), sampling_seconds=round(seconds, 1))
+
+    def trained_on_real() -> dict[str, float]:
+        return dict(accuracy=accuracy(train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed),
+                                      test_x, test_y))
+
+    generated = saved.get('trained_on_generated', trained_on_generated)
+    real = saved.get('trained_on_real', trained_on_real)
+    result = saved.record(sampling_seconds=generated['sampling_seconds'],
+                          accuracy_trained_on_generated=generated['accuracy'],
+                          accuracy_trained_on_real=real['accuracy'], real_training_digits=len(train_y),
+                          command='python3 scripts/classification_accuracy_score.py ' + ' '.join(argv or sys.argv[1:]))
     text = (f'Classification Accuracy Score: a LeNet ({args.epochs} epochs, seed {args.seed}) trained on {n:,} '
             f'generated digits ({args.strategy}-{args.steps}, W = {args.guidance_scale:g}) scores '
             f'**{100 * result["accuracy_trained_on_generated"]:.2f} %** on the 10,000 real test digits; trained on the '
             f'{len(train_y):,} real training digits it scores {100 * result["accuracy_trained_on_real"]:.2f} %.\n')
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
-    out.with_suffix('.md').write_text(text)
+    write_json(out.with_suffix('.json'), result)
+    with atomic_path(out.with_suffix('.md')) as tmp:
+        tmp.write_text(text)
     print(text)
 
 

@@ -150,3 +150,18 @@ def test_guidance_sweep_scores_each_scale_and_resumes(conditional_run, idx_dir, 
     code, again, err = run_main(script.main, argv, capsys)
     assert code == 0 and again.count('from the earlier run') == 2, again
     assert json.loads(out.with_suffix('.json').read_text())['rows'] == result['rows']
+
+
+def test_classification_accuracy_score_trains_on_generated_and_on_real(conditional_run, idx_dir, tmp_path, capsys):
+    from conftest import load_script
+    script = load_script('classification_accuracy_score')
+    out = tmp_path / 'cas'
+    argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--per_class', '10',
+            '--steps', '2', '--epochs', '1', '--output', str(out)]
+    code, printed, err = run_main(script.main, argv, capsys)
+    assert code == 0, err
+    result = json.loads(out.with_suffix('.json').read_text())
+    assert 0 <= result['accuracy_trained_on_generated'] <= 1 and 0 <= result['accuracy_trained_on_real'] <= 1
+    assert result['real_training_digits'] == 120 and 'generated 100 digits' in printed
+    code, again, err = run_main(script.main, argv, capsys)
+    assert code == 0 and again.count('from the earlier run') == 2 and 'generated' not in again.split('\n')[0], again
