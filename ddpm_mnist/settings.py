@@ -50,7 +50,7 @@ PRESETS['shipped'] = dict(
     training=dict(PRESETS['small']['training'],
                   train_batch_size=32,          # more updates per minute beat larger batches at equal wall time
                   train_lr=2.1e-4,              # 3e-4 at batch 64, scaled by sqrt(32 / 64)
-                  train_num_steps=56_250,       # 1,800,000 images (30 epochs) over all segments
+                  train_num_steps=58_000,       # the first milestone past 1,800,000 images (30 epochs)
                   save_and_sample_every=2000,   # a milestone every 64,000 images (about 7 minutes on 2 cores)
                   results_folder='./runs/shipped'))
 

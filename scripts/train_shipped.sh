@@ -14,7 +14,7 @@
 # segment's milestones into assets/training_curve.* (every 4th and the last, about a minute each on 2 cores;
 # CURVE_MILESTONES=all scores all; earlier segments' rows kept). Commit pretrained/ and assets/.
 # Training stops at M minutes or when all segments together have seen TARGET_IMAGES (default 1,800,000: 30
-# epochs), whichever comes first. MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or
+# epochs; rounded up to the next milestone), whichever comes first. MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or
 # is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,8 +46,9 @@ else
   read -r SEGMENT SEEN < <($PY -c "import json, sys; p = json.load(open(sys.argv[1])).get('provenance') or {}; segs = p.get('segments') or [p]; print(len(segs) + 1, sum(s.get('images_seen') or 0 for s in segs))" "$SHIPPED.json")
   INIT=(--init_from "$SHIPPED.safetensors")
 fi
-BATCH=$($PY -c "from ddpm_mnist.settings import PRESETS; t = PRESETS['shipped']['training']; print(t['train_batch_size'] * t['gradient_accumulate_every'])")
+read -r BATCH EVERY < <($PY -c "from ddpm_mnist.settings import PRESETS; t = PRESETS['shipped']['training']; print(t['train_batch_size'] * t['gradient_accumulate_every'], t['save_and_sample_every'])")
 STEPS=$(( (TARGET_IMAGES - SEEN + BATCH - 1) / BATCH ))
+STEPS=$(( (STEPS + EVERY - 1) / EVERY * EVERY ))  # up to a whole milestone: steps after the last one are not saved
 if [ "$STEPS" -le 0 ]; then
   echo "the shipped model has seen $SEEN images, TARGET_IMAGES=$TARGET_IMAGES reached; raise TARGET_IMAGES to train on"; exit 0
 fi
