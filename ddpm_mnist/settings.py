@@ -31,7 +31,7 @@ PRESETS = {
                       ema_decay=0.995, ema_update_every=10, amp=True, save_and_sample_every=1000, num_samples=25,
                       sampling_timesteps=None, results_folder='./results_mnist_ddpm'),
     ),
-    # Measured to reach recognisable digits in about an hour on a 2-core CPU (docs/training.md).
+    # Sized to reach recognisable digits on a 2-core CPU in a session (docs/training.md).
     'small': dict(
         model=dict(dim=32, dim_mults=[1, 2, 2], channels=1),
         diffusion=dict(image_size=32, timesteps=1000, beta_schedule='cosine', objective='pred_v'),
@@ -51,7 +51,7 @@ PRESETS['shipped'] = dict(
                   train_batch_size=32,          # more updates per minute beat larger batches at equal wall time
                   train_lr=2.1e-4,              # 3e-4 at batch 64, scaled by sqrt(32 / 64)
                   train_num_steps=58_000,       # the first milestone past 1,800,000 images (30 epochs)
-                  save_and_sample_every=2000,   # a milestone every 64,000 images (about 7 minutes on 2 cores)
+                  save_and_sample_every=2000,   # a milestone (and a resume point) every 64,000 images
                   results_folder='./runs/shipped'))
 
 # Command-line flag -> (config section, key): the one map between flags and config.json.
