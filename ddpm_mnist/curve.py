@@ -12,10 +12,11 @@ import torch
 
 from .checkpoints import load_model, segments_of
 from .hints import PathLike
+from .intervals import error_bars, interval_cell
 from .metrics import METRICS_VERSION, Evaluator
 from .run_folder import milestone_path, milestones
 from .sampling import prepare_for_inference, sample
-from .utils import UserError, file_digest, read_json, remove_stale_temporaries, write_json
+from .utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
@@ -100,26 +101,34 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
     import matplotlib.pyplot as plt
 
     out_stem = Path(out_stem)
-    for row in rows:  # rows cached before segments were counted
+    nan = float('nan')
+    for row in rows:  # rows cached before segments (or intervals) were recorded
         row.setdefault('segment', 1)
         row.setdefault('total_images_seen', row['images_seen'])
-    columns = ('segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'inception_score',
-               'confidence', 'min_class_share', 'near_copy_share')
-    with open(out_stem.with_suffix('.csv'), 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows([[row[c] for c in columns] for row in rows])
-    lines = ['| segment | milestone | step | images seen | FID | FID / floor | IS | confidence | smallest class | '
-             'near-copies |', '|---|---|---|---|---|---|---|---|---|---|']
-    lines += [f'| {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | {r["fid"]:.2f} | '
-              f'{r["fid"] / floor:.2f}x | '
+        row.setdefault('fid_low', nan)
+        row.setdefault('fid_high', nan)
+    columns = ('segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
+               'inception_score', 'confidence', 'min_class_share', 'near_copy_share')
+    with atomic_path(out_stem.with_suffix('.csv')) as tmp:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows([[row[c] for c in columns] for row in rows])
+    lines = ['| segment | milestone | step | images seen | FID [95 %] | FID / floor | IS | confidence | '
+             'smallest class | near-copies |', '|---|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
+              f'{interval_cell(r, "fid")} | {r["fid"] / floor:.2f}x | '
               f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
               f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
-    lines.append(f'\nReal-data floor (real training digits, same N): FID {floor:.2f}.')
-    out_stem.with_suffix('.md').write_text(title + '\n\n' + '\n'.join(lines) + '\n')
+    lines.append(f'\nReal-data floor (real training digits, same N): FID {floor:.2f}. Intervals: bootstrap over the '
+                 'samples, reference fixed (docs/metrics.md).')
+    with atomic_path(out_stem.with_suffix('.md')) as tmp:
+        tmp.write_text(title + '\n\n' + '\n'.join(lines) + '\n')
     write_json(out_stem.with_suffix('.json'), dict(title=title, settings=settings, floor_fid=floor, rows=rows))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r['total_images_seen'] for r in rows], [r['fid'] for r in rows], 'o-', label='model (EMA weights)')
+    ax.errorbar([r['total_images_seen'] for r in rows], [r['fid'] for r in rows],
+                yerr=error_bars(rows),
+                fmt='o-', capsize=2, label='model (EMA weights), 95 % interval')
     for before, after in zip(rows, rows[1:]):
         if after['segment'] != before['segment']:
             ax.axvline(before['total_images_seen'], color='tab:orange', linestyle=':', linewidth=1,
@@ -131,5 +140,6 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_stem.with_suffix('.png'), dpi=120)
+    with atomic_path(out_stem.with_suffix('.png')) as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)

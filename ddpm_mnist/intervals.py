@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections import namedtuple
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import linalg
@@ -31,6 +31,21 @@ def shifted_interval(value: float, draws: Sequence[float] | np.ndarray) -> Inter
     draws = np.asarray(draws, dtype=float)
     low, high = np.percentile(draws - (draws.mean() - value), [2.5, 97.5])
     return Interval(float(value), float(low), float(high))
+
+
+def error_bars(rows: Sequence[dict[str, Any]], key: str = 'fid') -> list[list[float]]:
+    """matplotlib's yerr for rows with KEY, KEY_low and KEY_high: the distances to the interval's ends (0 where
+    a row has no interval)."""
+    def clean(gap: float) -> float:
+        return max(0.0, float(gap)) if np.isfinite(gap) else 0.0
+    return [[clean(r[key] - r.get(f'{key}_low', r[key])) for r in rows],
+            [clean(r.get(f'{key}_high', r[key]) - r[key]) for r in rows]]
+
+
+def interval_cell(r: dict[str, Any], key: str) -> str:
+    """'value [low, high]', or the value alone where there is no interval."""
+    value, low, high = (r.get(k, float('nan')) for k in (key, f'{key}_low', f'{key}_high'))
+    return f'{value:.2f}' if np.isnan(low) else f'{value:.2f} [{low:.2f}, {high:.2f}]'
 
 
 class FrechetToReference:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .conditional import Guidance
 from .device import machine_name
 from .hints import Diffusion, PathLike
-from .intervals import differs, paired_fid_difference
+from .intervals import differs, error_bars, interval_cell, paired_fid_difference
 from .metrics import METRICS_VERSION, Evaluator
 from .sampler_table import SAMPLERS, grid_name, label
 from .sampling import initial_noise, timed_sample
@@ -220,12 +220,6 @@ def what_the_numbers_show(result: dict[str, Any]) -> str:
             'published elsewhere or at another N; two rows whose difference interval contains 0 are not ranked.')
 
 
-def interval_cell(r: dict[str, Any], key: str) -> str:
-    """'value [low, high]', or the value alone where there is no interval."""
-    value, low, high = (r.get(k, float('nan')) for k in (key, f'{key}_low', f'{key}_high'))
-    return f'{value:.2f}' if np.isnan(low) else f'{value:.2f} [{low:.2f}, {high:.2f}]'
-
-
 def difference_cell(r: dict[str, Any], name: str) -> str:
     """A row's paired difference from the DDPM or the best row, starred where significant."""
     if r.get(f'fid_minus_{name}') is None:
@@ -266,8 +260,7 @@ def plot(result: dict[str, Any], path: PathLike) -> None:
         for name, rows in plot_series(result['rows']).items():
             rows = sorted(rows, key=lambda r: r[x_key])
             x, y = [r[x_key] for r in rows], [r['fid'] for r in rows]
-            spread = [[r['fid'] - r.get('fid_low', r['fid']) for r in rows],
-                      [r.get('fid_high', r['fid']) - r['fid'] for r in rows]]  # the bootstrap interval
+            spread = error_bars(rows)  # the bootstrap interval
             if SAMPLERS[rows[0]['strategy']].all_steps:
                 ax.errorbar(x, y, yerr=spread, fmt='*', ms=14, color='black', zorder=5, capsize=3,
                             label=f'{name} (T steps)')

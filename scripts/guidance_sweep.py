@@ -99,11 +99,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from ddpm_mnist.intervals import error_bars
     rows = result['rows']
     fig, ax = plt.subplots(figsize=(6, 4))
     scales = [r['scale'] for r in rows]
-    ax.errorbar(scales, [r['fid'] for r in rows], yerr=[[r['fid'] - r['fid_low'] for r in rows],
-                                                         [r['fid_high'] - r['fid'] for r in rows]],
+    ax.errorbar(scales, [r['fid'] for r in rows], yerr=error_bars(rows),
                 marker='o', capsize=3, label='FID (95 % interval)')
     if result['floor_fid'] is not None:
         ax.axhline(result['floor_fid'], ls='--', color='grey', label='real digits (floor)')
