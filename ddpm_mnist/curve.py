@@ -105,20 +105,21 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
     for row in rows:  # rows cached before segments (or intervals) were recorded
         row.setdefault('segment', 1)
         row.setdefault('total_images_seen', row['images_seen'])
-        row.setdefault('fid_low', nan)
-        row.setdefault('fid_high', nan)
+        for key in ('fid_low', 'fid_high', 'inception_score_low', 'inception_score_high'):
+            row.setdefault(key, nan)
     columns = ('segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
-               'inception_score', 'confidence', 'min_class_share', 'near_copy_share')
+               'inception_score', 'inception_score_low', 'inception_score_high', 'confidence', 'min_class_share',
+               'near_copy_share')
     with atomic_path(out_stem.with_suffix('.csv')) as tmp:
         with open(tmp, 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(columns)
             writer.writerows([[row[c] for c in columns] for row in rows])
-    lines = ['| segment | milestone | step | images seen | FID [95 %] | FID / floor | IS | confidence | '
+    lines = ['| segment | milestone | step | images seen | FID [95 %] | FID / floor | IS [95 %] | confidence | '
              'smallest class | near-copies |', '|---|---|---|---|---|---|---|---|---|---|']
     lines += [f'| {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
               f'{interval_cell(r, "fid")} | {r["fid"] / floor:.2f}x | '
-              f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
+              f'{interval_cell(r, "inception_score")} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
               f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
     lines.append(f'\nReal-data floor (real training digits, same N): FID {floor:.2f}. Intervals: bootstrap over the '
                  'samples, reference fixed (docs/metrics.md).')

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections import namedtuple
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import linalg
@@ -31,6 +31,13 @@ def shifted_interval(value: float, draws: Sequence[float] | np.ndarray) -> Inter
     draws = np.asarray(draws, dtype=float)
     low, high = np.percentile(draws - (draws.mean() - value), [2.5, 97.5])
     return Interval(float(value), float(low), float(high))
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, value: float, *,
+                       resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """Interval(value, low, high) of statistic(sample indices) over resamples of n samples, e.g. the Inception
+    Score of the resampled images' class probabilities."""
+    return shifted_interval(value, [statistic(i) for i in resample_indices(n, resamples=resamples, seed=seed)])
 
 
 def error_bars(rows: Sequence[dict[str, Any]], key: str = 'fid') -> list[list[float]]:

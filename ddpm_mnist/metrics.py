@@ -19,11 +19,11 @@ from .checkpoints import load_weights_file
 from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
 from .data import DOWNLOAD_HELP, load_split
 from .hints import PathLike
-from .intervals import KernelToReference, fid_interval, kid_interval
+from .intervals import KernelToReference, bootstrap_interval, fid_interval, kid_interval
 from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
-METRICS_VERSION = 3  # 3: FID with its bootstrap interval, KID
+METRICS_VERSION = 4  # 3: FID with its bootstrap interval, KID; 4: IS with its interval
 K_NEIGHBOURS = 3
 # A sample is a near-copy when its nearest training digit is closer than this (pixel L2 on 28x28 in
 # [0, 1]; RMS difference < 0.036): a copy with slight noise, not merely the same digit written alike.
@@ -182,8 +182,11 @@ class Evaluator:
         kid = kid_low = kid_high = nan
         if self.kernel is not None and n > 2:
             kid, kid_low, kid_high = kid_interval(features, self.kernel, seed=self.seed)
+        score = inception_score(probs)
+        _, is_low, is_high = bootstrap_interval(lambda i: inception_score(probs[i]), n, score, seed=self.seed) if (
+            n > 2) else (score, nan, nan)
         return dict(n=n, fid=fid, fid_low=fid_low, fid_high=fid_high, kid=kid, kid_low=kid_low, kid_high=kid_high,
-                    inception_score=inception_score(probs),
+                    inception_score=score, inception_score_low=is_low, inception_score_high=is_high,
                     confidence=float(probs.max(1).mean()), min_class_share=smallest, class_kl_uniform=kl,
                     class_shares=[round(float(s), 4) for s in share], precision=precision, recall=recall,
                     median_nn_train_l2=median_nn, near_copy_share=near_copies,
@@ -215,7 +218,8 @@ class Evaluator:
                 'pure noise (ceiling)': self.score(self.ceiling_images(n))}
 
 
-SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'inception_score', 'confidence',
+SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'inception_score', 'inception_score_low',
+              'inception_score_high', 'confidence',
               'min_class_share', 'class_kl_uniform', 'precision', 'recall',
               'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
 

@@ -30,8 +30,8 @@ QUICK = dict(samplers=('ddim', 'dpmpp_2m', 'unipc'), steps=(10, 50), etas=(0.0,)
 COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image', 'fid', 'fid_low', 'fid_high', 'kid',
            'kid_low', 'kid_high', 'fid_minus_ddpm', 'fid_minus_ddpm_low', 'fid_minus_ddpm_high', 'fid_minus_best',
            'fid_minus_best_low', 'fid_minus_best_high', 'fid_b', 'fid_b_low', 'fid_b_high', 'inception_score',
-           'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'median_nn_train_l2',
-           'near_copy_share', 'flip_preferred_share', 'inception_fid')
+           'inception_score_low', 'inception_score_high', 'confidence', 'min_class_share', 'class_kl_uniform',
+           'precision', 'recall', 'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share', 'inception_fid')
 
 
 def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequence[float], solver_steps: Sequence[int],
@@ -170,7 +170,7 @@ def write_outputs(result: dict[str, Any], out_dir: PathLike) -> None:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    head = ('| config | NFE | s/image | FID [95 %] | vs DDPM-1000 | vs best | KID [95 %] | IS | confidence '
+    head = ('| config | NFE | s/image | FID [95 %] | vs DDPM-1000 | vs best | KID [95 %] | IS [95 %] | confidence '
             '| smallest class | KL to uniform | precision | recall | near-copies | flip-preferred |')
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '
@@ -233,7 +233,7 @@ def difference_cell(r: dict[str, Any], name: str) -> str:
 
 def score_cells(r: dict[str, Any]) -> str:
     """The table cells after FID: IS, confidence, class balance, precision/recall, near-copies, flips."""
-    return (f'{r["inception_score"]:.2f} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
+    return (f'{interval_cell(r, "inception_score")} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
             f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f} | '
             f'{r.get("flip_preferred_share", float("nan")):.3f}')
 

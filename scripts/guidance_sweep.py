@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_digit = [float((torch.from_numpy(probs[labels == d]).argmax(1) == d).float().mean())
                      for d in range(NUM_DIGITS)]
         return dict(scale=scale, accuracy=accuracy, worst_digit_accuracy=min(per_digit), **{
-            k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'inception_score', 'confidence')})
+            k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'inception_score', 'inception_score_low',
+                                   'inception_score_high', 'confidence')})
 
     rows = [saved.get(f'W={scale:g}', lambda scale=scale: scale_row(scale))
             for scale in map(float, args.scales.split(','))]
@@ -81,17 +82,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    from ddpm_mnist.intervals import interval_cell
     floor = result['floor_fid']
     floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
     lines = [f'{result["strategy"]} {result["steps"]} steps, N = {result["num_samples"]} balanced digits per scale, '
              f'the same x_T (seed {result["seed"]}){floor_text}. Command: `{result["command"]}`.', '',
-             '| W | conditional accuracy | worst digit | FID [95 %] | FID / floor | IS | confidence |',
+             '| W | conditional accuracy | worst digit | FID [95 %] | FID / floor | IS [95 %] | confidence |',
              '|---|---|---|---|---|---|---|']
-    lines += [f'| {r["scale"]:g} | {100 * r["accuracy"]:.1f} % | {100 * r["worst_digit_accuracy"]:.1f} % | '
-              f'{r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] | '
-              f'{r["fid"] / floor:.2f}x | {r["inception_score"]:.2f} | {r["confidence"]:.3f} |' if floor else
-              f'| {r["scale"]:g} | {100 * r["accuracy"]:.1f} % | {100 * r["worst_digit_accuracy"]:.1f} % | '
-              f'{r["fid"]:.2f} | – | {r["inception_score"]:.2f} | {r["confidence"]:.3f} |' for r in result['rows']]
+    for r in result['rows']:
+        ratio = f'{r["fid"] / floor:.2f}x' if floor else '–'
+        lines.append(f'| {r["scale"]:g} | {100 * r["accuracy"]:.1f} % | {100 * r["worst_digit_accuracy"]:.1f} % | '
+                     f'{interval_cell(r, "fid")} | {ratio} | {interval_cell(r, "inception_score")} | '
+                     f'{r["confidence"]:.3f} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -53,6 +53,22 @@ def test_paired_difference_finds_a_real_shift(gaussian_features):
     assert differs(diff) and diff.low > 0
 
 
+def test_inception_score_interval_brackets_it_and_narrows_with_n():
+    """The IS bootstrap: resampled class probabilities of confident, balanced digits; wider at small N."""
+    from ddpm_mnist.intervals import bootstrap_interval
+    from ddpm_mnist.metrics import inception_score
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (100, 1600):
+        logits = rng.normal(size=(n, 10)) + 4 * np.eye(10)[rng.integers(0, 10, n)]
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        score = inception_score(probs)
+        interval = bootstrap_interval(lambda i: inception_score(probs[i]), n, score)
+        assert interval.low <= score <= interval.high and 1 < score < 10
+        widths.append(interval.high - interval.low)
+    assert widths[1] < widths[0] / 2
+
+
 def test_kid_is_unbiased_near_zero_for_the_same_distribution(gaussian_features):
     reference, draw = gaussian_features
     kernel = KernelToReference(reference)
