@@ -249,3 +249,20 @@ def test_curve_scores_every_kth_milestone_and_the_last():
     for bad in ('every:0', 'every:x', 'every:'):
         with pytest.raises(UserError, match='every:K'):
             chosen_milestones(found, bad)
+
+
+def test_segments_table_lists_every_segment_with_totals(capsys, tmp_path):
+    from conftest import load_script
+    script = load_script('segments_table')
+    segment = dict(machines=['cpu A'], wall_seconds=600.0, steps=100, images_seen=3200,
+                   command='python3 train_ddpm_mnist.py a')
+    record = dict(provenance=dict(segments=[segment, dict(segment, machines=['cpu B'], images_seen=6400, command='b')]))
+    table = script.segments_table(record)
+    assert '| 1 | cpu A | 10 | 100 | 3,200 | 0.1 |' in table and '| 2 | cpu B |' in table
+    assert 'In all: 9,600 images' in table and '20 minutes' in table
+    legacy = dict(provenance=dict(segment))  # exported before segments were recorded: one run
+    assert '| 1 | cpu A |' in script.segments_table(legacy)
+    path = tmp_path / 'm.json'
+    path.write_text('{}')
+    code, _, err = run_main(script.main, [str(path)], capsys)
+    assert_one_line_error(code, err, 'no provenance')
