@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), per_class=args.per_class,
                  guidance_scale=args.guidance_scale, strategy=args.strategy, steps=args.steps, epochs=args.epochs,
                  seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
 
     def trained_on_generated() -> dict[str, float]:

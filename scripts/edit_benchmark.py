@@ -12,7 +12,6 @@ measurement is saved as soon as it is made; rerun the same command and it resume
 digits and seed already gave.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -75,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.output)
     setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
                  seed=args.seed, image_size=size, batch_size=args.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
     measure = saved.get
 

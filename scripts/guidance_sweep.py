@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.output)
     setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), strategy=args.strategy,
                  steps=args.steps, num_samples=args.num_samples, seed=args.seed, image_size=model.image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
 
     def scale_row(scale: float) -> dict[str, Any]:
