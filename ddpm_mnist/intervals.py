@@ -43,16 +43,19 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, value: 
 def error_bars(rows: Sequence[dict[str, Any]], key: str = 'fid') -> list[list[float]]:
     """matplotlib's yerr for rows with KEY, KEY_low and KEY_high: the distances to the interval's ends (0 where
     a row has no interval)."""
-    def clean(gap: float) -> float:
-        return max(0.0, float(gap)) if np.isfinite(gap) else 0.0
-    return [[clean(r[key] - r.get(f'{key}_low', r[key])) for r in rows],
-            [clean(r.get(f'{key}_high', r[key]) - r[key]) for r in rows]]
+    def gap(row: dict[str, Any], end: str) -> float:
+        bound = row.get(f'{key}_{end}')
+        if bound is None or not np.isfinite(bound):
+            return 0.0
+        return max(0.0, float(row[key] - bound if end == 'low' else bound - row[key]))
+    return [[gap(r, 'low') for r in rows], [gap(r, 'high') for r in rows]]
 
 
 def interval_cell(r: dict[str, Any], key: str) -> str:
     """'value [low, high]', or the value alone where there is no interval."""
-    value, low, high = (r.get(k, float('nan')) for k in (key, f'{key}_low', f'{key}_high'))
-    return f'{value:.2f}' if np.isnan(low) else f'{value:.2f} [{low:.2f}, {high:.2f}]'
+    value, low, high = (r.get(k) for k in (key, f'{key}_low', f'{key}_high'))
+    known = all(x is not None and np.isfinite(x) for x in (low, high))
+    return f'{value:.2f} [{low:.2f}, {high:.2f}]' if known else f'{value:.2f}'
 
 
 class FrechetToReference:
