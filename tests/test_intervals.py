@@ -95,3 +95,11 @@ def test_quick_comparison_reports_intervals_and_its_headline(trained_run, idx_di
     assert (pair['a'], pair['b']) == ('DDIM 2, eta 0.0', 'DDIM 4, eta 0.0') and pair['low'] <= pair['value'] <= pair['high']
     table = (folder / 'comparison.md').read_text()
     assert '**DDIM 2, eta 0.0 against DDIM 4, eta 0.0**' in table and 'What these numbers can show' in table
+
+
+def test_interval_cells_and_error_bars_show_what_a_row_has():
+    from ddpm_mnist.intervals import error_bars, interval_cell
+    rows = [dict(fid=10.0, fid_low=8.5, fid_high=12.0), dict(fid=9.0), dict(fid=7.0, fid_low=None, fid_high=None),
+            dict(fid=6.0, fid_low=float('nan'), fid_high=float('nan'))]
+    assert [interval_cell(r, 'fid') for r in rows] == ['10.00 [8.50, 12.00]', '9.00', '7.00', '6.00']
+    assert error_bars(rows) == [[1.5, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]
