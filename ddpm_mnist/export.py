@@ -56,6 +56,7 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
     from .curve import CurveSettings, score_milestone
     from .data import load_split
     from .device import pick_device
+    from .intervals import interval_cell
     from .metrics import Evaluator
     from .sampling import default_precision
     device = pick_device('auto')
@@ -69,9 +70,9 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
         evaluator = Evaluator(reference, train, image_size=size, seed=0)
         scores = score_milestone(path, evaluator, settings, device)
         gate = GateScore(scores['fid'], evaluator.score(evaluator.floor_images(num_samples))['fid'], size)
-        log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {gate.fid:.2f} = {ratio(gate):.2f}x '
-            f'the floor {gate.floor:.2f} ({size} px), IS {scores["inception_score"]:.2f}, confidence '
-            f'{scores["confidence"]:.3f}')
+        log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {interval_cell(scores, "fid")} = '
+            f'{ratio(gate):.2f}x the floor {gate.floor:.2f} ({size} px), IS {interval_cell(scores, "inception_score")}, '
+            f'confidence {scores["confidence"]:.3f}, smallest class {scores["min_class_share"]:.3f}')
         gates.append(gate)
     return tuple(gates)
 
