@@ -71,8 +71,9 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
         scores = score_milestone(path, evaluator, settings, device)
         gate = GateScore(scores['fid'], evaluator.score(evaluator.floor_images(num_samples))['fid'], size)
         log(f'{name} {path}: DDIM-50, eta 1, N = {num_samples}, seed 0: FID {interval_cell(scores, "fid")} = '
-            f'{ratio(gate):.2f}x the floor {gate.floor:.2f} ({size} px), IS {interval_cell(scores, "inception_score")}, '
-            f'confidence {scores["confidence"]:.3f}, smallest class {scores["min_class_share"]:.3f}')
+            f'{ratio(gate):.2f}x the floor {gate.floor:.2f} ({size} px), IS '
+            f'{interval_cell(scores, "inception_score")}, confidence {scores["confidence"]:.3f}, smallest class '
+            f'{scores["min_class_share"]:.3f}')
         gates.append(gate)
     return tuple(gates)
 
