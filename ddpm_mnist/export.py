@@ -62,11 +62,12 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
     device = pick_device('auto')
     reference, _ = load_split('test', raw_dir, data_root)
     train, _ = load_split('train', raw_dir, data_root)
-    settings = CurveSettings(steps=50, eta=1.0, num_samples=num_samples, seed=0, batch_size=100,
-                             precision=default_precision(device))
     gates = []
     for name, path in (('candidate', candidate), ('current', current)):
-        size = read_weights(path).config['diffusion']['image_size']
+        diffusion_config = read_weights(path).config['diffusion']
+        size = diffusion_config['image_size']
+        settings = CurveSettings(steps=min(50, diffusion_config['timesteps']), eta=1.0, num_samples=num_samples,
+                                 seed=0, batch_size=100, precision=default_precision(device))
         evaluator = Evaluator(reference, train, image_size=size, seed=0)
         scores = score_milestone(path, evaluator, settings, device)
         gate = GateScore(scores['fid'], evaluator.score(evaluator.floor_images(num_samples))['fid'], size)

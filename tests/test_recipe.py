@@ -266,3 +266,15 @@ def test_segments_table_lists_every_segment_with_totals(capsys, tmp_path):
     path.write_text('{}')
     code, _, err = run_main(script.main, [str(path)], capsys)
     assert_one_line_error(code, err, 'no provenance')
+
+
+def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir, tmp_path):
+    """The gate's own scoring (no stand-in): both models sampled the same way, each FID beside its floor."""
+    from ddpm_mnist import export
+    current = export_ema(trained_run / 'model-1.pt', tmp_path / 'shipped')
+    lines = []
+    new, old = export.compare_with_current(trained_run / 'model-2.pt', current, raw_dir=idx_dir,
+                                           data_root=tmp_path, num_samples=12, log=lines.append)
+    for gate in (new, old):
+        assert gate.image_size == 32 and gate.fid > 0 and gate.floor > 0 and math.isfinite(export.ratio(gate))
+    assert len(lines) == 2 and all('x the floor' in line and 'N = 12' in line for line in lines)
