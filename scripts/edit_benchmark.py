@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return dict(steps=k, psnr_mean=float(inversion.psnr.mean()), psnr_median=float(inversion.psnr.median()))
 
     def sdedit_row(strength: float) -> dict[str, Any]:
-        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=50, seed=args.seed,
+        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=min(50, diffusion.num_timesteps),
+                                     seed=args.seed,
                                      batch_size=args.batch_size)
         return dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images))
 
