@@ -58,6 +58,7 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
     from .device import pick_device
     from .intervals import interval_cell
     from .metrics import Evaluator
+    from .sampler_table import resolve_steps
     from .sampling import default_precision
     device = pick_device('auto')
     reference, _ = load_split('test', raw_dir, data_root)
@@ -66,8 +67,8 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
     for name, path in (('candidate', candidate), ('current', current)):
         diffusion_config = read_weights(path).config['diffusion']
         size = diffusion_config['image_size']
-        settings = CurveSettings(steps=min(50, diffusion_config['timesteps']), eta=1.0, num_samples=num_samples,
-                                 seed=0, batch_size=100, precision=default_precision(device))
+        settings = CurveSettings(steps=resolve_steps('ddim', None, diffusion_config['timesteps']), eta=1.0,
+                                 num_samples=num_samples, seed=0, batch_size=100, precision=default_precision(device))
         evaluator = Evaluator(reference, train, image_size=size, seed=0)
         scores = score_milestone(path, evaluator, settings, device)
         gate = GateScore(scores['fid'], evaluator.score(evaluator.floor_images(num_samples))['fid'], size)

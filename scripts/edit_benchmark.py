@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.data import load_split
     from ddpm_mnist.device import keep_freed_memory
     from ddpm_mnist.metrics import Evaluator
+    from ddpm_mnist.sampler_table import resolve_steps
 
     keep_freed_memory()
     model = load_model(args.checkpoint)
@@ -101,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return dict(steps=k, psnr_mean=float(inversion.psnr.mean()), psnr_median=float(inversion.psnr.median()))
 
     def sdedit_row(strength: float) -> dict[str, Any]:
-        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=min(50, diffusion.num_timesteps),
-                                     seed=args.seed,
+        steps = resolve_steps('ddim', None, diffusion.num_timesteps)  # DDIM-50, or every step of a shorter chain
+        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=steps, seed=args.seed,
                                      batch_size=args.batch_size)
         return dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images))
 

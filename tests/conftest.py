@@ -56,6 +56,16 @@ def run_main(main, argv, capsys):
     return code, out.out, out.err
 
 
+def run_twice(main, argv, capsys):
+    """Run a resumable script's main twice with the same argv, both successfully; return both stdouts."""
+    outputs = []
+    for _ in range(2):
+        code, out, err = run_main(main, argv, capsys)
+        assert code == 0, err
+        outputs.append(out)
+    return outputs
+
+
 def assert_one_line_error(code, err, *fragments):
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.startswith('error:')]
