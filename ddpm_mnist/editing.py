@@ -13,10 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .hints import Diffusion, PathLike
-from .sampler_table import SAMPLERS
+from .sampler_table import SAMPLERS, exists
 from .samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
 from .sampling import batch_generator, check_settings, initial_noise
-from .utils import UserError
+from .utils import BatchCache, UserError
 
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
 Converted = namedtuple('Converted', 'images notes size')  # size: the inputs' own (width, height)
@@ -147,16 +147,20 @@ def chain_times(diffusion: Diffusion, steps: int | None = None) -> list[int]:
 def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
             eta: float = 1.0,
             jump_length: int = 10, resamples: int = 10, seed: int = 0,
-            batch_size: int = 100) -> tuple[torch.Tensor, int]:
+            batch_size: int = 100, cache: BatchCache | None = None) -> tuple[torch.Tensor, int]:
     """RePaint: regenerate where mask is 1, keep the input where it is 0. Every denoising step (DDPM's posterior
     for steps=None, else the DDIM update on S steps with `eta`) is followed by the known pixels noised to the new
     level (Algorithm 1, line 8); the schedule's jumps re-noise the mixture and denoise it again, so the generated
-    part can agree with the kept part. Returns (images, NFE per image)."""
+    part can agree with the kept part. With `cache`, finished batches are saved and reused. Returns (images, NFE
+    per image)."""
     times = chain_times(diffusion, steps)
     path = repaint_schedule(len(times), jump_length=jump_length, resamples=resamples)
     level_time = lambda level: times[level] if level >= 0 else -1  # noqa: E731
     out = []
     for start in range(0, len(images), batch_size):
+        if exists(cache) and exists(done := cache.get(start)):
+            out.append(done)
+            continue
         generator = batch_generator(seed, start, diffusion.device)
         known = to_model_range(images[start:start + batch_size].to(diffusion.device))
         keep = 1 - mask.to(diffusion.device)
@@ -169,13 +173,16 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
             else:
                 x = renoise(diffusion, x, t, t_next, generator)
         out.append(diffusion.unnormalize(x).clamp(0, 1).cpu())
+        if exists(cache):
+            cache.put(start, out[-1])
     return torch.cat(out), sum(1 for a, b in zip(path, path[1:]) if b < a)
 
 
 @torch.inference_mode()
 def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, resample_iter: int = 10,
                     resample_jump: int = 10,
-                    resample_every: int = 50, seed: int = 0) -> tuple[torch.Tensor, int]:
+                    resample_every: int = 50, seed: int = 0, batch_size: int = 100,
+                    cache: BatchCache | None = None) -> tuple[torch.Tensor, int]:
     """The library's own repaint.py loop (its GaussianDiffusion.p_sample_loop) on the same weights: its resampling
     sets t = resample_jump whatever the current t is, so it re-noises and re-samples at that fixed t. Kept to show
     what that does (docs/editing.md). Its mask is 1 where the input is kept. Returns (images, NFE per image)."""
@@ -187,13 +194,21 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
                  'sqrt_recipm1_alphas_cumprod', 'posterior_variance', 'posterior_log_variance_clipped',
                  'posterior_mean_coef1', 'posterior_mean_coef2', 'loss_weight'):
         getattr(library, name).copy_(getattr(diffusion, name))  # the checkpoint's schedule, not the one built here
-    torch.manual_seed(seed)  # it draws from the global generator
-    keep = (1 - mask).expand_as(images).to(diffusion.device)
-    result = library.sample(gt=images.to(diffusion.device), mask=keep, resample=True, resample_iter=resample_iter,
-                            resample_jump=resample_jump, resample_every=resample_every)
+    out = []
+    for start in range(0, len(images), batch_size):
+        if exists(cache) and exists(done := cache.get(start)):
+            out.append(done)
+            continue
+        torch.manual_seed((seed << 20) + start + 1)  # it draws from the global generator
+        gt = images[start:start + batch_size].to(diffusion.device)
+        keep = (1 - mask).expand_as(gt).to(diffusion.device)
+        out.append(library.sample(gt=gt, mask=keep, resample=True, resample_iter=resample_iter,
+                                  resample_jump=resample_jump, resample_every=resample_every).clamp(0, 1).cpu())
+        if exists(cache):
+            cache.put(start, out[-1])
     total = diffusion.num_timesteps
     resampled = sum(1 for t in range(1, total) if t % resample_every == 0 or t == 1)
-    return result.clamp(0, 1).cpu(), total + resampled * resample_iter * resample_jump
+    return torch.cat(out), total + resampled * resample_iter * resample_jump
 
 
 # ---------------------------------------------------------------- SDEdit (Meng et al. 2022)

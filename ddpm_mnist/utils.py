@@ -173,6 +173,34 @@ class SavedMeasurements:
         return dict(self.setup, **extra, measured=self.done)
 
 
+class BatchCache:
+    """Finished batches of one long computation (e.g. RePaint's 10,000 Unet calls per image), one .npy file per
+    batch in FOLDER, so an interrupted run resumes batch by batch. Name FOLDER after everything the result depends
+    on (model digest, inputs, settings): a batch found there is taken as done."""
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = Path(folder)
+        self.computed = 0  # items put by this process, so a resumed run can time only what it computed itself
+
+    def path(self, start: int) -> Path:
+        return self.folder / f'batch-{start:07d}.npy'
+
+    def get(self, start: int) -> Any:
+        """The saved result of the batch beginning at item `start` (a torch tensor), or None."""
+        import numpy as np
+        import torch
+        path = self.path(start)
+        return torch.from_numpy(np.load(path, allow_pickle=False)) if path.is_file() else None
+
+    def put(self, start: int, result: Any) -> None:
+        import numpy as np
+        self.folder.mkdir(parents=True, exist_ok=True)
+        array = result.detach().cpu().numpy()
+        with atomic_path(self.path(start), needed=array.nbytes) as tmp, open(tmp, 'wb') as f:
+            np.save(f, array, allow_pickle=False)
+        self.computed += len(array)
+
+
 def ensure_writable_dir(path: PathLike) -> Path:
     """Create `path` if needed and prove we can write into it."""
     path = Path(path)

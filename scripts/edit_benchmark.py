@@ -8,8 +8,8 @@
 
   python3 scripts/edit_benchmark.py --raw_dir ../shared/data/mnist-full --num_digits 1000
 Writes assets/editing.{json,md}. Long on a CPU: RePaint makes about resamples x T Unet calls per digit. Each
-measurement is saved as soon as it is made; rerun the same command and it resumes, reusing what the same model,
-digits and seed already gave.
+measurement is saved as soon as it is made, and each finished batch of an inpainting method in --cache_dir; rerun
+the same command and it resumes, reusing what the same model, digits and seed already gave.
 """
 import argparse
 import sys
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
+from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -40,6 +40,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')
     p.add_argument('--output', default='assets/editing', help='output stem (default: %(default)s)')
+    p.add_argument('--cache_dir', default='runs/edit_benchmark_cache',
+                   help='where finished batches of the inpainting methods are kept, so a killed run resumes batch by '
+                        'batch (default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
     from ddpm_mnist.validation import at_least, check_flags
     check_flags(vars(args), extra={'num_digits': at_least(10), 'ddim_steps': at_least(1)})
@@ -61,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.device import keep_freed_memory
     from ddpm_mnist.metrics import Evaluator
     from ddpm_mnist.sampler_table import resolve_steps
+    from ddpm_mnist.sweep import cache_key
 
     keep_freed_memory()
     model = load_model(args.checkpoint)
@@ -83,17 +87,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         return float((torch.from_numpy(classify_probs(evaluator, images)).argmax(1) == truth).float().mean())
 
     def inpainting_row(method: str, mask: torch.Tensor) -> dict[str, Any]:
+        steps = args.ddim_steps if method == 'repaint_ddim' else None
+        cache = BatchCache(Path(args.cache_dir) / f'{method}-{cache_key(method=method, steps=steps, **setup)}')
         start = time.perf_counter()
         if method == 'library_repaint':
-            images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed)
+            images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed,
+                                                  batch_size=args.batch_size, cache=cache)
         else:
-            steps = args.ddim_steps if method == 'repaint_ddim' else None
             resamples = 1 if method == 'replacement' else 10
             images, nfe = editing.inpaint(diffusion, digits, mask, steps=steps, eta=1.0 if steps is None else 0.0,
-                                          resamples=resamples, seed=args.seed, batch_size=args.batch_size)
-        seconds = time.perf_counter() - start
+                                          resamples=resamples, seed=args.seed, batch_size=args.batch_size,
+                                          cache=cache)
+        seconds = time.perf_counter() - start  # of the batches this run computed (a resumed run reuses the rest)
         scores = evaluator.score(images)
-        return dict(method=method, nfe_per_image=nfe, seconds_per_image=seconds / len(images),
+        return dict(method=method, nfe_per_image=nfe,
+                    seconds_per_image=seconds / cache.computed if cache.computed else None,
                     label_agreement=label_agreement(images), fid=scores['fid'], fid_low=scores['fid_low'],
                     fid_high=scores['fid_high'])
 
@@ -133,6 +141,10 @@ def classify_probs(evaluator: Any, images: Any) -> Any:
     return classify(evaluator.classifier, images)[1]
 
 
+def cell(value: float | None, spec: str) -> str:
+    return '–' if value is None else format(value, spec)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f'{result["num_digits"]} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
              f'({result["image_size"]} px); command: `{result["command"]}`.', '']
@@ -140,7 +152,7 @@ def markdown(result: dict[str, Any]) -> str:
         real = result['inpainting']['real_digits']
         lines += ['Bottom-half inpainting (the top half kept):', '',
                   '| method | NFE per digit | s per digit | label agreement | FID [95 %] |', '|---|---|---|---|---|']
-        lines += [f'| {r["method"]} | {r["nfe_per_image"]} | {r["seconds_per_image"]:.3f} | '
+        lines += [f'| {r["method"]} | {r["nfe_per_image"]} | {cell(r["seconds_per_image"], ".3f")} | '
                   f'{100 * r["label_agreement"]:.1f} % | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] |'
                   for r in result['inpainting']['rows']]
         lines += [f'| *the real digits* | – | – | {100 * real["label_agreement"]:.1f} % | {real["fid"]:.2f} |', '']

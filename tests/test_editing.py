@@ -190,7 +190,7 @@ def test_edit_benchmark_resumes_from_its_saved_measurements(trained_run, idx_dir
     out = tmp_path / 'editing'
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--num_digits', '10',
             '--methods', 'replacement,repaint_ddim', '--ddim_steps', '3', '--inversion_steps', '2',
-            '--strengths', '0.5', '--batch_size', '10', '--output', str(out)]
+            '--strengths', '0.5', '--batch_size', '10', '--output', str(out), '--cache_dir', str(tmp_path / 'cache')]
     code, first, err = run_main(script.main, argv, capsys)
     assert code == 0, err
     table = out.with_suffix('.md').read_text()
@@ -202,3 +202,26 @@ def test_edit_benchmark_resumes_from_its_saved_measurements(trained_run, idx_dir
     assert out.with_suffix('.md').read_text() == table and not list(tmp_path.glob('.*'))
     code, other, err = run_main(script.main, [*argv, '--seed', '1'], capsys)
     assert code == 0 and 'from the earlier run' not in other, other
+
+
+def test_inpainting_resumes_batch_by_batch_from_its_cache(trained_run, tmp_path, monkeypatch):
+    """A killed RePaint run keeps its finished batches: the same call again returns the same images without one
+    Unet call for a cached batch, and only the missing batch is computed."""
+    import ddpm_mnist.editing as editing
+    from ddpm_mnist.api import load_model as load_api_model
+    from ddpm_mnist.utils import BatchCache
+    model = load_api_model(trained_run / 'model-2.pt', device='cpu', precision='fp32')
+    digits, mask = torch.rand(6, 1, 32, 32), editing.named_mask('bottom', 32)
+    settings = dict(steps=3, eta=0.0, resamples=2, jump_length=2, seed=0, batch_size=3)
+    plain, nfe = editing.inpaint(model.diffusion, digits, mask, **settings)
+    cache = BatchCache(tmp_path / 'cache')
+    cached, cached_nfe = editing.inpaint(model.diffusion, digits, mask, cache=cache, **settings)
+    assert torch.equal(plain, cached) and nfe == cached_nfe and cache.computed == 6
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == ['batch-0000000.npy', 'batch-0000003.npy']
+    (tmp_path / 'cache' / 'batch-0000003.npy').unlink()  # as if killed during the second batch
+    calls = []
+    real_predict = editing.predict
+    monkeypatch.setattr(editing, 'predict', lambda *a, **k: calls.append(1) or real_predict(*a, **k))
+    resumed = BatchCache(tmp_path / 'cache')
+    again, _ = editing.inpaint(model.diffusion, digits, mask, cache=resumed, **settings)
+    assert torch.equal(again, plain) and resumed.computed == 3 and len(calls) == nfe  # one batch's Unet calls
