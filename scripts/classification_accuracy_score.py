@@ -4,8 +4,8 @@ architecture, epochs and seed) trained on the 60,000 real training digits.
 
   python3 scripts/classification_accuracy_score.py --raw_dir ../shared/data/mnist-full --guidance_scale 2
 Writes assets/classification_accuracy_score.{json,md}. Generating 60,000 digits is the long part, hence a fast
-sampler by default (UniPC, 10 steps; the time it took is in the JSON). Each of the two classifiers' accuracy is saved as
-it is measured; the same command resumes.
+sampler by default (UniPC, 10 steps; the time it took is in the JSON). The generated digits are kept in --cache_dir
+one digit at a time and each of the two classifiers' accuracy is saved as it is measured; the same command resumes.
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
+from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--epochs', type=int, default=4, help='classifier epochs, both classifiers (default: 4)')
     p.add_argument('--seed', type=int, default=0, help='seed of x_T and of both classifiers (default: 0)')
     p.add_argument('--output', default='assets/classification_accuracy_score', help='output stem')
+    p.add_argument('--cache_dir', default='runs/classification_accuracy_score_cache',
+                   help='where the generated digits are kept, one file per digit, so a killed run resumes '
+                        '(default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
     from ddpm_mnist.validation import at_least, check_flags
     check_flags(vars(args), extra={'per_class': at_least(10), 'steps': at_least(1), 'epochs': at_least(1)})
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.conditional import NUM_DIGITS
     from ddpm_mnist.data import load_split
     from ddpm_mnist.settings import SHIPPED_CONDITIONAL
+    from ddpm_mnist.sweep import cache_key
 
     model = ddpm_mnist.load_model(args.checkpoint or SHIPPED_CONDITIONAL)
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)
@@ -60,14 +64,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
 
     def trained_on_generated() -> dict[str, float]:
-        start = time.time()
-        generated = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=n, seed=args.seed,
-                                      guidance_scale=args.guidance_scale)
+        # one digit at a time, each kept in the cache, so an interrupted run resumes digit by digit
+        cache = BatchCache(Path(args.cache_dir) / cache_key(kind='classification_accuracy_score', **setup))
+        start, blocks = time.time(), []
+        for digit in range(NUM_DIGITS):
+            block = cache.get(digit)
+            if block is None:
+                block = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.per_class,
+                                          seed=args.seed * NUM_DIGITS + digit, digits=[digit],
+                                          guidance_scale=args.guidance_scale)
+                cache.put(digit, block)
+            blocks.append(block)
+        generated = torch.cat(blocks)
         labels = torch.arange(NUM_DIGITS).repeat_interleave(args.per_class)
         seconds = time.time() - start
-        print(f'generated {n} digits in {seconds:.0f} s', flush=True)
+        print(f'generated {cache.computed} digits in {seconds:.0f} s ({n - cache.computed} from {cache.folder})',
+              flush=True)
         classifier = train_classifier(generated, labels.numpy(), epochs=args.epochs, seed=args.seed)
-        return dict(accuracy=accuracy(classifier, test_x, test_y), sampling_seconds=round(seconds, 1))
+        return dict(accuracy=accuracy(classifier, test_x, test_y), sampling_seconds=round(seconds, 1),
+                    sampled_here=cache.computed)
 
     def trained_on_real() -> dict[str, float]:
         return dict(accuracy=accuracy(train_classifier(train_x, train_y, epochs=args.epochs, seed=args.seed),

@@ -157,9 +157,16 @@ def test_classification_accuracy_score_trains_on_generated_and_on_real(condition
     script = load_script('classification_accuracy_score')
     out = tmp_path / 'cas'
     argv = ['--checkpoint', str(conditional_run / 'model-2.pt'), '--raw_dir', str(idx_dir), '--per_class', '10',
-            '--steps', '2', '--epochs', '1', '--output', str(out)]
+            '--steps', '2', '--epochs', '1', '--output', str(out), '--cache_dir', str(tmp_path / 'cache')]
     printed, again = run_twice(script.main, argv, capsys)
     result = json.loads(out.with_suffix('.json').read_text())
     assert 0 <= result['accuracy_trained_on_generated'] <= 1 and 0 <= result['accuracy_trained_on_real'] <= 1
     assert result['real_training_digits'] == 120 and 'generated 100 digits' in printed
     assert again.count('from the earlier run') == 2 and 'generated 100 digits' not in again, again
+    # killed after the classifiers' generation: the digits come back from the cache, one file per digit
+    assert len(list((tmp_path / 'cache').glob('*/batch-*.npy'))) == 10
+    out.with_suffix('.json').unlink()
+    code, resumed, err = run_main(script.main, argv, capsys)
+    assert code == 0 and 'generated 0 digits' in resumed, err
+    assert json.loads(out.with_suffix('.json').read_text())['accuracy_trained_on_generated'] == \
+        result['accuracy_trained_on_generated']  # the same digits, the same seed: the same classifier
