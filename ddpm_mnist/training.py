@@ -85,10 +85,11 @@ def check_training_settings(t: dict[str, Any]) -> None:
 
 CPU_SECONDS_PER_STEP = 18  # --preset seed, bf16, 256 images per step, 2-core CPU (docs/usage.md, "Setup")
 # Peak memory of a training step grows with the batch by about this many bytes per image per "activation unit"
-# (Unet width x the pixels of each level x its channel multiplier, summed over levels); calibrated from the peak
-# resident memory of CLI steps at two batch sizes (docs/robustness.md).
-BYTES_PER_ACTIVATION_UNIT = 600
-FIXED_STEP_BYTES = 1.5e9  # the interpreter, torch, the compiled graph and the cached training images
+# (Unet width x the pixels of each level x its channel multiplier, summed over levels). benchmarks/bench_memory.py
+# fits 205 bytes and 0.99 GB fixed to compiled bf16 steps at batch 32-256 (docs/robustness.md); twice the per-image
+# slope leaves room for fp32 machines (no bf16), where more of the saved activations are 4 bytes wide.
+BYTES_PER_ACTIVATION_UNIT = 400
+FIXED_STEP_BYTES = 1.0e9  # the interpreter, torch, the compiled graph and the cached training images
 
 
 def activation_units(config: Config) -> int:

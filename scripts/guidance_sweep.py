@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
+from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -26,6 +26,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--scales', default='0,1,1.5,2,3,4,6', help='guidance scales W (default: %(default)s)')
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
     p.add_argument('--steps', type=int, default=50, help='sampler steps (default: %(default)s)')
+    p.add_argument('--ddim_eta', type=float, default=0.0,
+                   help='DDIM eta in [0, 1], for --strategy ddim (default: %(default)s)')
     p.add_argument('--num_samples', type=int, default=1000, help='images per scale (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of x_T, the same for every scale (default: 0)')
     p.add_argument('--output', default='assets/guidance', help='output stem (default: %(default)s)')
@@ -50,14 +52,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     seed=args.seed).evaluator
     labels = balanced_labels(args.num_samples)
     out = Path(args.output)
-    setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), strategy=args.strategy,
-                 steps=args.steps, num_samples=args.num_samples, seed=args.seed, image_size=model.image_size)
+    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path),
+                 strategy=args.strategy, steps=args.steps, eta=args.ddim_eta, num_samples=args.num_samples,
+                 seed=args.seed, image_size=model.image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
 
     def scale_row(scale: float) -> dict[str, Any]:
         images = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.num_samples,
-                                   seed=args.seed, guidance_scale=scale)
+                                   eta=args.ddim_eta, seed=args.seed, guidance_scale=scale)
         _, probs = classify(evaluator.classifier, images)
         scores = evaluator.score(images)
         accuracy = float((torch.from_numpy(probs).argmax(1) == labels).float().mean())
@@ -86,8 +89,9 @@ def markdown(result: dict[str, Any]) -> str:
     from ddpm_mnist.intervals import interval_cell
     floor = result['floor_fid']
     floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
-    lines = [f'{result["strategy"]} {result["steps"]} steps, N = {result["num_samples"]} balanced digits per scale, '
-             f'the same x_T (seed {result["seed"]}){floor_text}. Command: `{result["command"]}`.', '',
+    eta = f', eta {result["eta"]:g}' if result['strategy'] == 'ddim' and 'eta' in result else ''
+    lines = [f'{result["strategy"]} {result["steps"]} steps{eta}, N = {result["num_samples"]} balanced digits per '
+             f'scale, the same x_T (seed {result["seed"]}){floor_text}. Command: `{result["command"]}`.', '',
              '| W | conditional accuracy | worst digit | FID [95 %] | FID / floor | IS [95 %] | confidence |',
              '|---|---|---|---|---|---|---|']
     for r in result['rows']:

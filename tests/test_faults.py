@@ -221,6 +221,26 @@ def test_impossible_batch_is_refused_before_anything_is_built(tmp_path, image_fo
     assert not results.exists()
 
 
+def test_memory_warning_names_a_batch_that_fits(monkeypatch, capsys):
+    import copy
+    import re
+    from ddpm_mnist import training
+    from ddpm_mnist.settings import PRESETS
+    config = copy.deepcopy(PRESETS['shipped'])
+    config['training']['train_batch_size'] = 4096
+    available = 3e9
+    monkeypatch.setattr(training, 'available_bytes', lambda: int(available))
+    training.memory_warning(config, 'cpu')
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('WARNING: one training step at --train_batch_size 4096')
+    fits = int(re.search(r'--train_batch_size (\d+) \(with', err).group(1))
+    assert 1 <= fits < 4096
+    assert training.step_bytes(config, fits) < 0.9 * available < training.step_bytes(config, fits + 1)
+    monkeypatch.setattr(training, 'available_bytes', lambda: int(1e12))
+    training.memory_warning(config, 'cpu')
+    assert capsys.readouterr().err == ''
+
+
 def test_named_raw_dir_that_does_not_exist_is_an_error(trained_run, tmp_path, capsys):
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--num_samples', '4',
             '--results_folder', str(tmp_path / 'out'), '--raw_dir', str(tmp_path / 'no-such-folder')]
