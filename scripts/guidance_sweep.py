@@ -23,7 +23,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
     add_mnist_args(p)
-    p.add_argument('--scales', default='0,1,1.5,2,3,4,6', help='guidance scales W (default: %(default)s)')
+    p.add_argument('--scales', default='0,1,1.25,1.5,2,3,4', help='guidance scales W (default: %(default)s)')
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
     p.add_argument('--steps', type=int, default=50, help='sampler steps (default: %(default)s)')
     p.add_argument('--ddim_eta', type=float, default=0.0,

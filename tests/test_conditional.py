@@ -1,6 +1,7 @@
 """Class-conditional training with classifier-free guidance: the library's conditional Unet trained on the labels,
 guidance as eps_u + W (eps_c - eps_u) in one batched call, every sampler working on it, and bad input refused."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,8 @@ def test_guidance_sweep_scores_each_scale_and_resumes(conditional_run, idx_dir, 
         assert saved['rows'] == result['rows']
     assert [r['scale'] for r in result['rows']] == [1.0, 3.0] and all(0 <= r['accuracy'] <= 1 for r in result['rows'])
     assert result['floor_fid'] is not None and out.with_suffix('.png').stat().st_size > 0
+    assert 'ddim 3 steps, eta 0,' in out.with_suffix('.md').read_text()
+    assert not Path(result['checkpoint']).is_absolute()  # no machine's absolute paths in a record
     assert not list(tmp_path.glob('.*'))  # no temporary left
 
 
