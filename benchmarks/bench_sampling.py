@@ -39,7 +39,8 @@ STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim
 
 
 def forward_flops(diffusion, batch):
-    x = torch.zeros(batch, 1, diffusion.image_size, diffusion.image_size, device=diffusion.device)
+    size = diffusion.image_size  # an int, or (height, width) in newer releases of the library
+    x = torch.zeros(batch, 1, *(size if isinstance(size, tuple) else (size, size)), device=diffusion.device)
     t = torch.zeros(batch, dtype=torch.long, device=diffusion.device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         diffusion.model(x, t)
