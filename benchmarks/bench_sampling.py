@@ -39,8 +39,7 @@ STEPS = {'DDPM-1000': ('ddpm', 1000), 'DDIM-10': ('ddim', 10), 'DDIM-50': ('ddim
 
 
 def forward_flops(diffusion, batch):
-    size = diffusion.image_size  # an int, or (height, width) in newer releases of the library
-    x = torch.zeros(batch, 1, *(size if isinstance(size, tuple) else (size, size)), device=diffusion.device)
+    x = torch.zeros(batch, 1, *diffusion.image_size, device=diffusion.device)  # the library keeps (height, width)
     t = torch.zeros(batch, dtype=torch.long, device=diffusion.device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         diffusion.model(x, t)
@@ -49,7 +48,7 @@ def forward_flops(diffusion, batch):
 
 def seconds_per_nfe(diffusion, batch, repeats):
     """Median time of one DDIM step (Unet forward + update) at this batch, after warm-up."""
-    x = torch.randn(batch, 1, diffusion.image_size, diffusion.image_size, device=diffusion.device)
+    x = torch.randn(batch, 1, *diffusion.image_size, device=diffusion.device)
     t = torch.full((batch,), 500, dtype=torch.long, device=diffusion.device)
     times = []
     with torch.inference_mode():
@@ -109,7 +108,7 @@ class ForwardsOnly:
 
 
 def forwards_only(diffusion, steps, batch):
-    x_T = initial_noise(batch, 1, diffusion.image_size, seed=0)
+    x_T = initial_noise(batch, 1, diffusion.image_size[0], seed=0)
     denoise(diffusion, ForwardsOnly(diffusion, 2), x_T, None)
     synchronize(diffusion.device)
     start = time.perf_counter()
