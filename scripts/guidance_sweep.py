@@ -89,7 +89,7 @@ def markdown(result: dict[str, Any]) -> str:
     from ddpm_mnist.intervals import interval_cell
     floor = result['floor_fid']
     floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
-    eta = f', eta {result["eta"]:g}' if result['strategy'] == 'ddim' and 'eta' in result else ''
+    eta = f', eta {result["eta"]:g}' if result['strategy'] == 'ddim' else ''
     lines = [f'{result["strategy"]} {result["steps"]} steps{eta}, N = {result["num_samples"]} balanced digits per '
              f'scale, the same x_T (seed {result["seed"]}){floor_text}. Command: `{result["command"]}`.', '',
              '| W | conditional accuracy | worst digit | FID [95 %] | FID / floor | IS [95 %] | confidence |',

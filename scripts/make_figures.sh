@@ -49,9 +49,9 @@ case "${SWEEP:-full}" in
 esac
 if [ "${CONDITIONAL:-yes}" != no ] && [ -f pretrained/ddpm_mnist_conditional.safetensors ]; then
   w=${GUIDANCE_W:-1.5}  # the conditional model's grid: ten of each digit, one digit per row, guidance scale w
-  python inference_comparison.py --conditional --strategy ddim --sample_steps 50 --guidance_scale "$w" \
-    --num_samples 100 --batch_size 100 --results_folder $out
-  cp "$out/inference_pretrained_conditional/ddim/ddim_steps50_eta0.0_digits0123456789_w$w.png" assets/conditional.png
+  grid=$(python inference_comparison.py --conditional --strategy ddim --sample_steps 50 --guidance_scale "$w" \
+    --num_samples 100 --batch_size 100 --results_folder $out | sed -n 's/^saved //p')
+  cp "$grid" assets/conditional.png
   case "${SWEEP:-full}" in  # accuracy, FID and IS against the guidance scale, N = 1000 per scale
     full|cpu) python scripts/guidance_sweep.py "${raw[@]}" --output assets/guidance ;;
   esac
