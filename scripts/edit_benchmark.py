@@ -20,7 +20,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, write_json  # noqa: E402
+from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json  # noqa: E402
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     digits = as_training_resolution(test[chosen], size)
     truth = torch.from_numpy(labels[chosen].astype(np.int64))
     out = Path(args.output)
-    setup = dict(checkpoint=str(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
+    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
                  seed=args.seed, image_size=size, batch_size=args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))

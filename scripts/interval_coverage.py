@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.utils import shown_path  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         scores = evaluator.score(images)
         draws.append({k: scores[k] for k in ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high')})
         print(f'draw {seed}: FID {scores["fid"]:.2f} [{scores["fid_low"]:.2f}, {scores["fid_high"]:.2f}]', flush=True)
-    result = dict(source=args.source, checkpoint=str(model.path) if model else None, strategy=args.strategy,
+    result = dict(source=args.source, checkpoint=shown_path(model.path) if model else None, strategy=args.strategy,
                   steps=args.steps, num_samples=args.num_samples, draws=draws,
                   command='python3 scripts/interval_coverage.py ' + ' '.join(argv or sys.argv[1:]))
     for key in ('fid', 'kid'):
