@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def inpainting_row(method: str, mask: torch.Tensor) -> dict[str, Any]:
         steps = args.ddim_steps if method == 'repaint_ddim' else None
-        cache = BatchCache(Path(args.cache_dir) / f'{method}-{cache_key(method=method, steps=steps, **setup)}')
+        # a batch depends only on (seed, its first digit), not on --num_digits, so a larger run reuses a smaller one's
+        batch_setup = {k: v for k, v in setup.items() if k != 'num_digits'}
+        cache = BatchCache(Path(args.cache_dir) / f'{method}-{cache_key(method=method, steps=steps, **batch_setup)}')
         start = time.perf_counter()
         if method == 'library_repaint':
             images, nfe = editing.library_repaint(diffusion, digits, mask, seed=args.seed,

@@ -185,3 +185,9 @@ def test_registry_names_grids_and_labels_uniquely():
     names = {grid_name(name, 10, 0.0) for name in SAMPLERS}
     assert len(names) == len(SAMPLERS)
     assert grid_name('ddpm', 1000) == 'ddpm_steps1000' and grid_name('ddim', 50, 0.0) == 'ddim_steps50_eta0.0'
+
+
+def test_initial_noise_of_the_first_images_does_not_depend_on_how_many_are_drawn():
+    # edit_benchmark's batch cache (and paired x_T across N) rely on this
+    assert torch.equal(initial_noise(37, 1, 16, seed=5)[:8], initial_noise(8, 1, 16, seed=5))
+    assert not torch.equal(initial_noise(8, 1, 16, seed=5), initial_noise(8, 1, 16, seed=6))
