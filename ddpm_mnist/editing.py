@@ -158,7 +158,7 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
     level_time = lambda level: times[level] if level >= 0 else -1  # noqa: E731
     out = []
     for start in range(0, len(images), batch_size):
-        if exists(cache) and exists(done := cache.get(start)):
+        if exists(cache) and exists(done := cache.get(start, size=min(batch_size, len(images) - start))):
             out.append(done)
             continue
         generator = batch_generator(seed, start, diffusion.device)
@@ -196,7 +196,7 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
         getattr(library, name).copy_(getattr(diffusion, name))  # the checkpoint's schedule, not the one built here
     out = []
     for start in range(0, len(images), batch_size):
-        if exists(cache) and exists(done := cache.get(start)):
+        if exists(cache) and exists(done := cache.get(start, size=min(batch_size, len(images) - start))):
             out.append(done)
             continue
         torch.manual_seed((seed << 20) + start + 1)  # it draws from the global generator

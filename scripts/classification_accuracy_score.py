@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json  # noqa: E402
+from ddpm_mnist.utils import (  # noqa: E402
+    BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     test_x, test_y = load_split('test', args.raw_dir, args.data_root)
     n = args.per_class * NUM_DIGITS
     out = Path(args.output)
-    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path), per_class=args.per_class,
-                 guidance_scale=args.guidance_scale, strategy=args.strategy, steps=args.steps, epochs=args.epochs,
-                 seed=args.seed)
+    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path),
+                 per_class=args.per_class, guidance_scale=args.guidance_scale, strategy=args.strategy,
+                 steps=args.steps, epochs=args.epochs, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
 

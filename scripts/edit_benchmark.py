@@ -20,7 +20,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json  # noqa: E402
+from ddpm_mnist.utils import (  # noqa: E402
+    BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -77,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     digits = as_training_resolution(test[chosen], size)
     truth = torch.from_numpy(labels[chosen].astype(np.int64))
     out = Path(args.output)
-    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path), num_digits=args.num_digits,
-                 seed=args.seed, image_size=size, batch_size=args.batch_size)
+    setup = dict(checkpoint=shown_path(model.path), checkpoint_sha256_16=file_digest(model.path),
+                 num_digits=args.num_digits, seed=args.seed, image_size=size, batch_size=args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = SavedMeasurements(out.with_suffix('.json'), setup, log=lambda line: print(line, flush=True))
     measure = saved.get
@@ -88,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def inpainting_row(method: str, mask: torch.Tensor) -> dict[str, Any]:
         steps = args.ddim_steps if method == 'repaint_ddim' else None
-        # a batch depends only on (seed, its first digit), not on --num_digits, so a larger run reuses a smaller one's
+        # a batch depends only on (seed, its first digit), not on --num_digits, so a larger run reuses a smaller
+        # one's batches (inpaint checks their size: a short last batch is recomputed)
         batch_setup = {k: v for k, v in setup.items() if k != 'num_digits'}
         cache = BatchCache(Path(args.cache_dir) / f'{method}-{cache_key(method=method, steps=steps, **batch_setup)}')
         start = time.perf_counter()

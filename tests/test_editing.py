@@ -225,3 +225,8 @@ def test_inpainting_resumes_batch_by_batch_from_its_cache(trained_run, tmp_path,
     resumed = BatchCache(tmp_path / 'cache')
     again, _ = editing.inpaint(model.diffusion, digits, mask, cache=resumed, **settings)
     assert torch.equal(again, plain) and resumed.computed == 3 and len(calls) == nfe  # one batch's Unet calls
+    # a smaller run's short last batch (2 of 3 images) is not taken for the full batch of a larger run
+    short = BatchCache(tmp_path / 'short')
+    editing.inpaint(model.diffusion, digits[:5], mask, cache=short, **settings)
+    larger, _ = editing.inpaint(model.diffusion, digits, mask, cache=short, **settings)
+    assert torch.equal(larger, plain) and short.computed == 5 + 3
