@@ -156,15 +156,17 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
     times = chain_times(diffusion, steps)
     path = repaint_schedule(len(times), jump_length=jump_length, resamples=resamples)
     level_time = lambda level: times[level] if level >= 0 else -1  # noqa: E731
+    noise = initial_noise(len(images), images.shape[1], images.shape[-1], seed)
     out = []
     for start in range(0, len(images), batch_size):
-        if exists(cache) and exists(done := cache.get(start, size=min(batch_size, len(images) - start))):
+        batch = images[start:start + batch_size]
+        if exists(cache) and exists(done := cache.get(start, size=len(batch))):
             out.append(done)
             continue
         generator = batch_generator(seed, start, diffusion.device)
-        known = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        known = to_model_range(batch.to(diffusion.device))
         keep = 1 - mask.to(diffusion.device)
-        x = initial_noise(len(images), known.shape[1], known.shape[-1], seed)[start:start + len(known)].to(known.device)
+        x = noise[start:start + len(batch)].to(known.device)
         for here, there in zip(path, path[1:]):
             t, t_next = level_time(here), level_time(there)
             if there < here:
@@ -196,11 +198,12 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
         getattr(library, name).copy_(getattr(diffusion, name))  # the checkpoint's schedule, not the one built here
     out = []
     for start in range(0, len(images), batch_size):
-        if exists(cache) and exists(done := cache.get(start, size=min(batch_size, len(images) - start))):
+        batch = images[start:start + batch_size]
+        if exists(cache) and exists(done := cache.get(start, size=len(batch))):
             out.append(done)
             continue
         torch.manual_seed((seed << 20) + start + 1)  # it draws from the global generator
-        gt = images[start:start + batch_size].to(diffusion.device)
+        gt = batch.to(diffusion.device)
         keep = (1 - mask).expand_as(gt).to(diffusion.device)
         out.append(library.sample(gt=gt, mask=keep, resample=True, resample_iter=resample_iter,
                                   resample_jump=resample_jump, resample_every=resample_every).clamp(0, 1).cpu())

@@ -185,8 +185,8 @@ class BatchCache:
     def path(self, start: int) -> Path:
         return self.folder / f'batch-{start:07d}.npy'
 
-    def get(self, start: int, size: int | None = None) -> Any:
-        """The saved result of the batch beginning at item `start` (a torch tensor), or None; with `size`, None too
+    def get(self, start: int, *, size: int) -> Any:
+        """The saved result of the batch of `size` items beginning at item `start` (a torch tensor), or None, also
         when the saved batch holds another number of items (the short last batch of a smaller run)."""
         import numpy as np
         import torch
@@ -194,7 +194,7 @@ class BatchCache:
         if not path.is_file():
             return None
         batch = torch.from_numpy(np.load(path, allow_pickle=False))
-        return batch if size is None or len(batch) == size else None
+        return batch if len(batch) == size else None
 
     def put(self, start: int, result: Any) -> None:
         import numpy as np

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cache = BatchCache(Path(args.cache_dir) / cache_key(kind='classification_accuracy_score', **setup))
         start, blocks = time.time(), []
         for digit in range(NUM_DIGITS):
-            block = cache.get(digit)
+            block = cache.get(digit, size=args.per_class)
             if block is None:
                 block = ddpm_mnist.sample(model, strategy=args.strategy, steps=args.steps, n=args.per_class,
                                           seed=args.seed * NUM_DIGITS + digit, digits=[digit],
