@@ -40,6 +40,14 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, value: 
     return shifted_interval(value, [statistic(i) for i in resample_indices(n, resamples=resamples, seed=seed)])
 
 
+def proportion_interval(share: float, n: int, *, resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """Interval of a share of n items (e.g. the label agreement of n digits), bootstrapped like the other scores:
+    the mean of round(share * n) ones among n, resampled (the mean of a resample depends on nothing else)."""
+    hits = np.zeros(n)
+    hits[:round(share * n)] = 1.0
+    return bootstrap_interval(lambda i: float(hits[i].mean()), n, share, resamples=resamples, seed=seed)
+
+
 def error_bars(rows: Sequence[dict[str, Any]], key: str = 'fid') -> list[list[float]]:
     """matplotlib's yerr for rows with KEY, KEY_low and KEY_high: the distances to the interval's ends (0 where
     a row has no interval)."""

@@ -149,15 +149,24 @@ def cell(value: float | None, spec: str) -> str:
     return '–' if value is None else format(value, spec)
 
 
+def share_cell(share: float, n: int) -> str:
+    """'81.5 % [79.1, 83.9]': a share of n digits with its bootstrap 95 % interval."""
+    from ddpm_mnist.intervals import proportion_interval
+    _, low, high = proportion_interval(share, n)
+    return f'{100 * share:.1f} % [{100 * low:.1f}, {100 * high:.1f}]'
+
+
 def markdown(result: dict[str, Any]) -> str:
+    n = result['num_digits']
     lines = [f'{result["num_digits"]} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
              f'({result["image_size"]} px); command: `{result["command"]}`.', '']
     if 'inpainting' in result:
         real = result['inpainting']['real_digits']
         lines += ['Bottom-half inpainting (the top half kept):', '',
-                  '| method | NFE per digit | s per digit | label agreement | FID [95 %] |', '|---|---|---|---|---|']
+                  '| method | NFE per digit | s per digit | label agreement [95 %] | FID [95 %] |',
+                  '|---|---|---|---|---|']
         lines += [f'| {r["method"]} | {r["nfe_per_image"]} | {cell(r["seconds_per_image"], ".3f")} | '
-                  f'{100 * r["label_agreement"]:.1f} % | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] |'
+                  f'{share_cell(r["label_agreement"], n)} | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] |'
                   for r in result['inpainting']['rows']]
         lines += [f'| *the real digits* | – | – | {100 * real["label_agreement"]:.1f} % | {real["fid"]:.2f} |', '']
     if 'inversion' in result:
@@ -167,8 +176,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append('')
     if 'sdedit' in result:
         lines += ['SDEdit (DDIM-50 over the chain): share of digits whose label survives:', '',
-                  '| strength | NFE | label kept |', '|---|---|---|']
-        lines += [f'| {r["strength"]} | {r["nfe_per_image"]} | {100 * r["label_kept"]:.1f} % |' for r in result['sdedit']]
+                  '| strength | NFE | label kept [95 %] |', '|---|---|---|']
+        lines += [f'| {r["strength"]} | {r["nfe_per_image"]} | {share_cell(r["label_kept"], n)} |'
+                  for r in result['sdedit']]
     return '\n'.join(lines) + '\n'
 
 

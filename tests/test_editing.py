@@ -1,6 +1,7 @@
 """Editing (edit_digits.py): each operation on a tiny model, the maths checked where it can be, and every bad
 input refused in one line with nothing written."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -197,6 +198,8 @@ def test_edit_benchmark_resumes_from_its_saved_measurements(trained_run, idx_dir
     measured = json.loads(out.with_suffix('.json').read_text())['measured']
     assert set(measured) == {'inpaint:replacement', 'inpaint:repaint_ddim:3', 'inpaint:real_digits', 'invert:2',
                              'sdedit:0.5'}
+    shares = re.findall(r'\| (\d+\.\d) % \[(\d+\.\d), (\d+\.\d)\] \|', table)  # label agreement and kept
+    assert len(shares) == 3 and all(float(lo) <= float(v) <= float(hi) for v, lo, hi in shares), table
     code, again, err = run_main(script.main, argv, capsys)
     assert code == 0 and again.count('from the earlier run') == 5, again
     assert out.with_suffix('.md').read_text() == table and not list(tmp_path.glob('.*'))

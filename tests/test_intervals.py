@@ -7,7 +7,7 @@ import pytest
 import inference_comparison
 from conftest import run_main
 from ddpm_mnist.intervals import (FrechetToReference, KernelToReference, differs, fid_interval, kid_interval,
-                                  paired_fid_difference)
+                                  paired_fid_difference, proportion_interval)
 from ddpm_mnist.metrics import frechet_distance, gaussian_fit
 
 
@@ -103,3 +103,12 @@ def test_interval_cells_and_error_bars_show_what_a_row_has():
             dict(fid=6.0, fid_low=float('nan'), fid_high=float('nan'))]
     assert [interval_cell(r, 'fid') for r in rows] == ['10.00 [8.50, 12.00]', '9.00', '7.00', '6.00']
     assert error_bars(rows) == [[1.5, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]
+
+
+def test_share_interval_brackets_the_share_and_matches_the_binomial_width():
+    for share, n in ((0.815, 1000), (0.5, 200), (0.99, 1000)):
+        _, low, high = proportion_interval(share, n)
+        assert low <= share <= high <= 1.0
+        binomial_half_width = 1.96 * np.sqrt(share * (1 - share) / n)
+        assert high - low == pytest.approx(2 * binomial_half_width, rel=0.25)
+    assert proportion_interval(1.0, 100)[1:] == (1.0, 1.0)  # every digit kept: nothing to resample
