@@ -150,15 +150,16 @@ def cell(value: float | None, spec: str) -> str:
 
 
 def share_cell(share: float, n: int) -> str:
-    """'81.5 % [79.1, 83.9]': a share of n digits with its bootstrap 95 % interval."""
+    """'81.5 % [79.3, 83.8]': a share of n digits with its bootstrap 95 % interval."""
     from ddpm_mnist.intervals import proportion_interval
     _, low, high = proportion_interval(share, n)
     return f'{100 * share:.1f} % [{100 * low:.1f}, {100 * high:.1f}]'
 
 
 def markdown(result: dict[str, Any]) -> str:
+    from ddpm_mnist.intervals import interval_cell
     n = result['num_digits']
-    lines = [f'{result["num_digits"]} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
+    lines = [f'{n} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
              f'({result["image_size"]} px); command: `{result["command"]}`.', '']
     if 'inpainting' in result:
         real = result['inpainting']['real_digits']
@@ -166,7 +167,7 @@ def markdown(result: dict[str, Any]) -> str:
                   '| method | NFE per digit | s per digit | label agreement [95 %] | FID [95 %] |',
                   '|---|---|---|---|---|']
         lines += [f'| {r["method"]} | {r["nfe_per_image"]} | {cell(r["seconds_per_image"], ".3f")} | '
-                  f'{share_cell(r["label_agreement"], n)} | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] |'
+                  f'{share_cell(r["label_agreement"], n)} | {interval_cell(r, "fid")} |'
                   for r in result['inpainting']['rows']]
         lines += [f'| *the real digits* | – | – | {100 * real["label_agreement"]:.1f} % | {real["fid"]:.2f} |', '']
     if 'inversion' in result:
