@@ -52,7 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the Unet (the first calls compile it; whether it pays off: docs/speed.md)')
     p.add_argument('--conditional', action='store_true',
-                   help='use the shipped class-conditional model (pretrained/ddpm_mnist_conditional.safetensors) '
+                   help='use the shipped class-conditional model (ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors) '
                         'instead of the unconditional one')
     p.add_argument('--digits',
                    help='conditional models only: the digits to draw, e.g. 7 or 0,3,9, in equal numbers, one digit per '
@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument('--second_classifier', default='auto',
                    help='a second, independently trained feature network that scores every row too (FID_b), so the '
                         'table can say which orderings both feature spaces agree on: auto (the shipped '
-                        'pretrained/mnist_classifier_wide.safetensors, when MNIST is on disk), none, or a file '
+                        'ddpm_mnist/pretrained/mnist_classifier_wide.safetensors, when MNIST is on disk), none, or a file '
                         '(default: %(default)s)')
     args = p.parse_args(argv)
     check_flags(vars(args))

@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--num_workers', type=int, default=2,
                    help='DataLoader worker processes, used with --no-fast_path only (default: %(default)s)')
     p.add_argument('--init_from', default=None,
-                   help='start from these weights (online and EMA): the shipped pretrained/ddpm_mnist_small.safetensors, '
+                   help='start from these weights (online and EMA): the shipped ddpm_mnist/pretrained/ddpm_mnist_small.safetensors, '
                         'an exported model or any model-N.pt, with a fresh optimiser and --lr_warmup_steps (default '
                         '200 here); they must be the model this run trains. The parent\'s history goes into the new '
                         'run\'s provenance')

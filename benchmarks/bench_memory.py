@@ -20,10 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ddpm_mnist.settings import PRESETS  # noqa: E402
-from ddpm_mnist.training import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units,  # noqa: E402
+from ddpm_mnist.settings import PRESETS
+from ddpm_mnist.training import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units,
                                  step_bytes)
 
 # name -> (preset, flags, model settings for activation_units)

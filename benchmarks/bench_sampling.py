@@ -14,22 +14,20 @@ Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import gemm_peak  # noqa: E402
-from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize  # noqa: E402
-from ddpm_mnist.model import build_diffusion  # noqa: E402
-from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
-from ddpm_mnist.samplers import ddim_times  # noqa: E402
-from ddpm_mnist.sampling import default_precision, denoise, initial_noise, prepare_for_inference, sample  # noqa: E402
-from ddpm_mnist.settings import PRESETS  # noqa: E402
+from bench_common import gemm_peak
+from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize
+from ddpm_mnist.model import build_diffusion
+from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.samplers import ddim_times
+from ddpm_mnist.sampling import default_precision, denoise, initial_noise, prepare_for_inference, sample
+from ddpm_mnist.settings import PRESETS
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)
 LEAN = {**PRESETS['small'], 'model': {**PRESETS['small']['model'], 'attention': 'lowest'},

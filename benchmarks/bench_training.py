@@ -11,10 +11,9 @@ from typing import Sequence
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import StepTimer, gemm_peak  # noqa: E402
-from ddpm_mnist.fast_training import BASELINE, DEFAULT_LEVERS  # noqa: E402
+from bench_common import StepTimer, gemm_peak
+from ddpm_mnist.fast_training import BASELINE, DEFAULT_LEVERS
 
 
 def _chain(*steps):

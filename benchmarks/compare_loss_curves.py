@@ -10,7 +10,6 @@ from typing import Sequence
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

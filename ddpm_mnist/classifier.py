@@ -13,7 +13,7 @@ from torch import nn
 from .hints import PathLike
 from .utils import UserError, atomic_path, read_json, write_json
 
-WEIGHTS = Path(__file__).resolve().parent.parent / 'pretrained' / 'mnist_classifier.safetensors'
+WEIGHTS = Path(__file__).resolve().parent / 'pretrained' / 'mnist_classifier.safetensors'
 FEATURE_DIM = 128
 
 

@@ -1,6 +1,6 @@
 """Export the EMA Unet of a training checkpoint as safetensors plus its config JSON (what the repo ships).
 
-    python -m ddpm_mnist.export runs/shipped/model-30.pt pretrained/ddpm_mnist_small --raw_dir ../shared/data/mnist-full
+    python -m ddpm_mnist.export runs/shipped/model-30.pt ddpm_mnist/pretrained/ddpm_mnist_small --raw_dir ../shared/data/mnist-full
 
 When OUTPUT.safetensors exists already (the shipped model), the candidate and it are first scored with the same
 command (DDIM-50, eta 1, N = 1000, seed 0, project metrics against the MNIST test split), and a candidate further

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import (  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.utils import (
     BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')

@@ -11,13 +11,11 @@ Every draw is seeded (--seed); the digits are the test split's first ones of fou
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args
 
 ROWS = ('inpaint', 'sdedit', 'invert', 'interpolate')
 

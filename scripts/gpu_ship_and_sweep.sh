@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine with one short lease: train and export the shipped model (train_shipped.sh, which puts
-# it in pretrained/), then start the full N = 1000 sweep of it in the background (setsid, so it outlives this
+# it in ddpm_mnist/pretrained/), then start the full N = 1000 sweep of it in the background (setsid, so it outlives this
 # command) and wait for it until DEADLINE seconds. Whatever the sweep finished is tarred into OUT_DIR; if it is
 # still running, a second call collects it: `bash scripts/gpu_ship_and_sweep.sh --collect OUT_DIR`.
-# `--sweep-only IDX_DIR OUT_DIR` sweeps the model already in pretrained/.
+# `--sweep-only IDX_DIR OUT_DIR` sweeps the model already in ddpm_mnist/pretrained/.
 # Usage: bash scripts/gpu_ship_and_sweep.sh IDX_DIR OUT_DIR   (then see scripts/assemble_comparison.py)
 set -uo pipefail
 collect() {
@@ -24,8 +24,8 @@ sweep_only=; [ "${1:-}" = "--sweep-only" ] && { sweep_only=1; shift; }
 IDX=${1:?IDX dir}; OUT=${2:?out dir}
 if [ -z "$sweep_only" ]; then
   FOREGROUND=1 PY=python3 RAW_DIR="$IDX" SKIP_CURVE=1 LOG=/dev/null timeout "${SHIP_SECONDS:-450}" \
-    bash scripts/train_shipped.sh > "$OUT/ship_train.log" 2>&1 || exit 1  # exports into pretrained/
-  cp pretrained/ddpm_mnist_small.safetensors pretrained/ddpm_mnist_small.json "$OUT"/
+    bash scripts/train_shipped.sh > "$OUT/ship_train.log" 2>&1 || exit 1  # exports into ddpm_mnist/pretrained/
+  cp ddpm_mnist/pretrained/ddpm_mnist_small.safetensors ddpm_mnist/pretrained/ddpm_mnist_small.json "$OUT"/
 fi
 rm -f /tmp/sweep.done
 setsid nohup bash -c "python3 inference_comparison.py --compare --raw_dir '$IDX' --num_samples 1000 \

@@ -11,17 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json  # noqa: E402
+from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None,
-                   help='conditional model (default: pretrained/ddpm_mnist_conditional.safetensors)')
+                   help='conditional model (default: ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors)')
     add_mnist_args(p)
     p.add_argument('--scales', default='0,1,1.25,1.5,2,3,4', help='guidance scales W (default: %(default)s)')
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')

@@ -12,11 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.sampler_table import SAMPLERS  # noqa: E402
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
-from ddpm_mnist.utils import shown_path  # noqa: E402
+from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.utils import shown_path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

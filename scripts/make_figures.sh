@@ -11,7 +11,7 @@
 # assets/targets.md (scripts/target_table.py: the shipped model against its quality targets). SWEEP=quick runs the
 # demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/;
 # EDITS=no skips the editing figure assets/editing.png (scripts/edit_figure.py: RePaint takes minutes on a CPU).
-# With pretrained/ddpm_mnist_conditional.safetensors: assets/conditional.png (100 digits, one per row, guidance
+# With ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors: assets/conditional.png (100 digits, one per row, guidance
 # GUIDANCE_W, default 1.25) and, with a full or cpu sweep, the guidance sweep assets/guidance.*; CONDITIONAL=no skips both.
 #   bash scripts/make_figures.sh                                  # grids and the full sweep (GPU)
 #   SWEEP=none RUN=runs/shipped/segment-1 bash scripts/make_figures.sh   # grids, training grids and training curve
@@ -47,7 +47,7 @@ esac
 case "${SWEEP:-full}" in
   full|cpu) python scripts/target_table.py assets/comparison.json --output assets/targets.md ;;
 esac
-if [ "${CONDITIONAL:-yes}" != no ] && [ -f pretrained/ddpm_mnist_conditional.safetensors ]; then
+if [ "${CONDITIONAL:-yes}" != no ] && [ -f ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors ]; then
   w=${GUIDANCE_W:-1.25}  # the conditional model's grid: ten of each digit, one digit per row, guidance scale w
   grid=$(python inference_comparison.py --conditional --strategy ddim --sample_steps 50 --guidance_scale "$w" \
     --num_samples 100 --batch_size 100 --results_folder $out | sed -n 's/^saved //p')

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args
 
 QUANTILES = (0.001, 0.005, 0.01, 0.05, 0.5)
 THRESHOLDS = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)

@@ -8,12 +8,10 @@ Writes RESULTS/post_hoc_ema/synth-<sigma_rel>.{safetensors,json} and prints (and
 """
 import argparse
 from typing import Sequence
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_mnist_args  # noqa: E402
+from ddpm_mnist.settings import add_mnist_args
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,28 +1,26 @@
 """The training segments behind an exported model, from its JSON's provenance: one row per segment (machine,
 minutes, steps, images seen, command) and the totals — the history of docs/training.md.
 
-  python3 scripts/segments_table.py                                    # pretrained/ddpm_mnist_small.json
-  python3 scripts/segments_table.py pretrained/ddpm_mnist_conditional.json
+  python3 scripts/segments_table.py                                    # ddpm_mnist/pretrained/ddpm_mnist_small.json
+  python3 scripts/segments_table.py ddpm_mnist/pretrained/ddpm_mnist_conditional.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ddpm_mnist.utils import UserError, run_cli  # noqa: E402
+from ddpm_mnist.utils import UserError, run_cli
 
 EPOCH = 60_000  # the MNIST training split
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('record', nargs='?', default=str(ROOT / 'pretrained' / 'ddpm_mnist_small.json'),
+    p.add_argument('record', nargs='?', default=str(ROOT / 'ddpm_mnist' / 'pretrained' / 'ddpm_mnist_small.json'),
                    help='exported model JSON (default: the shipped model\'s)')
     return p.parse_args(argv)
 

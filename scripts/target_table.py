@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ddpm_mnist.utils import UserError, atomic_path, run_cli  # noqa: E402
+from ddpm_mnist.utils import UserError, atomic_path, run_cli
 
 FLOOR = 'real training digits (floor)'
 

@@ -1,5 +1,5 @@
-"""Train the LeNet feature network used by the metrics and write pretrained/mnist_classifier.safetensors, then
-the MNIST test split's feature statistics and real-data floors beside it (pretrained/mnist_test_features.*),
+"""Train the LeNet feature network used by the metrics and write ddpm_mnist/pretrained/mnist_classifier.safetensors, then
+the MNIST test split's feature statistics and real-data floors beside it (ddpm_mnist/pretrained/mnist_test_features.*),
 which let the metrics run with no MNIST on disk.
 
 Offline: python3 scripts/train_classifier.py --raw_dir ../shared/data/mnist-full   (all 60,000 digits)
@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg  # noqa: E402
-from ddpm_mnist.utils import run_cli  # noqa: E402
+from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg
+from ddpm_mnist.utils import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help='lenet: the metrics\' feature network; wide: the second, independent one that scores the sweep '
                         'too (--second_classifier), trained e.g. with --seed 1 (default: %(default)s)')
     p.add_argument('--output', default=None,
-                   help='weights file to write (default: pretrained/mnist_classifier.safetensors, or '
-                        'pretrained/mnist_classifier_wide.safetensors for --arch wide)')
+                   help='weights file to write (default: ddpm_mnist/pretrained/mnist_classifier.safetensors, or '
+                        'ddpm_mnist/pretrained/mnist_classifier_wide.safetensors for --arch wide)')
     p.add_argument('--stats_only', action='store_true',
                    help='keep the classifier in --output; only rewrite the reference statistics beside it')
     args = p.parse_args(argv)

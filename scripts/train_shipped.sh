@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the shipped model one segment at a time, continuing from the weights committed in pretrained/, on any
+# Train the shipped model one segment at a time, continuing from the weights committed in ddpm_mnist/pretrained/, on any
 # machine (a fresh clone included), then export it and rescore the training curve.
 #
 #   bash scripts/train_shipped.sh --minutes 140                 # background; log in runs/shipped/segment-K.log
@@ -7,12 +7,12 @@
 #   bash scripts/train_shipped.sh --minutes 140 --conditional     # the class-conditional model, the same way
 #   FOREGROUND=1 bash scripts/train_shipped.sh --minutes 5
 #
-# Segment K continues pretrained/ddpm_mnist_small.safetensors (train_ddpm_mnist.py --init_from: fresh optimiser,
+# Segment K continues ddpm_mnist/pretrained/ddpm_mnist_small.safetensors (train_ddpm_mnist.py --init_from: fresh optimiser,
 # learning-rate warm-up, the EMA counting on) for M minutes of training with --preset shipped, into
 # runs/shipped/segment-K/ (killed midway, the same command resumes it). It then exports the last milestone to
-# pretrained/ (refused if it scores worse than the model there, same command; FORCE=1 overrides) and scores the
+# ddpm_mnist/pretrained/ (refused if it scores worse than the model there, same command; FORCE=1 overrides) and scores the
 # segment's milestones into assets/training_curve.* (every 4th and the last, about a minute each on 2 cores;
-# CURVE_MILESTONES=all scores all; earlier segments' rows kept). Commit pretrained/ and assets/.
+# CURVE_MILESTONES=all scores all; earlier segments' rows kept). Commit ddpm_mnist/pretrained/ and assets/.
 # Training stops at M minutes or when all segments together have seen TARGET_IMAGES (default 1,800,000: 30
 # epochs; rounded up to the next milestone), whichever comes first. MNIST comes from RAW_DIR (default ../shared/data/mnist-full when it exists) or
 # is downloaded.
@@ -28,9 +28,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "error: give --minutes M, the minutes of training of this segment (at most 150 in a 3-hour session)" >&2; exit 2; }
-SHIPPED=pretrained/ddpm_mnist_small KIND=shipped MODEL_FLAGS=()
+SHIPPED=ddpm_mnist/pretrained/ddpm_mnist_small KIND=shipped MODEL_FLAGS=()
 if [ -n "$CONDITIONAL" ]; then  # the class-conditional model: same recipe, trained on the labels (docs/conditional.md)
-  SHIPPED=pretrained/ddpm_mnist_conditional KIND=shipped_conditional MODEL_FLAGS=(--conditional)
+  SHIPPED=ddpm_mnist/pretrained/ddpm_mnist_conditional KIND=shipped_conditional MODEL_FLAGS=(--conditional)
 fi
 DATA=${DATA:-data/mnist_full_train}
 [ -z "${RAW_DIR+x}" ] && [ -d ../shared/data/mnist-full ] && RAW_DIR=../shared/data/mnist-full

@@ -1,5 +1,4 @@
 import gzip
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +102,6 @@ def trained_run(tmp_path_factory, image_folder):
     return results
 
 
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture
