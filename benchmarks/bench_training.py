@@ -106,10 +106,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # another, and each row reports its median round (the peak too), so slow minutes hit all rows alike.
     # --interleave goes further: all rows in one process, one step of each in turn.
     if args.interleave:
-        shared = {(VARIANTS.get(j['variant'], DEFAULT_LEVERS)['keep_freed_memory'], j.get('threads')) for j in jobs}
-        if len(shared) > 1:
+        shared = {(VARIANTS.get(j['variant'], DEFAULT_LEVERS)['keep_freed_memory'], j.get('threads'),
+                   VARIANTS.get(j['variant'], DEFAULT_LEVERS)['precision'] == 'autocast') for j in jobs}
+        if len(shared) > 1:  # accelerate's mixed-precision state is one per process, like the allocator setting
             sys.exit('error: --interleave runs every row in one process, so its rows must agree on the process-wide '
-                     'settings (keep freed memory, threads); time the others without --interleave')
+                     'settings (keep freed memory, threads, autocast or not); time the others without --interleave')
     groups = [jobs] if args.interleave else [[job] for job in jobs]
     runs, peaks = [[] for _ in jobs], []
     for round_ in range(args.repeats):
@@ -218,69 +219,62 @@ def recipe_config(recipe):
 
 
 class BenchStep:
-    """One training step exactly as the library's Trainer.train runs it (forward under the precision's
-    context, backward, clip_grad_norm_ 1.0, Adam step, zero_grad, EMA update), timed phase by phase."""
+    """The training step the Trainer runs (ddpm_mnist.fast_training.training_step: forward under the precision's
+    autocast, backward, clip_grad_norm_ 1.0, Adam at the schedule's rate, zero_grad, EMA update), built with one row's
+    levers and timed phase by phase through its marks."""
 
     def __init__(self, recipe, levers, *, batch_size, data_folder, micro_batch=None):
         import torch
+        from accelerate import Accelerator
         from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset, cycle
         from ema_pytorch import EMA
         from torch.utils.data import DataLoader
 
-        from ddpm_mnist.fast_training import CachedImages, apply_levers, decode_all, make_adam
         from ddpm_mnist.device import keep_freed_memory
+        from ddpm_mnist.fast_training import CachedImages, StepParts, apply_levers, decode_all, make_adam
         from ddpm_mnist.model import build_diffusion
 
         torch.manual_seed(0)
-        self.torch = torch
         if levers['keep_freed_memory']:
             keep_freed_memory()
         self.diffusion = apply_levers(build_diffusion(recipe), levers)
         t = recipe['training']
-        self.opt = make_adam(self.diffusion.parameters(), levers['adam'], lr=t['train_lr'], betas=(0.9, 0.99))
-        self.ema = EMA(self.diffusion, beta=t['ema_decay'], update_every=t['ema_update_every'],
-                       use_foreach=levers['ema_foreach'])
+        micro = micro_batch or batch_size  # gradient accumulation, as the Trainer's: batch / micro pieces
+        if batch_size % micro:
+            sys.exit(f'error: micro-batch {micro} does not divide batch {batch_size}')
+        accelerator = Accelerator(cpu=True, mixed_precision='bf16' if levers['precision'] == 'autocast' else 'no')
+        optimiser = make_adam(self.diffusion.parameters(), levers['adam'], lr=t['train_lr'], betas=(0.9, 0.99))
+        ema = EMA(self.diffusion, beta=t['ema_decay'], update_every=t['ema_update_every'],
+                  use_foreach=levers['ema_foreach'])
+        self.parts = StepParts(model=self.diffusion, optimiser=optimiser, accelerator=accelerator,
+                               learning_rate=lambda step: t['train_lr'], emas=(ema,),
+                               gradient_accumulate_every=batch_size // micro)
         dataset = Dataset(data_folder, recipe['diffusion']['image_size'], augment_horizontal_flip=False,
                           convert_image_to='L')
+        memory_format = torch.channels_last if levers['channels_last'] else None
         if levers['data'] == 'cached':
-            self.data = CachedImages(decode_all(dataset), batch_size)
+            self.data = CachedImages(decode_all(dataset), micro, memory_format=memory_format)
         else:
-            self.data = cycle(DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
+            self.data = cycle(DataLoader(dataset, batch_size=micro, shuffle=True, num_workers=2,
                                          persistent_workers=True))
         self.autocast = levers['precision'] == 'autocast'
-        self.memory_format = torch.channels_last if levers['channels_last'] else torch.contiguous_format
-        self.batch_size, self.micro_batch, self.last_loss = batch_size, micro_batch, None
+        self.steps, self.last_loss, self.torch = 0, None, torch
 
     def run(self, timer):
-        torch = self.torch
+        from ddpm_mnist.fast_training import training_step
         timer.start()
-        data = next(self.data).contiguous(memory_format=self.memory_format)
-        timer.mark('data')
-        pieces = data.split(self.micro_batch or len(data))
-        self.last_loss = 0.0
-        for piece in pieces:  # the library Trainer's gradient accumulation: loss / pieces, backward per piece
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
-                loss = self.diffusion(piece) / len(pieces)
-            timer.mark('forward')
-            loss.backward()
-            timer.mark('backward')
-            self.last_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad()
-        timer.mark('optimiser')
-        self.ema.update()
-        timer.mark('ema')
+        self.last_loss = training_step(self.parts, self.data, self.steps, mark=timer.mark)
+        self.steps += 1
         timer.steps += 1
 
     def flops_per_image(self):
         torch = self.torch
         from torch.utils.flop_counter import FlopCounterMode
-        data = next(self.data)[:self.micro_batch]
+        data = next(self.data)
         with FlopCounterMode(display=False) as counter, \
                 torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
             self.diffusion(data).backward()
-        self.opt.zero_grad()
+        self.parts.optimiser.zero_grad()
         return counter.get_total_flops() / len(data)
 
 

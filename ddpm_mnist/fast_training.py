@@ -1,8 +1,11 @@
-"""The speed levers of a training step, one switch each, so the Trainer and benchmarks/bench_training.py build the
-same step: the lever switches, bf16 compute, the cached data and the Adam choice."""
+"""The training step: one function, `training_step`, that the command line's Trainer, benchmarks/bench_training.py
+and any later trainer run; the learning-rate schedule it follows; and the speed levers it can be built with (one
+switch each), the cached data and the Adam choice."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from denoising_diffusion_pytorch import Unet
@@ -78,6 +81,67 @@ def make_adam(params: Iterable[torch.nn.Parameter], kind: str, **kwargs: Any) ->
     """The library's Adam, with PyTorch's for-loop, foreach or fused implementation."""
     flags = dict(fused=kind == 'fused', foreach=kind == 'foreach') if kind != 'for-loop' else dict(foreach=False)
     return torch.optim.Adam(params, **flags, **kwargs)
+
+
+# ---------------------------------------------------------------- the step
+
+def learning_rate(step: int, *, base: float, warmup_steps: int = 0, schedule: str = 'constant',
+                  total_steps: int = 1) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up from 0 over warmup_steps, then constant or a
+    cosine decay to 0 at total_steps (the library's Trainer has no schedule)."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == 'cosine':
+        progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+        factor *= 0.5 * (1 + math.cos(math.pi * progress))
+    return base * factor
+
+
+def no_mark(phase: str) -> None:
+    """A step's phase marks go nowhere unless a benchmark times them."""
+
+
+@dataclass
+class StepParts:
+    """What one optimiser step touches: the diffusion (as accelerate prepared it), its optimiser and accelerator, the
+    EMA copies to update (main process only), the schedule and the library Trainer's clipping and accumulation."""
+    model: Diffusion
+    optimiser: torch.optim.Optimizer
+    accelerator: Any  # accelerate.Accelerator: autocast, backward, clipping
+    learning_rate: Callable[[int], float]
+    emas: tuple = ()  # ema_pytorch EMA / PostHocEMA: each gets update() after the optimiser step
+    gradient_accumulate_every: int = 1
+    max_grad_norm: float = 1.0
+
+
+def training_step(parts: StepParts, batches: Iterator[Any], step: int, mark: Callable[[str], None] = no_mark) -> float:
+    """Optimiser step `step` (0-based) as the library's Trainer.train runs it: for each accumulated batch the loss
+    under the precision's autocast, divided by the accumulation, and its backward; then gradients clipped to norm 1,
+    Adam at this step's learning rate, zero_grad, and the EMA updates. Returns the loss (summed over the
+    accumulation). `mark(phase)` is called after data, forward, backward, optimiser and ema (benchmarks time them)."""
+    accelerator, device = parts.accelerator, parts.accelerator.device
+    for group in parts.optimiser.param_groups:
+        group['lr'] = parts.learning_rate(step)
+    parts.model.train()
+    total = 0.0
+    for _ in range(parts.gradient_accumulate_every):
+        batch = next(batches).to(device)
+        mark('data')
+        with accelerator.autocast():
+            loss = parts.model(batch) / parts.gradient_accumulate_every
+        total += loss.item()
+        mark('forward')
+        accelerator.backward(loss)
+        mark('backward')
+    accelerator.wait_for_everyone()
+    accelerator.clip_grad_norm_(parts.model.parameters(), parts.max_grad_norm)
+    parts.optimiser.step()
+    parts.optimiser.zero_grad()
+    accelerator.wait_for_everyone()
+    mark('optimiser')
+    for ema in parts.emas:
+        ema.update()
+    mark('ema')
+    return total
 
 
 # ---------------------------------------------------------------- data

@@ -1,27 +1,27 @@
-"""The library's Trainer corrected for MNIST: no flips, the run's config in every atomic checkpoint, grids only
-after their checkpoint, a learning-rate schedule, a time limit, loss logging, PostHocEMA and the speed levers."""
+"""The library's Trainer corrected for MNIST, with a loop of its own: no flips, fast_training.training_step for every
+step (learning-rate schedule, EMA and PostHocEMA inside it), the run's config in every atomic checkpoint, each
+milestone's grid written after its checkpoint, a time limit checked at milestones, and the loss log."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
-import denoising_diffusion_pytorch.denoising_diffusion_pytorch as library
 import torch
 from accelerate.utils import broadcast_object_list
 from denoising_diffusion_pytorch import Trainer
-from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle, num_to_groups
 from ema_pytorch import PostHocEMA
 from torch.utils.data import DataLoader
-from torchvision import utils as torchvision_utils
+from tqdm.auto import tqdm
 
 from .checkpoints import Parent, images_seen, load_checkpoint, save_checkpoint, segments_of
 from .conditional import LabelledBatch, is_conditional
 from .data import labels_of
 from .device import keep_freed_memory, machine_name
-from .fast_training import DEFAULT_LEVERS, CachedImages, apply_levers, decode_all, make_adam
+from .fast_training import DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate, make_adam
+from .fast_training import training_step
 from .hints import Config, Diffusion, PathLike
 from .run_folder import milestone_path, read_loss_log, write_loss_log
 from .utils import DiskFull, UserError, save_grid
@@ -60,26 +60,13 @@ def collate_labelled(items: list[tuple[torch.Tensor, torch.Tensor]]) -> Labelled
     return LabelledBatch(torch.stack(images), torch.stack(labels))
 
 
-class GridsAfterCheckpoints:
-    """torchvision.utils as the library's training loop sees it, but save_image only hands the grid to the trainer,
-    whose save() writes it after the milestone's checkpoint."""
-
-    def __init__(self, trainer: MnistTrainer) -> None:
-        self.trainer = trainer
-
-    def save_image(self, images: torch.Tensor, path: PathLike, **kwargs: Any) -> None:
-        self.trainer.pending_grid = (images.detach().cpu(), path)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torchvision_utils, name)
-
-
 class MnistTrainer(Trainer):
-    """Trainer with no horizontal flips (digits are not mirror-symmetric), a settable number of
-    DataLoader workers, the run's config inside every checkpoint, atomic never-overwriting saves, and
-    (fast=True) the training-speed levers that benchmarks/bench_training.py measured to help: the data decoded
-    once into memory, glibc keeping freed memory, channels_last with the layout-aware linear attention, fused Adam, a
-    foreach EMA and (compile=True) the Unet compiled in place. The library's train() loop runs unchanged."""
+    """The library's Trainer (its accelerator, EMA, dataset and checkpoint format) with no horizontal flips (digits
+    are not mirror-symmetric), a settable number of DataLoader workers, the run's config inside every checkpoint,
+    atomic never-overwriting saves, and (fast=True) the training-speed levers that benchmarks/bench_training.py
+    measured to help: the data decoded once into memory, glibc keeping freed memory, channels_last with the
+    layout-aware linear attention, fused Adam, a foreach EMA and (compile=True) the Unet compiled in place.
+    train() is its own loop around fast_training.training_step."""
 
     def __init__(self, diffusion: Diffusion, folder: PathLike, *, config: Config, num_workers: int = 2,
                  fast: bool = True,
@@ -92,21 +79,21 @@ class MnistTrainer(Trainer):
             raise UserError(f'--calculate_fid needs the Inception weights, which are downloaded on first use, and the '
                             f'download failed ({getattr(err, "reason", err)}); run once with internet, or drop '
                             '--calculate_fid (scripts/training_curve.py scores milestones offline)') from None
-        self.config, self.pending_grid = config, None
+        self.config = config
         self.max_minutes, self.base_lr = max_minutes, train_lr
         self.lr_warmup_steps, self.lr_schedule = lr_warmup_steps, lr_schedule
         self.wall_seconds_before, self.started = 0.0, time.time()  # wall time of earlier sessions, and this one
         self.images_seen_before, self.step_at_start = 0, 0
         self.effective_batch = effective_batch(config['training'], self.accelerator.num_processes)
         self.machines = [machine_name(self.device)]
+        self.milestone_seconds = 0.0  # this session's time in milestones (grids, checkpoints), not in steps
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
         self.post_hoc = None
-        # Before compiling and before the loss hook: the EMAs deep-copy the model, and the hook would copy the Trainer.
+        # Before compiling: the EMAs deep-copy the model.
         if post_hoc_ema_every and self.accelerator.is_main_process:
             self.post_hoc = PostHocEMA(self.accelerator.unwrap_model(self.model), sigma_rels=POST_HOC_SIGMA_RELS,
                                        update_every=10, checkpoint_every_num_steps=post_hoc_ema_every,
                                        checkpoint_folder=str(post_hoc_folder(self.results_folder)))
-        self.model.register_forward_hook(self.record_loss)
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
         self.labels = None
         if is_conditional(config['model']):
@@ -132,12 +119,6 @@ class MnistTrainer(Trainer):
         self.ema.step.fill_(sum(seg.get('steps') or 0 for seg in segments_of(parent.record['provenance'])))
         self.ema.initted.fill_(True)
 
-    def record_loss(self, module: torch.nn.Module, args: Any, loss: torch.Tensor) -> None:
-        """Forward hook on the diffusion: each training step's loss, for loss.csv."""
-        if module.training:
-            step = self.step + 1
-            self.losses[step] = self.losses.get(step, 0.0) + loss.item() / self.gradient_accumulate_every
-
     def use_fast_path(self, images: torch.Tensor, train_lr: float, compile: bool, bf16_compute: bool = False) -> None:
         """The measured levers: cached batches, glibc's freed memory kept, the model levers, fused Adam, foreach EMA."""
         levers = {**DEFAULT_LEVERS, 'compile': compile, **({'precision': 'bf16'} if bf16_compute else {})}
@@ -151,54 +132,58 @@ class MnistTrainer(Trainer):
         if self.accelerator.is_main_process:
             self.ema.use_foreach = levers['ema_foreach']
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimiser step `step` (0-based): linear warm-up from 0 over lr_warmup_steps, then
-        constant or a cosine decay to 0 at train_num_steps (the library's Trainer has no schedule)."""
-        warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
-        if self.lr_schedule == 'cosine':
-            span = max(1, self.total_steps - self.lr_warmup_steps)
-            progress = min(1.0, max(0, step - self.lr_warmup_steps) / span)
-            warm *= 0.5 * (1 + math.cos(math.pi * progress))
-        return self.base_lr * warm
+    def step_parts(self) -> StepParts:
+        """What training_step touches, for this run: the EMAs only on the main process, which holds them."""
+        emas = (self.ema, *([self.post_hoc] if self.post_hoc is not None else [])) if (
+            self.accelerator.is_main_process) else ()
+        schedule = dict(base=self.base_lr, warmup_steps=self.lr_warmup_steps, schedule=self.lr_schedule,
+                        total_steps=self.train_num_steps)
+        return StepParts(model=self.model, optimiser=self.opt, accelerator=self.accelerator,
+                         learning_rate=lambda step: learning_rate(step, **schedule), emas=emas,
+                         gradient_accumulate_every=self.gradient_accumulate_every, max_grad_norm=self.max_grad_norm)
 
-    def set_lr(self, step: int) -> None:
-        for group in self.plain_optimiser.param_groups:
-            group['lr'] = self.lr_at(step)
+    def train(self) -> None:
+        """Train to train_num_steps, or to the first milestone after max_minutes: one training_step at a time, and
+        at every milestone the EMA's grid, the checkpoint, then the grid and the loss log."""
+        parts, self.train_started = self.step_parts(), time.time()
+        main = self.accelerator.is_main_process
+        with tqdm(initial=self.step, total=self.train_num_steps, disable=not main) as bar:
+            while self.step < self.train_num_steps:
+                loss = training_step(parts, self.dl, self.step)
+                self.step += 1
+                self.losses[self.step] = loss
+                bar.set_description(f'loss: {loss:.4f}')
+                bar.update(1)
+                if self.step % self.save_and_sample_every == 0:
+                    if main:
+                        self.milestone(self.step // self.save_and_sample_every)
+                    if self.time_is_up():
+                        break
+        self.accelerator.print('training complete')
 
-    @property
-    def plain_optimiser(self) -> torch.optim.Optimizer:
-        return getattr(self.opt, 'optimizer', self.opt)  # under accelerate's AcceleratedOptimizer wrapper
-
-    def after_optimiser_step(self) -> None:
-        """Runs inside opt.step(), before the library's loop counts the step: the next step's learning rate, and
-        the time limit, checked at milestone boundaries only so the run ends on a milestone."""
-        step = self.step + 1
-        self.set_lr(step)
-        if self.post_hoc is not None:
-            self.post_hoc.update()
-        if self.max_minutes is not None and step % self.save_and_sample_every == 0 and self.time_is_up():
-            self.train_num_steps = step
+    def milestone(self, milestone: int) -> None:
+        """The library's milestone (num_samples EMA images with its own sampler, Inception FID if asked), with the
+        checkpoint written before its grid: a grid on disk always has its model-N.pt."""
+        started = time.time()
+        self.ema.ema_model.eval()
+        with torch.inference_mode():
+            images = torch.cat([self.ema.ema_model.sample(batch_size=n)
+                                for n in num_to_groups(self.num_samples, self.batch_size)])
+        if self.calculate_fid:
+            self.accelerator.print(f'fid_score: {self.fid_scorer.fid_score()}')
+        self.save(milestone, grid=images)
+        self.milestone_seconds += time.time() - started
 
     def time_is_up(self) -> bool:
+        if self.max_minutes is None:
+            return False
         up = time.time() - self.train_started >= 60 * self.max_minutes
         if self.accelerator.num_processes > 1:  # every process must stop at the same step
             up = broadcast_object_list([up])[0]
         return up
 
-    def train(self) -> None:
-        """The library's loop, with the learning-rate schedule and time limit hooked onto the optimiser step, and
-        its sample-N.png held back until save() has written model-N.pt (the library writes the grid first)."""
-        self.total_steps, self.train_started = self.train_num_steps, time.time()
-        self.set_lr(self.step)
-        handle = self.plain_optimiser.register_step_post_hook(lambda *_: self.after_optimiser_step())
-        library.utils = GridsAfterCheckpoints(self)
-        try:
-            super().train()
-        finally:
-            library.utils = torchvision_utils
-            handle.remove()
-
-    def save(self, milestone: int) -> None:
+    def save(self, milestone: int, grid: torch.Tensor | None = None) -> None:
+        """model-N.pt (atomic, never overwritten), then sample-N.png of `grid` and loss.csv."""
         if not self.accelerator.is_main_process:
             return
         path = milestone_path(self.results_folder, milestone)
@@ -225,9 +210,9 @@ class MnistTrainer(Trainer):
             raise UserError(f'could not write {path}: {err.strerror or err}; {intact}, free some space and rerun to '
                             'resume') from None
         try:  # the milestone's grid and the loss log only once its checkpoint is safely in place
-            if self.pending_grid is not None:
-                save_grid(*self.pending_grid, record=dict(milestone=milestone, step=self.step))
-                self.pending_grid = None
+            if grid is not None:
+                save_grid(grid.detach().cpu(), self.results_folder / f'sample-{milestone}.png',
+                          record=dict(milestone=milestone, step=self.step))
             write_loss_log(self.results_folder, self.losses)
         except DiskFull as err:
             raise UserError(f'{err}; model-{milestone}.pt was written, rerun to resume from it') from None

@@ -275,6 +275,8 @@ def train(trainer: MnistTrainer, config: Config, state: PartialState, resume: in
     if trainer.step < training['train_num_steps']:
         state.print(f'stopped at step {trainer.step} of {training["train_num_steps"]}: --max_minutes '
                     f'{trainer.max_minutes} reached (rerun to resume)')
-    rate = (trainer.step - first_step) * effective / seconds
-    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({rate:.1f} '
-                f'images/s, milestone grids included); checkpoints in {folder}')
+    images = (trainer.step - first_step) * effective
+    steps_only = seconds - trainer.milestone_seconds
+    state.print(f'trained to step {trainer.step} in {seconds:.0f} s: {images / seconds:.1f} images/s with milestones, '
+                f'{images / max(steps_only, 1e-9):.1f} images/s in training steps ({trainer.milestone_seconds:.0f} s '
+                f'went to milestone grids and checkpoints); checkpoints in {folder}')
