@@ -16,9 +16,9 @@ import argparse
 from typing import Sequence
 import math
 
-from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.utils import run_cli
-from ddpm_mnist.validation import Rule, at_least, check_flags, fraction
+from ddpm_mnist.settings import Rule, at_least, check_flags, fraction
 
 MASK_NAMES = ('top', 'bottom', 'left', 'right', 'centre')
 
@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from ddpm_mnist.edit_command import run_edit
+    from ddpm_mnist.cli.edit import run_edit
     values = {k: v for k, v in vars(args).items() if v is not None or k in ('steps', 'eta')}
     run_edit(**values)
 

@@ -12,10 +12,10 @@ Without --milestone or --checkpoint the shipped pretrained model is used.
 import argparse
 from typing import Sequence
 
-from ddpm_mnist.sampler_table import SAMPLERS
-from ddpm_mnist.settings import add_data_root_arg, add_model_args, add_raw_dir_arg, comma_floats, comma_ints
+from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.settings import (add_data_root_arg, add_model_args, add_raw_dir_arg, check_flags, comma_floats,
+                                 comma_ints, parse_digits)
 from ddpm_mnist.utils import run_cli
-from ddpm_mnist.validation import check_flags, parse_digits
 
 STRATEGY_HELP = ', '.join(f'{name} = {spec.label}' for name, spec in SAMPLERS.items())
 
@@ -52,7 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the Unet (the first calls compile it; whether it pays off: docs/speed.md)')
     p.add_argument('--conditional', action='store_true',
-                   help='use the shipped class-conditional model (ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors) '
+                   help='use the shipped class-conditional model '
+                        '(ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors) '
                         'instead of the unconditional one')
     p.add_argument('--digits',
                    help='conditional models only: the digits to draw, e.g. 7 or 0,3,9, in equal numbers, one digit per '
@@ -98,7 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument('--second_classifier', default='auto',
                    help='a second, independently trained feature network that scores every row too (FID_b), so the '
                         'table can say which orderings both feature spaces agree on: auto (the shipped '
-                        'ddpm_mnist/pretrained/mnist_classifier_wide.safetensors, when MNIST is on disk), none, or a file '
+                        'ddpm_mnist/pretrained/mnist_classifier_wide.safetensors, when MNIST is on disk), none, or a '
+                        'file '
                         '(default: %(default)s)')
     args = p.parse_args(argv)
     check_flags(vars(args))
@@ -120,7 +122,7 @@ SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'co
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from ddpm_mnist.inference import run_comparison, sample_grid
+    from ddpm_mnist.cli.inference import run_comparison, sample_grid
     from ddpm_mnist.settings import model_overrides
     values = vars(args)
     model = {name: values[name] for name in MODEL_FLAGS}

@@ -8,9 +8,8 @@ from typing import Any, Sequence
 import shlex
 import sys
 
-from ddpm_mnist.settings import PRESETS, TRAINING_FLAGS, add_model_args, model_overrides
+from ddpm_mnist.settings import PRESETS, SQUARE, TRAINING_FLAGS, add_model_args, check_flags, model_overrides
 from ddpm_mnist.utils import UserError, run_cli
-from ddpm_mnist.validation import SQUARE, check_flags
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--num_workers', type=int, default=2,
                    help='DataLoader worker processes, used with --no-fast_path only (default: %(default)s)')
     p.add_argument('--init_from', default=None,
-                   help='start from these weights (online and EMA): the shipped ddpm_mnist/pretrained/ddpm_mnist_small.safetensors, '
+                   help='start from these weights (online and EMA): the shipped '
+                        'ddpm_mnist/pretrained/ddpm_mnist_small.safetensors, '
                         'an exported model or any model-N.pt, with a fresh optimiser and --lr_warmup_steps (default '
                         '200 here); they must be the model this run trains. The parent\'s history goes into the new '
                         'run\'s provenance')
@@ -89,7 +89,7 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from ddpm_mnist.training import train_model
+    from ddpm_mnist.training.command import train_model
     train_model(**config_kwargs(args), data_folder=args.data_folder, mixed_precision_type=args.mixed_precision_type,
                 num_fid_samples=args.num_fid_samples, compile=args.compile, num_workers=args.num_workers,
                 resume=args.resume, init_from=args.init_from, max_minutes=args.max_minutes, device=args.device,

@@ -1,5 +1,5 @@
 """Peak memory of real training runs at several batch sizes: what the memory warning of train_ddpm_mnist.py
-(ddpm_mnist.training.step_bytes) estimates, measured, and the constants fitted to the measurements.
+(ddpm_mnist.training.command.step_bytes) estimates, measured, and the constants fitted to the measurements.
 
 Not a test: run it alone (it starts one training process per row), e.g.
     python benchmarks/bench_memory.py --data_folder data/mnist5k
@@ -22,8 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from ddpm_mnist.settings import PRESETS
-from ddpm_mnist.training import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units,
-                                 step_bytes)
+from ddpm_mnist.training.command import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units, step_bytes)
 
 # name -> (preset, flags, model settings for activation_units)
 RECIPES = {

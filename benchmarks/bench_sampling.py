@@ -23,10 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_common import gemm_peak
 from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize
-from ddpm_mnist.model import build_diffusion
-from ddpm_mnist.sampler_table import SAMPLERS
-from ddpm_mnist.samplers import ddim_times
-from ddpm_mnist.sampling import default_precision, denoise, initial_noise, prepare_for_inference, sample
+from ddpm_mnist.model.network import build_diffusion
+from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.samplers import ddim_times
+from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
 from ddpm_mnist.settings import PRESETS
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)

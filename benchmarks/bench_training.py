@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from bench_common import StepTimer, gemm_peak
-from ddpm_mnist.fast_training import BASELINE, DEFAULT_LEVERS
+from ddpm_mnist.training.step import BASELINE, DEFAULT_LEVERS
 
 
 def _chain(*steps):
@@ -219,7 +219,7 @@ def recipe_config(recipe):
 
 
 class BenchStep:
-    """The training step the Trainer runs (ddpm_mnist.fast_training.training_step: forward under the precision's
+    """The training step the Trainer runs (ddpm_mnist.training.step.training_step: forward under the precision's
     autocast, backward, clip_grad_norm_ 1.0, Adam at the schedule's rate, zero_grad, EMA update), built with one row's
     levers and timed phase by phase through its marks."""
 
@@ -231,8 +231,8 @@ class BenchStep:
         from torch.utils.data import DataLoader
 
         from ddpm_mnist.device import keep_freed_memory
-        from ddpm_mnist.fast_training import CachedImages, StepParts, apply_levers, decode_all, make_adam
-        from ddpm_mnist.model import build_diffusion
+        from ddpm_mnist.training.step import CachedImages, StepParts, apply_levers, decode_all, make_adam
+        from ddpm_mnist.model.network import build_diffusion
 
         torch.manual_seed(0)
         if levers['keep_freed_memory']:
@@ -261,7 +261,7 @@ class BenchStep:
         self.steps, self.last_loss, self.torch = 0, None, torch
 
     def run(self, timer):
-        from ddpm_mnist.fast_training import training_step
+        from ddpm_mnist.training.step import training_step
         timer.start()
         self.last_loss = training_step(self.parts, self.data, self.steps, mark=timer.mark)
         self.steps += 1

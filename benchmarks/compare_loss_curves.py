@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ddpm_mnist.run_folder import read_loss_log
+    from ddpm_mnist.training.run_folder import read_loss_log
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for spec in args.runs:

@@ -14,6 +14,6 @@ __all__ = ['Model', 'evaluate', 'load_model', 'sample', 'save_grid']
 
 def __getattr__(name: str) -> object:
     if name in __all__:
-        from . import api
+        from ddpm_mnist import api
         return getattr(api, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -15,16 +15,18 @@ from typing import Any
 
 import torch
 
-from .metrics import Evaluator, reference_evaluator
-from .run_folder import find_milestone, milestones
-from .checkpoints import load_model as load_checkpoint_model
-from .sampling import conditioning, default_batch_size, default_precision, prepare_for_inference
-from .sampling import sample as sample_diffusion
-from .device import pick_device
-from .settings import SHIPPED
-from .utils import UserError, save_grid as save_grid_png
+from ddpm_mnist.evaluation.metrics import Evaluator, check_scorable, reference_evaluator
+from ddpm_mnist.training.run_folder import find_milestone, milestones
+from ddpm_mnist.model.checkpoints import load_model as load_checkpoint_model
+from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_precision, prepare_for_inference
+from ddpm_mnist.sampling.loop import sample as sample_diffusion
+from ddpm_mnist.device import keep_freed_memory, pick_device
+from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, check_arguments
+from ddpm_mnist.utils import BadValue, MissingFile, UserError, save_grid as save_grid_png
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+# sample()'s arguments -> the flag of inference_comparison.py whose rule each obeys (settings.RULES)
+SAMPLE_RULES = dict(steps='sample_steps', eta='ddim_eta', n='num_samples')
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,19 @@ class Model:
         return self.diffusion.device
 
 
-def checkpoint_path(path: str | Path | None = None, *, milestone: int | None = None) -> Path:
-    """The file a path names: none -> the shipped model; a run folder -> its latest (or given) milestone."""
+def checkpoint_path(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False
+                    ) -> Path:
+    """The file a model is read from: none -> the shipped model (conditional: the shipped class-conditional one); a
+    run folder -> its latest (or given) milestone; a file -> itself."""
     if path is None:
         if milestone is not None:
             raise UserError('milestone needs the run folder it belongs to (path)')
-        if not SHIPPED.is_file():
-            raise UserError(f'the shipped model {SHIPPED} is missing; pass a checkpoint or a run folder')
-        return SHIPPED
+        shipped = SHIPPED_CONDITIONAL if conditional else SHIPPED
+        if not shipped.is_file():
+            raise UserError(f'the shipped model {shipped} is missing; pass a checkpoint or a run folder')
+        return shipped
+    if conditional:
+        raise UserError('conditional selects the shipped conditional model; with a path, leave it out')
     path = Path(path)
     if path.is_dir():
         found = milestones(path)
@@ -66,23 +73,33 @@ def checkpoint_path(path: str | Path | None = None, *, milestone: int | None = N
     if milestone is not None:
         raise UserError(f'milestone {milestone} given with the file {path}; give its run folder instead')
     if not path.is_file():
-        raise UserError(f'{path} does not exist; give a checkpoint file, an export or a run folder')
+        raise MissingFile(f'{path} does not exist; give a checkpoint file, an export or a run folder')
     return path
 
 
-def load_model(path: str | Path | None = None, *, milestone: int | None = None, device: str = 'auto',
-               precision: str = 'auto', use_ema: bool = True) -> Model:
-    """Load the shipped model (no path), a run folder's latest or given milestone, or a checkpoint or export file,
-    on `device` ('auto': CUDA, then MPS, then CPU) in `precision` ('auto': bf16 on CPUs that have it, else fp32)."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> the device's default (bf16 on CPUs that have it, else fp32); fp16 only on CUDA."""
     if precision not in PRECISIONS:
-        raise UserError(f'precision {precision!r} is not one of {", ".join(PRECISIONS)}')
-    file = checkpoint_path(path, milestone=milestone)
+        raise BadValue(f'precision {precision!r} is not one of {", ".join(PRECISIONS)}')
+    if precision == 'fp16' and device.type != 'cuda':
+        raise BadValue('precision fp16 needs CUDA; use bf16 or fp32 on this device')
+    return default_precision(device) if precision == 'auto' else precision
+
+
+def load_model(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False,
+               device: str = 'auto', precision: str = 'auto', use_ema: bool = True, overrides: dict | None = None,
+               channels_last: bool = True, compile: bool = False) -> Model:
+    """The one way in to a model, for the API, the commands and the scripts: the shipped model (no path; conditional:
+    the class-conditional one), a run folder's latest or given milestone, or a checkpoint or export file, on `device`
+    ('auto': CUDA, then MPS, then CPU) in `precision` ('auto': bf16 on CPUs that have it, else fp32), ready to
+    sample. `overrides`: config settings the file does not record (a plain lucidrains checkpoint)."""
     torch_device = pick_device(device)
-    if precision == 'fp16' and torch_device.type != 'cuda':
-        raise UserError('precision fp16 needs CUDA; use bf16 or fp32 on this device')
-    chosen = default_precision(torch_device) if precision == 'auto' else precision
-    diffusion, config, info = load_checkpoint_model(file, use_ema=use_ema, device=torch_device)
-    prepare_for_inference(diffusion, chosen)
+    chosen = resolve_precision(precision, torch_device)
+    file = checkpoint_path(path, milestone=milestone, conditional=conditional)
+    if torch_device.type == 'cpu':
+        keep_freed_memory()
+    diffusion, config, info = load_checkpoint_model(file, overrides or {}, use_ema=use_ema, device=torch_device)
+    prepare_for_inference(diffusion, chosen, channels_last=channels_last, compile=compile)
     return Model(diffusion=diffusion, config=config, path=file, precision=chosen, info=info)
 
 
@@ -92,7 +109,12 @@ def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta:
     """n images in [0, 1], shape (n, 1, H, W), on the CPU. Image i starts from the same x_T for every sampler
     (seeded by `seed`); DDPM always runs all T steps. A class-conditional model draws `digits` (default all ten) in
     equal numbers, in blocks of one digit, with classifier-free guidance eps_u + W (eps_c - eps_u), W =
-    guidance_scale (1: unguided)."""
+    guidance_scale (1: unguided). Every argument is checked, before any work, by the rule of its flag in
+    inference_comparison.py; a bad one raises BadValue (a ValueError) naming it."""
+    check_arguments(dict(strategy=strategy, steps=steps, eta=eta, n=n, seed=seed, batch_size=batch_size,
+                         digits=digits, guidance_scale=guidance_scale), SAMPLE_RULES)
+    if steps is not None and steps > model.timesteps:
+        raise BadValue(f'steps={steps} is not allowed: use 1 to the model\'s training timesteps T={model.timesteps}')
     batch = default_batch_size(model.device, n) if batch_size is None else batch_size
     labels, guidance = conditioning(model.diffusion, n, digits=digits, guidance_scale=guidance_scale)
     return sample_diffusion(model.diffusion, strategy=strategy, num_samples=n, batch_size=batch, steps=steps,
@@ -113,6 +135,7 @@ def evaluate(images: torch.Tensor, *, raw_dir: str | None = None, data_root: str
     confidence, class balance, precision/recall, near-copies); with no MNIST on disk, against the shipped test-split
     statistics (FID, IS, confidence, class balance). image_size: the size the model was trained at (default: the
     images' own)."""
+    check_scorable(images)
     size = int(image_size or images.shape[-1])
     return cached_evaluator(raw_dir, data_root, seed, size).score(images)
 

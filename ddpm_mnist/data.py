@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .hints import PathLike
-from .utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
+from ddpm_mnist.hints import PathLike
+from ddpm_mnist.utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
 
 IDX_NAMES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

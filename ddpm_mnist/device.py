@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import UserError
+from ddpm_mnist.utils import UserError
 
 
 def pick_device(name: str = 'auto') -> torch.device:

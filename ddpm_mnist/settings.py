@@ -1,11 +1,17 @@
-"""Model, diffusion and training settings: the presets and the flags that name them. Imports no torch, so
-`--help` and flag errors are instant."""
+"""Model, diffusion, training and sampling settings: the presets, the flags that name them and the rule each flag's
+value obeys (checked right after parsing, before torch is imported or anything is written, so a bad value is one
+line naming the flag, the value and what is allowed). Imports no torch, so `--help` and flag errors are instant."""
 from __future__ import annotations
 
 import argparse
 import copy
+import math
+from collections import namedtuple
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.utils import BadValue, UserError
 
 SHIPPED = Path(__file__).resolve().parent / 'pretrained' / 'ddpm_mnist_small.safetensors'  # installed with the package
 SHIPPED_CONDITIONAL = SHIPPED.with_name('ddpm_mnist_conditional.safetensors')
@@ -142,3 +148,111 @@ TRAINING_FLAGS = {
                          '(default: constant, as the library)'),
 }
 LR_SCHEDULES = ('constant', 'cosine')
+
+
+# ---------------------------------------------------------------- the rules every flag obeys
+
+Rule = namedtuple('Rule', 'ok allowed')
+MAX_SEED = 2 ** 32 - 1
+
+
+def at_least(low: int) -> Rule:
+    """An integer >= low."""
+    return Rule(lambda v: is_integer(v) and v >= low, f'an integer >= {low}')
+
+
+def is_integer(value: Any) -> bool:
+    """An int, not a bool or a float (the API gets what a caller passes; the CLI's argparse has converted it)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fraction(*, closed_top: bool) -> Rule:
+    """A number in [0, 1] (closed_top) or [0, 1)."""
+    top = ']' if closed_top else ')'
+    return Rule(lambda v: is_number(v) and 0 <= v and (v <= 1 if closed_top else v < 1), f'a number in [0, 1{top}')
+
+
+def each(rule: Rule) -> Rule:
+    """A list whose every element obeys `rule`."""
+    return Rule(lambda values: isinstance(values, (list, tuple)) and all(rule.ok(v) for v in values),
+                f'a comma-separated list of {rule.allowed}s')
+
+
+POSITIVE_NUMBER = Rule(lambda v: is_number(v) and v > 0, 'a finite number > 0')
+SQUARE = Rule(lambda v: is_integer(v) and v >= 1 and math.isqrt(v) ** 2 == v,
+              'a square number >= 1 (the sample grid is square)')
+DIGITS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(is_integer(d) and 0 <= d <= 9 for d in v)
+              and len(set(v)) == len(v), 'distinct digits 0-9, at least one (e.g. [7] or [0, 3, 9])')
+
+RULES = {
+    # model and diffusion
+    'unet_dim': at_least(1), 'dim_mults': each(at_least(1)), 'train_timesteps': at_least(1),
+    'channels': Rule(lambda v: v in (1, 3), '1 (MNIST is greyscale) or 3'),
+    'image_size': at_least(8),
+    # training
+    'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
+    'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
+    'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
+    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False),
+    'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER, 'min_snr_gamma': POSITIVE_NUMBER,
+    'lr_schedule': Rule(lambda v: v in ('constant', 'cosine'), 'constant or cosine'), 'num_fid_samples': at_least(2),
+    'num_workers': at_least(0),
+    'seed': Rule(lambda v: is_integer(v) and 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
+    # sampling
+    'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
+    'ddim_eta': fraction(closed_top=True),  # eta > 1 adds more noise than DDPM's posterior: not a DDIM sampler
+    'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
+    'compare_solver_steps': each(at_least(1)), 'guidance_scale': Rule(lambda v: is_number(v) and 0 <= v <= 100,
+                                                                      'a finite number from 0 to 100 (1: unguided)'),
+    'digits': DIGITS, 'strategy': Rule(lambda v: v in SAMPLERS, f'one of {", ".join(SAMPLERS)}'),
+    'guidance_rescaled_phi': fraction(closed_top=True),
+    'compare_samplers': Rule(lambda names: all(n in SAMPLERS for n in names),
+                             f'a comma-separated list from {",".join(SAMPLERS)}'),
+}
+
+
+def parse_digits(text: str) -> list[int]:
+    """--digits '7' or '0,3,9' -> [7] or [0, 3, 9] (distinct digits 0-9); a one-line error for anything else."""
+    try:
+        digits = [int(part) for part in text.split(',')]
+    except ValueError:
+        digits = None
+    if not digits or any(not 0 <= d <= 9 for d in digits) or len(set(digits)) != len(digits):
+        raise UserError(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
+    return digits
+
+
+def check_flags(values: dict[str, Any], rules: dict[str, Rule] = RULES, extra: dict[str, Rule] | None = None) -> None:
+    """Raise a one-line BadValue for the first flag in `values` (flag name -> value) that breaks its rule."""
+    rules = {**rules, **(extra or {})}
+    for name, value in values.items():
+        rule = rules.get(name)
+        if rule is not None and value is not None and not rule.ok(value):
+            shown = ','.join(map(str, value)) if isinstance(value, list) else value
+            raise BadValue(f'--{name} {shown} is not allowed: use {rule.allowed}')
+
+
+def check_arguments(values: dict[str, Any], rule_of: dict[str, str]) -> None:
+    """The API's front end to the same rules: `values` are a function's arguments, `rule_of` names the flag whose
+    rule each obeys; the first that breaks it is a BadValue (also a ValueError) naming the argument."""
+    for name, value in values.items():
+        rule = RULES[rule_of.get(name, name)]
+        if value is not None and not rule.ok(value):
+            raise BadValue(f'{name}={value!r} is not allowed: use {rule.allowed}')
+
+
+def check_relations(*, image_size: int, dim_mults: Sequence[int], timesteps: int,
+                    sampling_timesteps: int | None = None) -> None:
+    """Rules between settings: the Unet halves the image once per level but the last; S <= T."""
+    halvings = 2 ** (len(dim_mults) - 1)
+    if image_size % halvings:
+        raise UserError(f'--image_size {image_size} does not fit a Unet with {len(dim_mults)} levels: use a multiple '
+                        f'of {halvings}')
+    if sampling_timesteps is not None and sampling_timesteps > timesteps:
+        raise UserError(f'--sampling_timesteps {sampling_timesteps} is more than the training timesteps T = '
+                        f'{timesteps}: use 1 to {timesteps}')

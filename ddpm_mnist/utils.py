@@ -13,14 +13,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .hints import PathLike
+from ddpm_mnist.hints import PathLike
 
 if TYPE_CHECKING:
     import torch
 
 
 class UserError(Exception):
-    """A problem with the user's input or files, reported as one line without a traceback."""
+    """A problem with the user's input or files, reported as one line without a traceback. Its subclasses are also
+    the built-in kind, so `except ValueError` or `except FileNotFoundError` catches them in a notebook."""
+
+
+class BadValue(UserError, ValueError):
+    """An argument or flag value outside what its rule allows."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
 
 
 def run_cli(main: Callable[[], Any]) -> None:

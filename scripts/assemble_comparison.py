@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 
-from ddpm_mnist.sampler_table import SAMPLERS
-from ddpm_mnist.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label,
-                              sweep_configs, write_outputs)
+from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label, sweep_configs,
+                                         write_outputs)
 from ddpm_mnist.data import load_split
-from ddpm_mnist.metrics import Evaluator
+from ddpm_mnist.evaluation.metrics import Evaluator
 from ddpm_mnist.settings import add_raw_dir_arg
 from ddpm_mnist.utils import file_digest, run_cli
 
@@ -27,7 +27,8 @@ from ddpm_mnist.utils import file_digest, run_cli
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
-    p.add_argument('--checkpoint', default='ddpm_mnist/pretrained/ddpm_mnist_small.safetensors', help='checkpoint swept')
+    p.add_argument('--checkpoint', default='ddpm_mnist/pretrained/ddpm_mnist_small.safetensors',
+                   help='checkpoint swept')
     add_raw_dir_arg(p, 'MNIST IDX folder (offline); default: torchvision download')
     p.add_argument('--machine', required=True, help='the machine the sweep ran on, as it should be named')
     p.add_argument('--device', default='cuda', help='device the sweep ran on')

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import add_mnist_args
-from ddpm_mnist.utils import (
-    BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
+from ddpm_mnist.utils import (BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,7 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='where the generated digits are kept, one file per digit, so a killed run resumes '
                         '(default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'per_class': at_least(10), 'steps': at_least(1), 'epochs': at_least(1)})
     return args
 
@@ -46,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     import ddpm_mnist
-    from ddpm_mnist.classifier import accuracy, train_classifier
-    from ddpm_mnist.conditional import NUM_DIGITS
+    from ddpm_mnist.evaluation.classifier import accuracy, train_classifier
+    from ddpm_mnist.model.conditional import NUM_DIGITS
     from ddpm_mnist.data import load_split
     from ddpm_mnist.settings import SHIPPED_CONDITIONAL
-    from ddpm_mnist.sweep import cache_key
+    from ddpm_mnist.evaluation.sweep import cache_key
 
     model = ddpm_mnist.load_model(args.checkpoint or SHIPPED_CONDITIONAL)
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)

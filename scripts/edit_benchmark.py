@@ -19,8 +19,7 @@ from typing import Any, Sequence
 
 
 from ddpm_mnist.settings import add_mnist_args
-from ddpm_mnist.utils import (
-    BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
+from ddpm_mnist.utils import (BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
@@ -44,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='where finished batches of the inpainting methods are kept, so a killed run resumes batch by '
                         'batch (default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'num_digits': at_least(10), 'ddim_steps': at_least(1)})
     unknown = set(args.methods.split(',')) - set(METHODS)
     if unknown:
@@ -57,14 +56,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from ddpm_mnist import editing
+    from ddpm_mnist.sampling import editing
     from ddpm_mnist.api import load_model
-    from ddpm_mnist.classifier import as_training_resolution
+    from ddpm_mnist.evaluation.classifier import as_training_resolution
     from ddpm_mnist.data import load_split
     from ddpm_mnist.device import keep_freed_memory
-    from ddpm_mnist.metrics import Evaluator
-    from ddpm_mnist.sampler_table import resolve_steps
-    from ddpm_mnist.sweep import cache_key
+    from ddpm_mnist.evaluation.metrics import Evaluator
+    from ddpm_mnist.sampling.registry import resolve_steps
+    from ddpm_mnist.evaluation.sweep import cache_key
 
     keep_freed_memory()
     model = load_model(args.checkpoint)
@@ -140,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def classify_probs(evaluator: Any, images: Any) -> Any:
-    from ddpm_mnist.classifier import classify
+    from ddpm_mnist.evaluation.classifier import classify
     return classify(evaluator.classifier, images)[1]
 
 
@@ -150,13 +149,13 @@ def cell(value: float | None, spec: str) -> str:
 
 def share_cell(share: float, n: int) -> str:
     """'81.5 % [79.3, 83.8]': a share of n digits with its bootstrap 95 % interval."""
-    from ddpm_mnist.intervals import proportion_interval
+    from ddpm_mnist.evaluation.intervals import proportion_interval
     _, low, high = proportion_interval(share, n)
     return f'{100 * share:.1f} % [{100 * low:.1f}, {100 * high:.1f}]'
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from ddpm_mnist.intervals import interval_cell
+    from ddpm_mnist.evaluation.intervals import interval_cell
     n = result['num_digits']
     lines = [f'{n} MNIST test digits, seed {result["seed"]}, model {result["checkpoint"]} '
              f'({result["image_size"]} px); command: `{result["command"]}`.', '']

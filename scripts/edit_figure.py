@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')
     p.add_argument('--output', default='assets/editing.png', help='figure to write (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'inpaint_steps': at_least(1)})
     return args
 
@@ -50,8 +50,8 @@ def edit_rows(model: Any, digits: Any, *, seed: int, inpaint_steps: int | None) 
     """{operation: images (8, 1, H, W) in [0, 1]}: inputs and results side by side, or the frames."""
     import torch
 
-    from ddpm_mnist import editing
-    from ddpm_mnist.sampling import initial_noise
+    from ddpm_mnist.sampling import editing
+    from ddpm_mnist.sampling.loop import initial_noise
     diffusion, size = model.diffusion, model.image_size
     steps = min(50, model.timesteps)  # DDIM-50, or every step of a shorter chain
     mask = editing.named_mask('bottom', size)
@@ -96,7 +96,7 @@ def draw(rows: dict[str, Any], path: Path, *, titles: dict[str, str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.api import load_model
-    from ddpm_mnist.classifier import as_training_resolution
+    from ddpm_mnist.evaluation.classifier import as_training_resolution
     from ddpm_mnist.data import load_split
     model = load_model(args.checkpoint)
     test, labels = load_split('test', args.raw_dir, args.data_root)

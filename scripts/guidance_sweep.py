@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import add_mnist_args
 from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json
 
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0, help='seed of x_T, the same for every scale (default: 0)')
     p.add_argument('--output', default='assets/guidance', help='output stem (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'num_samples': at_least(10), 'steps': at_least(1)})
     return args
 
@@ -41,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     import ddpm_mnist
-    from ddpm_mnist.classifier import classify
-    from ddpm_mnist.conditional import NUM_DIGITS, balanced_labels
-    from ddpm_mnist.metrics import reference_evaluator
+    from ddpm_mnist.evaluation.classifier import classify
+    from ddpm_mnist.model.conditional import NUM_DIGITS, balanced_labels
+    from ddpm_mnist.evaluation.metrics import reference_evaluator
     from ddpm_mnist.settings import SHIPPED_CONDITIONAL
 
     model = ddpm_mnist.load_model(args.checkpoint or SHIPPED_CONDITIONAL)
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from ddpm_mnist.intervals import interval_cell
+    from ddpm_mnist.evaluation.intervals import interval_cell
     floor = result['floor_fid']
     floor_text = f'; real-data floor FID {floor:.2f}' if floor is not None else ''
     eta = f', eta {result["eta"]:g}' if result['strategy'] == 'ddim' else ''
@@ -106,7 +106,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from ddpm_mnist.intervals import error_bars
+    from ddpm_mnist.evaluation.intervals import error_bars
     rows = result['rows']
     fig, ax = plt.subplots(figsize=(6, 4))
     scales = [r['scale'] for r in rows]

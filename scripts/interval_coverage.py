@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 
-from ddpm_mnist.sampler_table import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import add_mnist_args
 from ddpm_mnist.utils import shown_path
 
@@ -30,7 +30,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--draws', type=int, default=20, help='fresh sets (seeds 0..draws-1) (default: %(default)s)')
     p.add_argument('--output', default='assets/interval_coverage', help='output stem (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'num_samples': at_least(10), 'draws': at_least(3), 'steps': at_least(1)})
     return args
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
 
     import ddpm_mnist
-    from ddpm_mnist.metrics import reference_evaluator
+    from ddpm_mnist.evaluation.metrics import reference_evaluator
 
     model = ddpm_mnist.load_model(args.checkpoint) if args.source == 'model' else None
     size = model.image_size if model is not None else 32

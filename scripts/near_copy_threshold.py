@@ -1,7 +1,8 @@
 """Where the near-copy threshold of the metrics comes from: the pixel distance of each real MNIST test digit (never
 trained on) to its nearest training digit, over the full 60,000-digit training split, at each training image size.
 
-A generated digit counts as a near-copy when it is closer to a training digit than ddpm_mnist.metrics.NEAR_COPY_L2.
+A generated digit counts as a near-copy when it is closer to a training digit than
+ddpm_mnist.evaluation.metrics.NEAR_COPY_L2.
 Unseen real digits are the base rate: the threshold is set where about 0.1 % of them fall below it, so a model
 that draws fresh digits from the data distribution scores about 0.1 % and one that copies scores more.
 
@@ -34,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     import numpy as np
 
-    from ddpm_mnist.classifier import as_training_resolution, to_classifier_input
+    from ddpm_mnist.evaluation.classifier import as_training_resolution, to_classifier_input
     from ddpm_mnist.data import load_split
-    from ddpm_mnist.metrics import NEAR_COPY_L2, nearest_train_distance
+    from ddpm_mnist.evaluation.metrics import NEAR_COPY_L2, nearest_train_distance
 
     test, _ = load_split('test', args.raw_dir, args.data_root)
     train, _ = load_split('train', args.raw_dir, args.data_root)

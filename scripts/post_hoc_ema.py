@@ -23,7 +23,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--num_samples', type=int, default=500, help='images per model (default: %(default)s)')
     p.add_argument('--output', default=None, help='also write the table to this markdown file')
     args = p.parse_args(argv)
-    from ddpm_mnist.validation import at_least, check_flags
+    from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'num_samples': at_least(10)})
     return args
 
@@ -35,15 +35,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ema_pytorch import PostHocEMA
     from safetensors.torch import save_file
 
-    from ddpm_mnist.checkpoints import images_seen, load_checkpoint
-    from ddpm_mnist.curve import CurveSettings, score_milestone
+    from ddpm_mnist.model.checkpoints import images_seen, load_checkpoint
+    from ddpm_mnist.evaluation.curve import CurveSettings, score_milestone
     from ddpm_mnist.data import load_split
     from ddpm_mnist.device import pick_device
-    from ddpm_mnist.metrics import Evaluator
-    from ddpm_mnist.model import build_diffusion
-    from ddpm_mnist.run_folder import milestone_path, milestones, read_config
-    from ddpm_mnist.sampling import default_precision
-    from ddpm_mnist.trainer import POST_HOC_SIGMA_RELS, post_hoc_folder
+    from ddpm_mnist.evaluation.metrics import Evaluator
+    from ddpm_mnist.model.network import build_diffusion
+    from ddpm_mnist.training.run_folder import milestone_path, milestones, read_config
+    from ddpm_mnist.sampling.loop import default_precision
+    from ddpm_mnist.training.trainer import POST_HOC_SIGMA_RELS, post_hoc_folder
     from ddpm_mnist.utils import UserError, atomic_path, write_json
 
     folder = Path(args.results_folder)

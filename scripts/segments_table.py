@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def segments_table(record: dict[str, Any]) -> str:
     provenance = record.get('provenance')
     if not provenance:
-        raise UserError('the record has no provenance; it was not exported by python -m ddpm_mnist.export')
+        raise UserError('the record has no provenance; it was not exported by python -m ddpm_mnist.cli.export')
     segments = provenance.get('segments') or [provenance]
     lines = ['| segment | machine | minutes | steps | images seen | epochs | command |', '|---|---|---|---|---|---|---|']
     for k, seg in enumerate(segments, 1):

@@ -1,4 +1,5 @@
-"""Train the LeNet feature network used by the metrics and write ddpm_mnist/pretrained/mnist_classifier.safetensors, then
+"""Train the LeNet feature network used by the metrics and write
+ddpm_mnist/pretrained/mnist_classifier.safetensors, then
 the MNIST test split's feature statistics and real-data floors beside it (ddpm_mnist/pretrained/mnist_test_features.*),
 which let the metrics run with no MNIST on disk.
 
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument('--stats_only', action='store_true',
                    help='keep the classifier in --output; only rewrite the reference statistics beside it')
     args = p.parse_args(argv)
-    from ddpm_mnist.classifier import SECOND_WEIGHTS, WEIGHTS, accuracy, load_classifier, save_classifier, train_classifier
+    from ddpm_mnist.evaluation.classifier import (SECOND_WEIGHTS, WEIGHTS, accuracy, load_classifier, save_classifier,
+                                                  train_classifier)
     args.output = args.output or str(SECOND_WEIGHTS if args.arch == 'wide' else WEIGHTS)
     from ddpm_mnist.data import load_split
     train_x, train_y = load_split('train', args.raw_dir, args.data_root)
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_all_stats(model: Any, test_x: Any, train_x: Any, stats_path: Path) -> None:
     """The test split's feature statistics and floors for every training image size."""
-    from ddpm_mnist.metrics import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
+    from ddpm_mnist.evaluation.metrics import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
     for size in STATS_IMAGE_SIZES:
         floors = write_reference_stats(model, test_x, train_x, stats_path, image_size=size)
         print(f'wrote {stats_path_for(size, stats_path)} ({size} px); real-data floor FID by N: {floors}')

@@ -21,13 +21,16 @@ cd "$(dirname "$0")/.."
 MINUTES="" FROM_SCRATCH="" CONDITIONAL=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --minutes) MINUTES="${2:-}"; shift 2 ;;
+    --minutes) [ $# -ge 2 ] || { echo "error: --minutes needs a value: the minutes of training of this segment" >&2; exit 2; }
+               MINUTES="$2"; shift 2 ;;
     --from_scratch) FROM_SCRATCH=1; shift ;;
     --conditional) CONDITIONAL=1; shift ;;
     *) echo "error: unknown argument $1; use --minutes M [--from_scratch] [--conditional]" >&2; exit 2 ;;
   esac
 done
-[[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "error: give --minutes M, the minutes of training of this segment (at most 150 in a 3-hour session)" >&2; exit 2; }
+[[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk "BEGIN { exit !($MINUTES > 0) }" || {
+  echo "error: give --minutes M, the minutes of training of this segment, a number > 0 (at most 150 in a 3-hour session)" >&2
+  exit 2; }
 SHIPPED=ddpm_mnist/pretrained/ddpm_mnist_small KIND=shipped MODEL_FLAGS=()
 if [ -n "$CONDITIONAL" ]; then  # the class-conditional model: same recipe, trained on the labels (docs/conditional.md)
   SHIPPED=ddpm_mnist/pretrained/ddpm_mnist_conditional KIND=shipped_conditional MODEL_FLAGS=(--conditional)
@@ -75,7 +78,7 @@ $PY train_ddpm_mnist.py --preset shipped --data_folder "$DATA" --results_folder 
   --train_num_steps "$STEPS" --max_minutes "$MINUTES" --resume auto "${INIT[@]}" "${MODEL_FLAGS[@]}"
 last=$(ls "$RUN" | sed -n 's/^model-\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
 echo "== $(date -u +%FT%TZ) export milestone $last (compared with the current $SHIPPED first)"
-$PY -m ddpm_mnist.export "$RUN/model-$last.pt" "$SHIPPED" ${RAW_DIR:+--raw_dir "$RAW_DIR"} ${FORCE:+--force}
+$PY -m ddpm_mnist.cli.export "$RUN/model-$last.pt" "$SHIPPED" ${RAW_DIR:+--raw_dir "$RAW_DIR"} ${FORCE:+--force}
 if [ -z "${SKIP_CURVE:-}" ]; then
   echo "== $(date -u +%FT%TZ) training curve"
   $PY scripts/training_curve.py --results_folder "$RUN" ${RAW_DIR:+--raw_dir "$RAW_DIR"} \

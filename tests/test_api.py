@@ -77,3 +77,57 @@ def test_every_public_function_of_the_package_is_annotated():
                         missing.append(f'{path.name}:{node.lineno} {node.name}')
         visit(ast.parse(path.read_text()).body)
     assert not missing, missing
+
+
+# ---------------------------------------------------------------- hostile arguments: typed, one line, before work
+
+@pytest.fixture(scope='module')
+def tiny(trained_run):
+    return ddpm_mnist.load_model(trained_run, device='cpu', precision='fp32')
+
+
+@pytest.mark.parametrize('kwargs, kind, fragment', [
+    (dict(eta=2), ValueError, 'eta=2 is not allowed'),
+    (dict(eta=float('nan')), ValueError, 'eta=nan'),
+    (dict(seed=-1), ValueError, 'seed=-1'),
+    (dict(seed=1.5), ValueError, 'seed=1.5'),
+    (dict(n=2.5), ValueError, 'n=2.5'),
+    (dict(n=0), ValueError, 'n=0'),
+    (dict(n=True), ValueError, 'n=True'),
+    (dict(steps=0), ValueError, 'steps=0'),
+    (dict(steps=21), ValueError, 'T=20'),
+    (dict(batch_size=0), ValueError, 'batch_size=0'),
+    (dict(strategy='foo'), ValueError, 'ddpm, ddim'),
+    (dict(guidance_scale=float('nan')), ValueError, 'guidance_scale=nan'),
+    (dict(guidance_scale=1e39), ValueError, 'guidance_scale=1e+39'),
+    (dict(digits=[11]), ValueError, 'digits=[11]'),
+    (dict(digits=[]), ValueError, 'digits=[]'),
+    (dict(digits=[3, 3]), ValueError, 'distinct'),
+])
+def test_sample_checks_every_argument_by_its_flags_rule(tiny, kwargs, kind, fragment):
+    with pytest.raises(kind) as caught:
+        ddpm_mnist.sample(tiny, **kwargs)
+    assert isinstance(caught.value, UserError) and fragment in str(caught.value)
+    assert '\n' not in str(caught.value) and '--' not in str(caught.value)  # the API's terms, not the flags'
+
+
+def test_missing_and_bad_models_are_the_builtin_kind(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        ddpm_mnist.load_model(tmp_path / 'nothing.pt')
+    with pytest.raises(ValueError, match='precision'):
+        ddpm_mnist.load_model(precision='fp8')
+
+
+@pytest.mark.parametrize('images, fragment', [
+    (torch.full((8, 1, 28, 28), float('nan')), 'NaN or infinite'),
+    (torch.rand(1, 1, 28, 28), 'at least 2'),
+    (torch.rand(8, 28, 28), 'shape (8, 28, 28)'),
+    (torch.rand(8, 3, 28, 28), 'shape (8, 3, 28, 28)'),
+    ([[0.5]], 'list'),
+])
+def test_evaluate_refuses_what_it_cannot_score_at_once(images, fragment):
+    import time
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        ddpm_mnist.evaluate(images)
+    assert fragment in str(caught.value) and time.perf_counter() - started < 30  # no minutes in sqrtm

@@ -10,11 +10,11 @@ from denoising_diffusion_pytorch import classifier_free_guidance as library_cfg
 import inference_comparison
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, run_twice, train_argv
-from ddpm_mnist.checkpoints import load_checkpoint, load_model
-from ddpm_mnist.conditional import (UNGUIDED, Guidance, GuidedUnet, LowestAttentionConditionalUnet, balanced_labels,
-                                    guided)
-from ddpm_mnist.sampler_table import SAMPLERS
-from ddpm_mnist.sampling import sample
+from ddpm_mnist.model.checkpoints import load_checkpoint, load_model
+from ddpm_mnist.model.conditional import (UNGUIDED, Guidance, GuidedUnet, LowestAttentionConditionalUnet,
+                                          balanced_labels, guided)
+from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.loop import sample
 
 
 @pytest.fixture(scope='module')

@@ -10,8 +10,8 @@ from PIL import Image
 
 import edit_digits
 from conftest import assert_one_line_error, run_main
-from ddpm_mnist import editing
-from ddpm_mnist.checkpoints import load_model
+from ddpm_mnist.sampling import editing
+from ddpm_mnist.model.checkpoints import load_model
 
 
 @pytest.fixture(scope='module')
@@ -119,6 +119,22 @@ def test_each_command_writes_its_grid_and_record(trained_run, pngs, tmp_path, op
         assert list(folder.glob('*.gif'))
 
 
+@pytest.mark.parametrize('operation', ['inpaint', 'sdedit', 'invert', 'interpolate'])
+def test_every_edit_runs_on_the_shipped_conditional_model(pngs, tmp_path, operation, capsys):
+    """A class-conditional model edits unconditioned (its null label), in every mode."""
+    from ddpm_mnist.settings import SHIPPED_CONDITIONAL
+    extra = {'inpaint': ['--input', str(pngs[0]), '--mask', 'bottom', '--steps', '4', '--resamples', '2',
+                         '--jump_length', '2'],
+             'sdedit': ['--input', str(pngs[0]), '--strength', '0.5', '--steps', '6'],
+             'invert': ['--input', str(pngs[0]), '--steps', '5'],
+             'interpolate': ['--seeds', '1', '2', '--frames', '3', '--steps', '4']}[operation]
+    argv = [operation, *extra, '--checkpoint', str(SHIPPED_CONDITIONAL), '--results_folder', str(tmp_path),
+            '--precision', 'fp32']
+    code, _, err = run_main(edit_digits.main, argv, capsys)
+    assert code == 0, err
+    assert list(tmp_path.glob('inference_ddpm_mnist_conditional_*/edit/*.png'))
+
+
 def test_the_same_seed_repeats_an_edit(trained_run, pngs, tmp_path, capsys):
     grids = []
     for run in 'ab':
@@ -210,7 +226,7 @@ def test_edit_benchmark_resumes_from_its_saved_measurements(trained_run, idx_dir
 def test_inpainting_resumes_batch_by_batch_from_its_cache(trained_run, tmp_path, monkeypatch):
     """A killed RePaint run keeps its finished batches: the same call again returns the same images without one
     Unet call for a cached batch, and only the missing batch is computed."""
-    import ddpm_mnist.editing as editing
+    import ddpm_mnist.sampling.editing as editing
     from ddpm_mnist.api import load_model as load_api_model
     from ddpm_mnist.utils import BatchCache
     model = load_api_model(trained_run / 'model-2.pt', device='cpu', precision='fp32')

@@ -7,10 +7,10 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Dataset
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
-from ddpm_mnist.checkpoints import export_ema, load_checkpoint
-from ddpm_mnist.fast_training import BASELINE, CachedImages, apply_levers, decode_all, use_bf16_compute
-from ddpm_mnist.model import build_diffusion
-from ddpm_mnist.run_folder import read_loss_log
+from ddpm_mnist.model.checkpoints import export_ema, load_checkpoint
+from ddpm_mnist.training.step import BASELINE, CachedImages, apply_levers, decode_all, use_bf16_compute
+from ddpm_mnist.model.network import build_diffusion
+from ddpm_mnist.training.run_folder import read_loss_log
 
 TINY_CONFIG = {'model': dict(dim=8, dim_mults=[1, 2], channels=1),
                'diffusion': dict(image_size=32, timesteps=20, beta_schedule='cosine', objective='pred_v')}

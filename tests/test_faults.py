@@ -12,8 +12,8 @@ import torch
 import inference_comparison
 import train_ddpm_mnist
 from conftest import ROOT, assert_one_line_error, run_main, train_argv
-from ddpm_mnist.checkpoints import load_checkpoint, load_model
-from ddpm_mnist.run_folder import milestones
+from ddpm_mnist.model.checkpoints import load_checkpoint, load_model
+from ddpm_mnist.training.run_folder import milestones
 
 # Runs a script in a child process after installing one fault: SIGKILL of itself when `kind` happens
 # for the `nth` time. Kinds: 'rename' (os.replace onto model-N.pt, i.e. between writing the temporary
@@ -180,7 +180,8 @@ def test_full_disk_at_a_milestone_grid_keeps_its_checkpoint(tmp_path, image_fold
 
 
 def test_full_disk_at_export_leaves_the_shipped_pair_unchanged(trained_run, tmp_path, monkeypatch, capsys):
-    from ddpm_mnist import checkpoints, export
+    from ddpm_mnist.model.network import checkpoints
+    from ddpm_mnist.cli import export
     stem = tmp_path / 'shipped'
     checkpoints.export_ema(trained_run / 'model-1.pt', stem)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -224,7 +225,7 @@ def test_impossible_batch_is_refused_before_anything_is_built(tmp_path, image_fo
 def test_memory_warning_names_a_batch_that_fits(monkeypatch, capsys):
     import copy
     import re
-    from ddpm_mnist import training
+    from ddpm_mnist.training import command as training
     from ddpm_mnist.settings import PRESETS
     config = copy.deepcopy(PRESETS['shipped'])
     config['training']['train_batch_size'] = 4096

@@ -8,11 +8,11 @@ from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
 
 import inference_comparison
 from conftest import assert_one_line_error, run_main
-from ddpm_mnist import sampling
-from ddpm_mnist.inference import resolve_checkpoint
+from ddpm_mnist.sampling import loop as sampling
+from ddpm_mnist.cli.inference import resolve_checkpoint
 from ddpm_mnist.settings import SHIPPED
-from ddpm_mnist.checkpoint_config import detect_objective, detect_schedule
-from ddpm_mnist.checkpoints import load_model
+from ddpm_mnist.model.config import detect_objective, detect_schedule
+from ddpm_mnist.model.checkpoints import load_model
 
 
 def tiny_diffusion(timesteps=20, objective='pred_v', schedule='cosine', seed=0):
@@ -228,7 +228,7 @@ def test_unavailable_device(capsys):
 @pytest.mark.parametrize('strategy,steps,eta', [('ddim', 1, 0.0), ('ddim', 5, 0.0), ('ddim', 20, 0.0),
                                                ('ddim', 5, 1.0), ('ddpm', 20, 0.0)])
 def test_bf16_sampling_is_close_to_fp32_and_finite(strategy, steps, eta):
-    from ddpm_mnist.sampling import Bf16Unet, prepare_for_inference
+    from ddpm_mnist.sampling.loop import Bf16Unet, prepare_for_inference
     settings = dict(strategy=strategy, num_samples=4, steps=steps, eta=eta, seed=2)
     fp32 = sampling.sample(tiny_diffusion(), **settings)
     bf16_diffusion = prepare_for_inference(tiny_diffusion(), 'bf16')
@@ -240,7 +240,7 @@ def test_bf16_sampling_is_close_to_fp32_and_finite(strategy, steps, eta):
 @pytest.mark.parametrize('dim_mults', [(1, 2), (1, 2, 2)])
 def test_fast_attention_matches_the_library(dim_mults):
     import copy
-    from ddpm_mnist.attention import FastAttention, FastLinearAttention, use_fast_attention
+    from ddpm_mnist.model.attention import FastAttention, FastLinearAttention, use_fast_attention
     torch.manual_seed(0)
     unet = Unet(dim=16, dim_mults=dim_mults, channels=1).eval()
     for p in unet.parameters():  # away from the init, so every parameter matters
@@ -258,8 +258,8 @@ def test_fast_attention_matches_the_library(dim_mults):
 
 
 def test_shipped_model_makes_recognisable_digits():
-    from ddpm_mnist.classifier import classify, load_classifier
-    from ddpm_mnist.sampling import prepare_for_inference
+    from ddpm_mnist.evaluation.classifier import classify, load_classifier
+    from ddpm_mnist.sampling.loop import prepare_for_inference
     diffusion, config, info = load_model(SHIPPED)
     assert info['weights'] == 'ema' and config['model']['dim'] == 32
     images = sampling.sample(prepare_for_inference(diffusion, 'bf16'), strategy='ddim', num_samples=20,

@@ -6,9 +6,9 @@ import pytest
 
 import inference_comparison
 from conftest import run_main
-from ddpm_mnist.intervals import (FrechetToReference, KernelToReference, differs, fid_interval, kid_interval,
-                                  paired_fid_difference, proportion_interval)
-from ddpm_mnist.metrics import frechet_distance, gaussian_fit
+from ddpm_mnist.evaluation.intervals import (FrechetToReference, KernelToReference, differs, fid_interval, kid_interval,
+                                             paired_fid_difference, proportion_interval)
+from ddpm_mnist.evaluation.metrics import frechet_distance, gaussian_fit
 
 
 @pytest.fixture(scope='module')
@@ -55,8 +55,8 @@ def test_paired_difference_finds_a_real_shift(gaussian_features):
 
 def test_inception_score_interval_brackets_it_and_narrows_with_n():
     """The IS bootstrap: resampled class probabilities of confident, balanced digits; wider at small N."""
-    from ddpm_mnist.intervals import bootstrap_interval
-    from ddpm_mnist.metrics import inception_score
+    from ddpm_mnist.evaluation.intervals import bootstrap_interval
+    from ddpm_mnist.evaluation.metrics import inception_score
     rng = np.random.default_rng(1)
     widths = []
     for n in (100, 1600):
@@ -79,7 +79,7 @@ def test_kid_is_unbiased_near_zero_for_the_same_distribution(gaussian_features):
 
 
 def test_quick_comparison_reports_intervals_and_its_headline(trained_run, idx_dir, tmp_path, monkeypatch, capsys):
-    from ddpm_mnist import sweep
+    from ddpm_mnist.evaluation import sweep
     monkeypatch.setitem(sweep.QUICK, 'headline', ('DDIM 2, eta 0.0', 'DDIM 4, eta 0.0'))
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--num_samples', '12', '--batch_size', '12',
             '--compare_steps', '2,4', '--compare_solver_steps', '2', '--results_folder', str(tmp_path),
@@ -98,7 +98,7 @@ def test_quick_comparison_reports_intervals_and_its_headline(trained_run, idx_di
 
 
 def test_interval_cells_and_error_bars_show_what_a_row_has():
-    from ddpm_mnist.intervals import error_bars, interval_cell
+    from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
     rows = [dict(fid=10.0, fid_low=8.5, fid_high=12.0), dict(fid=9.0), dict(fid=7.0, fid_low=None, fid_high=None),
             dict(fid=6.0, fid_low=float('nan'), fid_high=float('nan'))]
     assert [interval_cell(r, 'fid') for r in rows] == ['10.00 [8.50, 12.00]', '9.00', '7.00', '6.00']

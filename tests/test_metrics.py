@@ -7,9 +7,11 @@ import torch
 
 import inference_comparison
 from conftest import SHARED_MNIST, assert_one_line_error, run_main
-from ddpm_mnist import metrics, sampling, sweep
-from ddpm_mnist.classifier import as_training_resolution, classify, load_classifier
-from ddpm_mnist.sweep import COLUMNS
+from ddpm_mnist.evaluation import metrics
+from ddpm_mnist.sampling import loop as sampling
+from ddpm_mnist.evaluation import sweep
+from ddpm_mnist.evaluation.classifier import as_training_resolution, classify, load_classifier
+from ddpm_mnist.evaluation.sweep import COLUMNS
 from ddpm_mnist.data import read_raw_split
 
 
@@ -135,7 +137,7 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
 
 
 def test_sweep_leaves_out_ddim_that_is_ddpm():
-    from ddpm_mnist.sweep import config_label, sweep_configs
+    from ddpm_mnist.evaluation.sweep import config_label, sweep_configs
     labels = [config_label(c) for c in sweep_configs(('ddpm', 'ddim'), steps=(10, 20), etas=(0.0, 1.0),
                                                      solver_steps=(5,), total_timesteps=20)]
     assert labels == ['DDPM 20', 'DDIM 10, eta 0.0', 'DDIM 10, eta 1.0', 'DDIM 20, eta 0.0']
@@ -145,7 +147,7 @@ def test_sweep_leaves_out_ddim_that_is_ddpm():
 
 
 def test_sweep_runs_the_new_samplers_at_their_own_steps():
-    from ddpm_mnist.sweep import config_label, sweep_configs
+    from ddpm_mnist.evaluation.sweep import config_label, sweep_configs
     labels = [config_label(c) for c in sweep_configs(('ddim', 'dpmpp_2m', 'unipc'), steps=(10,), etas=(0.0,),
                                                      solver_steps=(5, 10), total_timesteps=20)]
     assert labels == ['DDIM 10, eta 0.0', 'DPM-Solver++(2M) 5', 'DPM-Solver++(2M) 10', 'UniPC(2) 5', 'UniPC(2) 10']
@@ -190,7 +192,7 @@ def test_wrong_inception_weights_are_a_clear_error(trained_run, tmp_path, capsys
 
 def test_shipped_classifier_is_the_60k_one_and_accurate(digits, classifier):
     import json
-    from ddpm_mnist.classifier import WEIGHTS, accuracy
+    from ddpm_mnist.evaluation.classifier import WEIGHTS, accuracy
     info = json.loads(WEIGHTS.with_suffix('.json').read_text())
     assert info['train_images'] == 60000 and info['test_accuracy'] >= 0.99
     assert accuracy(classifier, *digits) >= 0.985  # 600 test digits, measured here

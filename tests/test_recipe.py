@@ -3,6 +3,7 @@ the time limit, continuing from weights (--init_from) and the images-seen count.
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from denoising_diffusion_pytorch import Unet
@@ -10,11 +11,11 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import LinearAttent
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, load_script, run_main, train_argv
-from ddpm_mnist.model import LowestAttentionUnet, build_unet
-from ddpm_mnist.checkpoints import export_ema, images_seen, load_checkpoint, load_model
-from ddpm_mnist.checkpoint_config import infer_unet_arch
-from ddpm_mnist.run_folder import milestones
-from ddpm_mnist.trainer import MnistTrainer
+from ddpm_mnist.model.network import LowestAttentionUnet, build_unet
+from ddpm_mnist.model.checkpoints import export_ema, images_seen, load_checkpoint, load_model
+from ddpm_mnist.model.config import infer_unet_arch
+from ddpm_mnist.training.run_folder import milestones
+from ddpm_mnist.training.trainer import MnistTrainer
 
 LEAN = ['--image_size', '28', '--attention', 'lowest']
 
@@ -49,7 +50,7 @@ def test_lean_run_trains_loads_and_samples_at_28_px(tmp_path, image_folder, caps
 
 
 def trainer_for(image_folder, tmp_path, **kwargs):
-    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.model.network import build_diffusion
     from ddpm_mnist.settings import PRESETS
     config = dict(PRESETS['small'], versions={'denoising_diffusion_pytorch': 'x'})
     diffusion = build_diffusion({'model': dict(dim=8, dim_mults=[1, 2], channels=1), 'diffusion': config['diffusion']})
@@ -152,6 +153,30 @@ def test_init_from_other_model_is_refused(tmp_path, trained_run, image_folder, c
     assert not results.exists()
 
 
+@pytest.mark.parametrize('which', ['exported', 'milestone'])
+def test_init_from_broken_weights_is_refused_before_anything_is_written(tmp_path, trained_run, image_folder, capsys,
+                                                                        which):
+    """NaN weights never start a run: not as an export, not as a milestone's online weights."""
+    if which == 'exported':
+        parent = export_ema(trained_run / 'model-2.pt', tmp_path / 'exported')
+        from safetensors.torch import load_file, save_file
+        state = load_file(parent)
+        first = next(iter(state))
+        state[first] = torch.full_like(state[first], float('nan'))
+        save_file(state, str(parent))
+    else:
+        ckpt = load_checkpoint(trained_run / 'model-2.pt')
+        first = next(k for k, v in ckpt['model'].items() if v.is_floating_point())
+        ckpt['model'][first] = torch.full_like(ckpt['model'][first], float('nan'))
+        parent = tmp_path / 'model-2.pt'
+        torch.save(ckpt, parent)
+    results = tmp_path / 'child'
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=[
+        '--init_from', str(parent)]), capsys)
+    assert_one_line_error(code, err, 'NaN or infinite', parent.name)
+    assert not results.exists()
+
+
 def test_images_seen_counts_every_process():
     config = {'training': dict(train_batch_size=16, gradient_accumulate_every=2, num_processes=2)}
     assert images_seen({'step': 10}, config) == 640
@@ -166,7 +191,7 @@ def test_build_unet_picks_the_layout():
 
 
 def test_curve_keeps_the_rows_of_earlier_segments():
-    from ddpm_mnist.curve import with_earlier_segments
+    from ddpm_mnist.evaluation.curve import with_earlier_segments
     earlier = [dict(segment=1, milestone=m, total_images_seen=m * 10) for m in (1, 2)]
     stale = [dict(segment=2, milestone=1, total_images_seen=25)]
     now = [dict(segment=2, milestone=1, total_images_seen=30), dict(segment=2, milestone=2, total_images_seen=40)]
@@ -177,33 +202,69 @@ def test_train_shipped_needs_its_minutes(tmp_path):
     import subprocess
     import sys
     from conftest import ROOT
-    for args, message in (([], '--minutes M'), (['--minutes', 'soon'], '--minutes M'), (['--what'], 'unknown')):
+    for args, message in (([], '--minutes M'), (['--minutes', 'soon'], '--minutes M'), (['--what'], 'unknown'),
+                          (['--minutes'], 'needs a value'), (['--minutes', '0'], 'a number > 0')):
         run = subprocess.run(['bash', str(ROOT / 'scripts' / 'train_shipped.sh'), *args], capture_output=True,
                              text=True, env={'PATH': '/usr/bin:/bin', 'PY': sys.executable})
         assert run.returncode == 2 and message in run.stderr and run.stderr.startswith('error:'), run.stderr
 
 
+def gates(fid, floor, size, features=None):
+    """A model's gate scores at both etas (the same numbers), as compare_with_current returns them."""
+    from ddpm_mnist.cli import export
+    fit = (np.zeros(4), np.eye(4))
+    return {eta: export.GateScore(fid, floor, size, features, fit) for eta in export.GATE_ETAS}
+
+
 def test_export_refusal_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch, capsys):
-    from ddpm_mnist import export
+    from ddpm_mnist.cli import export
     stem = tmp_path / 'shipped'
     export_ema(trained_run / 'model-2.pt', stem)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (export.GateScore(30.0, 10.0, 28),
-                                                                         export.GateScore(20.0, 10.0, 32)))
+    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (gates(30.0, 10.0, 28), gates(20.0, 10.0, 32)))
     code, _, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
-    assert_one_line_error(code, err, 'scores worse', 'FID 30.00 = 3.00x its floor against 20.00 = 2.00x', '--force')
+    assert_one_line_error(code, err, 'scores worse', 'mean FID over DDIM eta 0 and 1 is 3.00x its floor against 2.00x',
+                          '--force')
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_export_gate_compares_distance_to_the_floor_not_raw_fid(trained_run, tmp_path, monkeypatch, capsys):
     """A 28 px candidate with a higher FID but a higher floor too (1.5x) replaces a 32 px model at 2x."""
-    from ddpm_mnist import export
+    from ddpm_mnist.cli import export
     stem = tmp_path / 'shipped'
     export_ema(trained_run / 'model-2.pt', stem)
-    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (export.GateScore(12.0, 8.0, 28),
-                                                                         export.GateScore(10.0, 5.0, 32)))
+    monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (gates(12.0, 8.0, 28), gates(10.0, 5.0, 32)))
     code, out, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
-    assert code == 0 and 'wrote' in out, err
+    assert code == 0 and 'wrote' in out and 'candidate 1.50x, current 2.00x' in out, err
+
+
+def test_export_gate_refuses_a_candidate_clearly_worse_at_one_eta():
+    """A better mean does not buy a clearly worse deterministic sampler: the paired difference decides per eta."""
+    from ddpm_mnist.cli import export
+    rng = np.random.default_rng(0)
+    real_like = rng.normal(size=(400, 4))
+    old, new = gates(10.0, 5.0, 28, real_like), gates(8.0, 5.0, 28, real_like + 0.01 * rng.normal(size=(400, 4)))
+    assert export.refusal(new, old) is None  # same samples, slightly moved: not clearly worse
+    new[0.0] = new[0.0]._replace(features=real_like + 1.5)  # eta 0 far from the reference, eta 1 as good as before
+    reason = export.refusal(new, old)
+    assert reason is not None and 'clearly worse with DDIM eta 0' in reason
+
+
+def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir, tmp_path):
+    """The gate's own scoring (no stand-in): both models sampled the same way at both etas, each FID beside its
+    floor."""
+    from ddpm_mnist.cli import export
+    current = export_ema(trained_run / 'model-1.pt', tmp_path / 'shipped')
+    lines = []
+    new, old = export.compare_with_current(trained_run / 'model-2.pt', current, raw_dir=idx_dir,
+                                           data_root=tmp_path, num_samples=12, log=lines.append)
+    for model in (new, old):
+        assert set(model) == {0.0, 1.0}
+        for gate in model.values():
+            assert gate.image_size == 32 and gate.fid > 0 and gate.floor > 0 and math.isfinite(export.ratio(gate))
+            assert gate.features.shape[0] == 12
+    assert len(lines) == 4 and all('x the floor' in line and 'N = 12' in line for line in lines)
+    assert sum('eta 0,' in line for line in lines) == 2
 
 
 def sweep_row(config, strategy, nfe, fid, shares=(0.1,) * 10, copies=0.0):
@@ -240,7 +301,7 @@ def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
 
 
 def test_curve_scores_every_kth_milestone_and_the_last():
-    from ddpm_mnist.curve import chosen_milestones
+    from ddpm_mnist.evaluation.curve import chosen_milestones
     from ddpm_mnist.utils import UserError
     found = list(range(1, 24))
     assert chosen_milestones(found, 'every:4') == [1, 5, 9, 13, 17, 21, 23]
@@ -267,13 +328,11 @@ def test_segments_table_lists_every_segment_with_totals(capsys, tmp_path):
     assert_one_line_error(code, err, 'no provenance')
 
 
-def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir, tmp_path):
-    """The gate's own scoring (no stand-in): both models sampled the same way, each FID beside its floor."""
-    from ddpm_mnist import export
-    current = export_ema(trained_run / 'model-1.pt', tmp_path / 'shipped')
-    lines = []
-    new, old = export.compare_with_current(trained_run / 'model-2.pt', current, raw_dir=idx_dir,
-                                           data_root=tmp_path, num_samples=12, log=lines.append)
-    for gate in (new, old):
-        assert gate.image_size == 32 and gate.fid > 0 and gate.floor > 0 and math.isfinite(export.ratio(gate))
-    assert len(lines) == 2 and all('x the floor' in line and 'N = 12' in line for line in lines)
+def test_exporting_an_export_keeps_its_provenance(tmp_path, trained_run):
+    """An export of an export carries the same segments and totals (its file has no steps of its own to count)."""
+    first = export_ema(trained_run / 'model-2.pt', tmp_path / 'first')
+    second = export_ema(first, tmp_path / 'second')
+    a, b = (json.loads(path.with_suffix('.json').read_text()) for path in (first, second))
+    assert a['provenance']['total_images_seen'] > 0
+    assert b['provenance'] == a['provenance'] and b['exported_from'] == a['exported_from']
+    assert b['provenance']['segments'] == a['provenance']['segments']

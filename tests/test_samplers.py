@@ -4,10 +4,10 @@ diffusers-backed solvers against a plain diffusers loop fed the raw Unet output 
 import pytest
 import torch
 
-from ddpm_mnist.model import build_diffusion
-from ddpm_mnist.sampler_table import SAMPLERS, grid_name
-from ddpm_mnist.samplers import build_sampler, ddim_times
-from ddpm_mnist.sampling import denoise, initial_noise, sample
+from ddpm_mnist.model.network import build_diffusion
+from ddpm_mnist.sampling.registry import SAMPLERS, grid_name
+from ddpm_mnist.sampling.samplers import build_sampler, ddim_times
+from ddpm_mnist.sampling.loop import denoise, initial_noise, sample
 
 diffusers = pytest.importorskip('diffusers')
 

@@ -5,11 +5,11 @@ import torch
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
-from ddpm_mnist.checkpoints import load_checkpoint
-from ddpm_mnist.run_folder import milestones
+from ddpm_mnist.model.checkpoints import load_checkpoint
+from ddpm_mnist.training.run_folder import milestones
 from ddpm_mnist.device import cpu_has_bf16
-from ddpm_mnist.trainer import MnistTrainer
-from ddpm_mnist.training import build_config, mixed_precision
+from ddpm_mnist.training.trainer import MnistTrainer
+from ddpm_mnist.training.command import build_config, mixed_precision
 
 
 def test_training_writes_config_milestones_and_samples(trained_run):
@@ -47,7 +47,7 @@ def test_flags_override_preset():
 
 
 def test_digits_are_never_flipped(image_folder):
-    from ddpm_mnist.model import build_diffusion
+    from ddpm_mnist.model.network import build_diffusion
     from ddpm_mnist.settings import PRESETS
     config = dict(PRESETS['small'], versions={'denoising_diffusion_pytorch': 'x'})
     trainer = MnistTrainer(build_diffusion({'model': dict(dim=8, dim_mults=[1, 2], channels=1),

@@ -16,19 +16,20 @@ from ema_pytorch import PostHocEMA
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoints import Parent, images_seen, load_checkpoint, save_checkpoint, segments_of
-from .conditional import LabelledBatch, is_conditional
-from .data import labels_of
-from .device import keep_freed_memory, machine_name
-from .fast_training import DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate, make_adam
-from .fast_training import training_step
-from .hints import Config, Diffusion, PathLike
-from .run_folder import milestone_path, read_loss_log, write_loss_log
-from .utils import DiskFull, UserError, save_grid
+from ddpm_mnist.model.checkpoints import Parent, images_seen, load_checkpoint, save_checkpoint, segments_of
+from ddpm_mnist.model.conditional import LabelledBatch, is_conditional
+from ddpm_mnist.data import labels_of
+from ddpm_mnist.device import keep_freed_memory, machine_name
+from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate,
+                                      make_adam, training_step)
+from ddpm_mnist.hints import Config, Diffusion, PathLike
+from ddpm_mnist.training.run_folder import milestone_path, read_loss_log, write_loss_log
+from ddpm_mnist.utils import DiskFull, UserError, save_grid
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
 # between be synthesised after training (scripts/post_hoc_ema.py); the paper's sigma_rel values.
 POST_HOC_SIGMA_RELS = (0.05, 0.28)
+WARM_UP_STEPS = 50  # steps before the steady training rate is measured (torch.compile compiles in the first ones)
 
 
 def post_hoc_folder(results_folder: PathLike) -> Path:
@@ -87,6 +88,7 @@ class MnistTrainer(Trainer):
         self.effective_batch = effective_batch(config['training'], self.accelerator.num_processes)
         self.machines = [machine_name(self.device)]
         self.milestone_seconds = 0.0  # this session's time in milestones (grids, checkpoints), not in steps
+        self.warm = None  # (step, time, milestone seconds) once WARM_UP_STEPS steps have run in this session
         self.losses = {}  # step -> training loss (summed over accumulation), written as loss.csv at each milestone
         self.post_hoc = None
         # Before compiling: the EMAs deep-copy the model.
@@ -152,6 +154,8 @@ class MnistTrainer(Trainer):
                 loss = training_step(parts, self.dl, self.step)
                 self.step += 1
                 self.losses[self.step] = loss
+                if self.step == self.step_at_start + WARM_UP_STEPS:  # compiled and settled: the steady rate from here
+                    self.warm = (self.step, time.time(), self.milestone_seconds)
                 bar.set_description(f'loss: {loss:.4f}')
                 bar.update(1)
                 if self.step % self.save_and_sample_every == 0:

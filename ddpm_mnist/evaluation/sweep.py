@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .conditional import Guidance
-from .device import machine_name
-from .hints import Diffusion, PathLike
-from .intervals import differs, error_bars, interval_cell, paired_fid_difference
-from .metrics import METRICS_VERSION, Evaluator
-from .sampler_table import SAMPLERS, grid_name, label
-from .sampling import initial_noise, timed_sample
-from .utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
+from ddpm_mnist.model.conditional import Guidance
+from ddpm_mnist.device import machine_name
+from ddpm_mnist.hints import Diffusion, PathLike
+from ddpm_mnist.evaluation.intervals import differs, error_bars, interval_cell, paired_fid_difference
+from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator
+from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, label
+from ddpm_mnist.sampling.loop import initial_noise, timed_sample
+from ddpm_mnist.utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
 DEFAULT_ETAS = (0.0, 0.5, 1.0)                # DDIM

@@ -7,11 +7,13 @@ from typing import Any, Sequence
 
 import torch
 
-from . import editing
-from .hints import Diffusion, PathLike
-from .inference import open_model
-from .sampling import initial_noise
-from .utils import UserError, atomic_path, ensure_writable_dir, save_grid, shown_path, write_json
+from ddpm_mnist.model.conditional import GuidedUnet
+from ddpm_mnist.sampling import editing
+from ddpm_mnist.hints import Diffusion, PathLike
+from ddpm_mnist.cli.inference import open_model
+from ddpm_mnist.sampling.loop import initial_noise
+from ddpm_mnist.utils import (UserError, atomic_path, ensure_writable_dir, remove_stale_temporaries, save_grid,
+                              shown_path, write_json)
 
 
 def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: int | None = None,
@@ -21,14 +23,18 @@ def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: i
     opened = open_model(checkpoint=checkpoint, milestone=milestone, results_folder=results_folder, device=device,
                         precision=precision)
     diffusion = opened.loaded.diffusion
+    if isinstance(diffusion.model, GuidedUnet):
+        diffusion.model.condition(None)  # a class-conditional model edits unconditioned (its null label)
     size = diffusion.image_size[0]
     prepared = PREPARE[operation](size=size, **settings)  # every input read and checked before anything is written
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / 'edit')
+    remove_stale_temporaries(out_dir)  # what a killed earlier run left behind
     record = {'operation': operation, **{k: v for k, v in settings.items() if k != 'input'},
               'inputs': [shown_path(p) for p in settings.get('input') or []], 'seed': seed,
               'checkpoint': shown_path(opened.path), 'precision': opened.precision, **result.pop('record', {})}
     name = result.pop('name')
+    (out_dir / f'{name}.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
     save_grid(result['images'], out_dir / f'{name}.png', record, nrow=result.get('nrow'))
     if 'side_by_side' in result:
         save_grid(result['side_by_side'], out_dir / f'{name}_side_by_side.png', record, nrow=result['columns'])

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .hints import PathLike
-from .utils import UserError, atomic_path, read_json, write_json
+from ddpm_mnist.hints import PathLike
+from ddpm_mnist.utils import UserError, atomic_path, read_json, write_json
 
-WEIGHTS = Path(__file__).resolve().parent / 'pretrained' / 'mnist_classifier.safetensors'
+WEIGHTS = Path(__file__).resolve().parents[1] / 'pretrained' / 'mnist_classifier.safetensors'
 FEATURE_DIM = 128
 
 

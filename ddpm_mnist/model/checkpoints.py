@@ -13,11 +13,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint_config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
-from .hints import Checkpoint, Config, PathLike
-from .model import arch_differences, build_diffusion, build_unet
-from .run_folder import milestone_path
-from .utils import DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
+from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
+from ddpm_mnist.hints import Checkpoint, Config, PathLike
+from ddpm_mnist.model.network import arch_differences, build_diffusion, build_unet
+from ddpm_mnist.training.run_folder import milestone_path
+from ddpm_mnist.utils import DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
 
 Weights = namedtuple('Weights', 'checkpoint unet_state config')
 Loaded = namedtuple('Loaded', 'diffusion config info')
@@ -78,7 +78,16 @@ def read_weights(path: PathLike, overrides: Config | None = None, use_ema: bool 
     """(checkpoint, Unet state dict, config) of any supported checkpoint, checked against each other."""
     ckpt = load_checkpoint(path)
     state = unet_weights(ckpt, path, use_ema=use_ema)
+    check_finite(path, state)
     return Weights(ckpt, state, resolve_config(path, ckpt, state, overrides or {}))
+
+
+def check_finite(path: PathLike, state: dict[str, torch.Tensor]) -> None:
+    """Weights with NaN or infinite values are refused wherever they enter (sampling, --init_from, export)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f'{path}: weights contain NaN or infinite values (e.g. {bad[0]}); the training run diverged; '
+                        'use an earlier milestone')
 
 
 def load_model(path: PathLike, overrides: Config | None = None, use_ema: bool = True,
@@ -93,10 +102,6 @@ def load_model(path: PathLike, overrides: Config | None = None, use_ema: bool = 
         first = str(err).strip().splitlines()
         raise UserError(f'{path}: weights do not fit the model ({first[1].strip() if len(first) > 1 else first[0]})'
                         ) from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f'{path}: weights contain NaN or infinite values (e.g. {bad[0]}); the training run diverged; '
-                        'use an earlier milestone')
     if not use_ema:
         warn('sampling the ONLINE weights, not the EMA weights the project trains for; samples will be worse')
     diffusion = build_diffusion(config, unet).to(device).eval()
@@ -120,6 +125,7 @@ def read_parent(path: PathLike, config: Config) -> Parent:
         raise UserError(f'--init_from {path.name} holds another model than this run ({"; ".join(diffs)}); '
                         'train with its settings (see its .json or config) or start from scratch')
     online = ema if 'unet' in ckpt else unet_weights(ckpt, path, use_ema=False)
+    check_finite(f'--init_from {path}', online)
     parent_provenance = (parent_config.get('provenance') if 'unet' in ckpt
                          else provenance(ckpt, parent_config) if 'training' in parent_config else None)
     record = dict(file=path.name, sha256_16=file_digest(path),
@@ -133,9 +139,10 @@ def export_ema(checkpoint: PathLike, output_stem: PathLike) -> Path:
     ckpt, state, config = read_weights(checkpoint)
     state = {k: v.contiguous() for k, v in state.items()}
     config = without_absolute_paths(copy.deepcopy(config))
-    config['exported_from'] = dict(checkpoint=Path(checkpoint).name, step=ckpt.get('step'), weights='ema')
-    if 'training' in config:
-        config['provenance'] = provenance(ckpt, config)
+    if 'unet' not in ckpt:  # an export of an export keeps the record it carries: its steps are not in the file
+        config['exported_from'] = dict(checkpoint=Path(checkpoint).name, step=ckpt.get('step'), weights='ema')
+        if 'training' in config:
+            config['provenance'] = provenance(ckpt, config)
     output_stem = Path(output_stem)
     weights, record = output_stem.with_suffix('.safetensors'), output_stem.with_suffix('.json')
     try:

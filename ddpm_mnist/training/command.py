@@ -15,16 +15,15 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from .checkpoints import check_resumable, read_parent
-from .data import check_training_folder, folder_info
-from .device import cpu_has_bf16, pick_device
-from .hints import Config, PathLike
-from .model import build_diffusion, versions
-from .run_folder import FolderLock, check_against_folder, prepare_folder, read_config, resolve_resume
-from .settings import PRESETS
-from .trainer import MnistTrainer, effective_batch
-from .utils import UserError, ensure_writable_dir, warn
-from .validation import check_relations
+from ddpm_mnist.model.checkpoints import check_resumable, read_parent
+from ddpm_mnist.data import check_training_folder, folder_info
+from ddpm_mnist.device import cpu_has_bf16, pick_device
+from ddpm_mnist.hints import Config, PathLike
+from ddpm_mnist.model.network import build_diffusion, versions
+from ddpm_mnist.training.run_folder import FolderLock, check_against_folder, prepare_folder, read_config, resolve_resume
+from ddpm_mnist.settings import PRESETS, check_relations
+from ddpm_mnist.training.trainer import WARM_UP_STEPS, MnistTrainer, effective_batch
+from ddpm_mnist.utils import UserError, ensure_writable_dir, warn
 
 
 def mixed_precision(amp: bool, requested: str | None, device_type: str) -> str:
@@ -276,7 +275,10 @@ def train(trainer: MnistTrainer, config: Config, state: PartialState, resume: in
         state.print(f'stopped at step {trainer.step} of {training["train_num_steps"]}: --max_minutes '
                     f'{trainer.max_minutes} reached (rerun to resume)')
     images = (trainer.step - first_step) * effective
-    steps_only = seconds - trainer.milestone_seconds
-    state.print(f'trained to step {trainer.step} in {seconds:.0f} s: {images / seconds:.1f} images/s with milestones, '
-                f'{images / max(steps_only, 1e-9):.1f} images/s in training steps ({trainer.milestone_seconds:.0f} s '
-                f'went to milestone grids and checkpoints); checkpoints in {folder}')
+    state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({images / seconds:.1f} images/s, compiling and '
+                f'{trainer.milestone_seconds:.0f} s of milestone grids and checkpoints included); checkpoints in {folder}')
+    if trainer.warm is not None and trainer.step > trainer.warm[0]:  # the rate benchmarks/bench_training.py measures
+        step, started, milestones_before = trainer.warm
+        steady = time.time() - started - (trainer.milestone_seconds - milestones_before)
+        state.print(f'training steps after the first {WARM_UP_STEPS}: {(trainer.step - step) * effective / steady:.1f} '
+                    'images/s (milestones excluded)')

@@ -15,12 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import linalg
 
-from .checkpoints import load_weights_file
-from .classifier import WEIGHTS, as_training_resolution, classify, load_classifier, to_classifier_input
-from .data import DOWNLOAD_HELP, load_split
-from .hints import PathLike
-from .intervals import KernelToReference, bootstrap_interval, fid_interval, kid_interval
-from .utils import UserError, atomic_path, file_digest, read_json, warn, write_json
+from ddpm_mnist.model.checkpoints import load_weights_file
+from ddpm_mnist.evaluation.classifier import (WEIGHTS, as_training_resolution, classify, load_classifier,
+                                              to_classifier_input)
+from ddpm_mnist.data import DOWNLOAD_HELP, load_split
+from ddpm_mnist.hints import PathLike
+from ddpm_mnist.evaluation.intervals import KernelToReference, bootstrap_interval, fid_interval, kid_interval
+from ddpm_mnist.utils import BadValue, UserError, atomic_path, file_digest, read_json, warn, write_json
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
 METRICS_VERSION = 4  # 3: FID with its bootstrap interval, KID; 4: IS with its interval
@@ -126,6 +127,24 @@ def memorisation(images: torch.Tensor, train_pixels: np.ndarray) -> tuple[float,
     return float(np.median(nearest)), float((nearest < NEAR_COPY_L2).mean())
 
 
+MIN_SCORED = 2  # a covariance needs two images; FID of fewer is undefined
+
+
+def check_scorable(images: Any) -> None:
+    """Refuse, in one line and before any linear algebra, what the metrics cannot score: not a tensor of shape
+    (N, 1, H, W), fewer than MIN_SCORED images, or values that are not finite."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
+        shape = tuple(images.shape) if hasattr(images, 'shape') else type(images).__name__
+        raise BadValue(f'images of shape {shape} cannot be scored: give a tensor (N, 1, H, W) in [0, 1]')
+    if len(images) < MIN_SCORED:
+        raise BadValue(f'{len(images)} image(s) cannot be scored: FID needs at least {MIN_SCORED} (about 1,000 for '
+                       'numbers worth comparing)')
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise BadValue(f'{bad} of {len(images)} images hold NaN or infinite values and cannot be scored; the model '
+                       'or sampler that made them is broken')
+
+
 class Evaluator:
     """Scores sets of images against a reference set, with floor and ceiling calibration.
 
@@ -165,6 +184,7 @@ class Evaluator:
 
     def score(self, images: torch.Tensor) -> dict[str, Any]:
         """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
+        check_scorable(images)
         features, probs = classify(self.classifier, images)
         _, flipped_probs = classify(self.classifier, images.flip(-1))
         n, nan = len(images), float('nan')

@@ -11,9 +11,9 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (LinearAtten
                                                                      linear_beta_schedule, sigmoid_beta_schedule)
 from torch import nn
 
-from .conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
-from .hints import Config
-from .settings import DIFFUSION_KEYS, MODEL_KEYS
+from ddpm_mnist.model.conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
+from ddpm_mnist.hints import Config
+from ddpm_mnist.settings import DIFFUSION_KEYS, MODEL_KEYS
 
 SCHEDULE_FUNCTIONS = {'cosine': cosine_beta_schedule, 'linear': linear_beta_schedule,
                       'sigmoid': sigmoid_beta_schedule}

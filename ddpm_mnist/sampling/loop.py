@@ -14,13 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .attention import use_fast_attention
-from .conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
-from .device import cpu_has_bf16, synchronize
-from .hints import Diffusion
-from .sampler_table import SAMPLERS, resolve_steps
-from .samplers import build_sampler
-from .utils import UserError
+from ddpm_mnist.model.attention import use_fast_attention
+from ddpm_mnist.model.conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
+from ddpm_mnist.device import cpu_has_bf16, synchronize
+from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.sampling.registry import SAMPLERS, resolve_steps
+from ddpm_mnist.sampling.samplers import build_sampler
+from ddpm_mnist.utils import UserError
 
 
 def default_batch_size(device: torch.device, num_samples: int) -> int:

@@ -1,5 +1,6 @@
-"""Quality over training: score every milestone of a run with one cheap sampler, paired seeds, and plot FID
-against images seen with the real-data floor. Scores are cached per milestone in the run folder, keyed by
+"""Quality over training: score every milestone of a run with DDIM at one or more etas (the deterministic sampler,
+eta 0, and the stochastic one, eta 1, by default), paired seeds, and plot FID against images seen with the real-data
+floor. Scores are cached per milestone in the run folder, keyed by
 everything that changes them, so rerunning after more milestones only scores the new ones."""
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoints import load_model, segments_of
-from .hints import PathLike
-from .intervals import error_bars, interval_cell
-from .metrics import METRICS_VERSION, Evaluator
-from .run_folder import milestone_path, milestones
-from .sampling import prepare_for_inference, sample
-from .utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
+from ddpm_mnist.api import load_model
+from ddpm_mnist.model.checkpoints import segments_of
+from ddpm_mnist.hints import PathLike
+from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
+from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator
+from ddpm_mnist.training.run_folder import milestone_path, milestones
+from ddpm_mnist.sampling.loop import sample
+from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
@@ -25,14 +27,14 @@ CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_si
 def score_milestone(path: PathLike, evaluator: Evaluator, settings: CurveSettings,
                     device: str | torch.device = 'cpu') -> dict[str, Any]:
     """One checkpoint's scores (DDIM with the curve's settings), with its step and images seen in all segments."""
-    diffusion, config, info = load_model(path, device=device)
-    prepare_for_inference(diffusion, settings.precision)
-    images = sample(diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
+    model = load_model(path, device=str(device), precision=settings.precision)
+    config, info = model.config, model.info
+    images = sample(model.diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
                     steps=settings.steps, eta=settings.eta, seed=settings.seed)
     scores = evaluator.score(images)
     earlier = segments_of((config.get('init_from') or {}).get('provenance'))
     before = sum(seg.get('images_seen') or 0 for seg in earlier)
-    return dict(step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
+    return dict(eta=settings.eta, step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
                 segment=len(earlier) + 1, total_images_seen=before + (info['images_seen'] or 0), **scores)
 
 
@@ -87,7 +89,8 @@ def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *
             cache[entry_key] = dict(milestone=milestone, **score_milestone(path, evaluator, settings, device))
             write_json(cache_path, cache)
         row = cache[entry_key]
-        log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, FID {row["fid"]:.2f}')
+        log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, DDIM eta {settings.eta:g}: '
+            f'FID {row["fid"]:.2f}')
         rows.append(row)
     return rows
 
@@ -102,12 +105,14 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
 
     out_stem = Path(out_stem)
     nan = float('nan')
-    for row in rows:  # rows cached before segments (or intervals) were recorded
+    for row in rows:  # rows cached before segments, intervals or etas were recorded
+        row.setdefault('eta', (settings or {}).get('eta', 1.0))
         row.setdefault('segment', 1)
         row.setdefault('total_images_seen', row['images_seen'])
         for key in ('fid_low', 'fid_high', 'inception_score_low', 'inception_score_high'):
             row.setdefault(key, nan)
-    columns = ('segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
+    rows = sorted(rows, key=lambda r: (r['eta'], r['segment'], r['milestone']))  # one series per eta, in order
+    columns = ('eta', 'segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
                'inception_score', 'inception_score_low', 'inception_score_high', 'confidence', 'min_class_share',
                'near_copy_share')
     with atomic_path(out_stem.with_suffix('.csv')) as tmp:
@@ -115,9 +120,9 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
             writer = csv.writer(f)
             writer.writerow(columns)
             writer.writerows([[row[c] for c in columns] for row in rows])
-    lines = ['| segment | milestone | step | images seen | FID [95 %] | FID / floor | IS [95 %] | confidence | '
-             'smallest class | near-copies |', '|---|---|---|---|---|---|---|---|---|---|']
-    lines += [f'| {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
+    lines = ['| DDIM eta | segment | milestone | step | images seen | FID [95 %] | FID / floor | IS [95 %] | '
+             'confidence | smallest class | near-copies |', '|---|---|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| {r["eta"]:g} | {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
               f'{interval_cell(r, "fid")} | {r["fid"] / floor:.2f}x | '
               f'{interval_cell(r, "inception_score")} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
               f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
@@ -127,9 +132,11 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
         tmp.write_text(title + '\n\n' + '\n'.join(lines) + '\n')
     write_json(out_stem.with_suffix('.json'), dict(title=title, settings=settings, floor_fid=floor, rows=rows))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar([r['total_images_seen'] for r in rows], [r['fid'] for r in rows],
-                yerr=error_bars(rows),
-                fmt='o-', capsize=2, label='model (EMA weights), 95 % interval')
+    for eta in sorted({r['eta'] for r in rows}):
+        series = [r for r in rows if r['eta'] == eta]
+        ax.errorbar([r['total_images_seen'] for r in series], [r['fid'] for r in series], yerr=error_bars(series),
+                    fmt='o-', capsize=2, label=f'DDIM eta {eta:g} (EMA weights), 95 % interval')
+    rows = [r for r in rows if r['eta'] == rows[0]['eta']]  # segment boundaries from one series
     for before, after in zip(rows, rows[1:]):
         if after['segment'] != before['segment']:
             ax.axvline(before['total_images_seen'], color='tab:orange', linestyle=':', linewidth=1,

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .hints import Diffusion, ModelPrediction
-from .sampler_table import SAMPLERS
+from ddpm_mnist.hints import Diffusion, ModelPrediction
+from ddpm_mnist.sampling.registry import SAMPLERS
 
 
 def full_times(t: int, like: torch.Tensor) -> torch.Tensor:

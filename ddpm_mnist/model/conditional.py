@@ -40,7 +40,8 @@ def build_conditional_unet(model_cfg: dict[str, Any]) -> library_cfg.Unet:
 
 class GuidedUnet(nn.Module):
     """A conditional Unet seen as an unconditional one, for the samplers: condition(labels, guidance) before each
-    batch, then forward(x, t) returns the guided model output. W = 1 is the conditional model alone; W = 0 the
+    batch, then forward(x, t) returns the guided model output; condition(None) makes it the unconditional model
+    (its null label), which is what editing uses. W = 1 is the conditional model alone; W = 0 the
     unconditional one. The library's own guidance (parallel-component removal, rescaling) is available through
     Guidance, off by default."""
 
@@ -55,7 +56,10 @@ class GuidedUnet(nn.Module):
         self.labels, self.guidance = labels, guidance
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
-        if self.labels is None or len(self.labels) != len(x):
+        if self.labels is None:  # unconditioned (editing, by default): the null label the model also learned
+            any_label = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            return self.unet(x, time, any_label, cond_keep_mask=torch.zeros(len(x), dtype=torch.bool))
+        if len(self.labels) != len(x):
             raise RuntimeError('GuidedUnet.condition(labels) must be called for every batch before sampling')
         labels = self.labels.to(x.device)
         if self.guidance.scale == 1:
@@ -121,8 +125,8 @@ class LabelledDiffusion(library_cfg.GaussianDiffusion):
 
     @torch.inference_mode()
     def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
-        from .model import sampling_view
-        from .sampling import sample
+        from ddpm_mnist.model.network import sampling_view
+        from ddpm_mnist.sampling.loop import sample
         view = sampling_view(self)
         return sample(view, strategy='ddim', num_samples=batch_size, batch_size=batch_size,
                       steps=min(self.sampling_steps, self.num_timesteps), labels=balanced_labels(batch_size))

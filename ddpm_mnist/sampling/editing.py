@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .hints import Diffusion, PathLike
-from .sampler_table import SAMPLERS, exists
-from .samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
-from .sampling import batch_generator, check_settings, initial_noise
-from .utils import BatchCache, UserError
+from ddpm_mnist.hints import Diffusion, PathLike
+from ddpm_mnist.sampling.registry import SAMPLERS, exists
+from ddpm_mnist.sampling.samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
+from ddpm_mnist.sampling.loop import batch_generator, check_settings, initial_noise
+from ddpm_mnist.utils import BadValue, BatchCache, MissingFile, UserError
 
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
 Converted = namedtuple('Converted', 'images notes size')  # size: the inputs' own (width, height)
@@ -25,10 +25,39 @@ Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
 
 # ---------------------------------------------------------------- inputs and masks
 
+MAX_SIDE = 4096            # pixels along either side of an input image, checked before decoding
+MAX_PIXELS = 4096 * 4096   # and in all (a 1 x 20,000,000 strip is refused too)
+MAX_ASPECT = 16            # longer side / shorter side: beyond this the centre crop keeps almost nothing
+
+
+def as_grayscale(image: Image.Image) -> tuple[Image.Image, str]:
+    """The digit a person sees, as 8-bit grayscale, and how it was converted: transparency composited over black
+    (MNIST's background: a white digit on a transparent background stays a white digit), 16-bit and 32-bit
+    values scaled to 0-255, palettes expanded, the first frame of an animation."""
+    how = image.mode
+    if image.info.get('frames', 1) > 1:
+        how += f', the first of {image.info["frames"]} frames'
+    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255, 0, 255).round().astype(np.uint8), mode='L')
+        how += ' scaled to 8 bits'
+    elif image.mode == 'F':
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(values * (255 if values.max() <= 1 else 1), 0, 255).astype(np.uint8), 'L')
+    if image.mode == 'P':
+        image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+    if image.mode in ('LA', 'RGBA', 'PA', 'La', 'RGBa'):
+        background = Image.new('RGBA', image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert('RGBA'))
+        how += ' (transparency over black)'
+    return image.convert('L'), how
+
+
 def to_model_input(image: Image.Image, size: int) -> torch.Tensor:
     """A PIL image as the training images were made: grayscale, resized to the model's size (the library's
     Dataset: Resize then CenterCrop), in [0, 1]."""
-    image = image.convert('L')
+    image, _ = as_grayscale(image)
     width, height = image.size
     scale = size / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
@@ -38,15 +67,31 @@ def to_model_input(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def open_image(path: PathLike, what: str = 'input') -> Image.Image:
-    """An image file read completely, or a one-line error: missing, or not an image."""
+    """An image file read completely, or a one-line error: missing, not an image, or too large. The size is read
+    from the header and checked before any pixel is decoded."""
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.copy()
+            width, height = image.size
+            if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+                raise BadValue(f'{what} {path} is {width}x{height} pixels; images of at most {MAX_SIDE}x{MAX_SIDE} '
+                               'are read (a digit needs far fewer): shrink it first')
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise BadValue(f'{what} {path} is {width}x{height} pixels, too narrow to hold a digit; crop it to '
+                               'roughly square')
+            image.load()  # the first frame of an animation
+            first = image.copy()
+            first.info['frames'] = getattr(image, 'n_frames', 1)
+            return first
     except FileNotFoundError:
-        raise UserError(f'{what} {path} does not exist') from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f'{what} {path} is not an image file ({err})') from None
+        raise MissingFile(f'{what} {path} does not exist') from None
+    except Image.DecompressionBombError:  # PIL's own limit, met in the header before ours
+        raise BadValue(f'{what} {path} is too large to read safely; images of at most {MAX_SIDE}x{MAX_SIDE} are read '
+                       '(a digit needs far fewer): shrink it first') from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise BadValue(f'{what} {path} is not an image file ({str(err).splitlines()[0] if str(err) else err})'
+                       ) from None
 
 
 def load_inputs(paths: Sequence[PathLike], size: int) -> Converted:
@@ -57,7 +102,7 @@ def load_inputs(paths: Sequence[PathLike], size: int) -> Converted:
     if len(sizes) > 1:
         raise UserError(f'the inputs have different sizes ({", ".join(f"{w}x{h}" for w, h in sorted(sizes))}); give '
                         'images of one size')
-    notes = [f'{path}: {image.size[0]}x{image.size[1]} {image.mode} -> {size}x{size} grayscale'
+    notes = [f'{path}: {image.size[0]}x{image.size[1]} {as_grayscale(image)[1]} -> {size}x{size} grayscale'
              for path, image in zip(paths, opened)]
     return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes, sizes.pop())
 
@@ -143,6 +188,22 @@ def chain_times(diffusion: Diffusion, steps: int | None = None) -> list[int]:
     return sorted(t for t, _ in ddim_times(total, steps))
 
 
+def in_batches(images: torch.Tensor, batch_size: int, edit: Callable[[int, torch.Tensor], torch.Tensor],
+               cache: BatchCache | None = None) -> torch.Tensor:
+    """edit(start, batch) over the batches of `images`; with `cache`, each finished batch is saved, and one saved
+    by an earlier run is taken instead of computed again."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        done = cache.get(start, size=len(batch)) if exists(cache) else None
+        if done is None:
+            done = edit(start, batch)
+            if exists(cache):
+                cache.put(start, done)
+        out.append(done)
+    return torch.cat(out)
+
+
 @torch.inference_mode()
 def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
             eta: float = 1.0,
@@ -157,12 +218,8 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
     path = repaint_schedule(len(times), jump_length=jump_length, resamples=resamples)
     level_time = lambda level: times[level] if level >= 0 else -1  # noqa: E731
     noise = initial_noise(len(images), images.shape[1], images.shape[-1], seed)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if exists(cache) and exists(done := cache.get(start, size=len(batch))):
-            out.append(done)
-            continue
+
+    def inpaint_batch(start: int, batch: torch.Tensor) -> torch.Tensor:
         generator = batch_generator(seed, start, diffusion.device)
         known = to_model_range(batch.to(diffusion.device))
         keep = 1 - mask.to(diffusion.device)
@@ -174,10 +231,9 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
                 x = keep * noised(diffusion, known, t_next, generator) + mask.to(x.device) * x
             else:
                 x = renoise(diffusion, x, t, t_next, generator)
-        out.append(diffusion.unnormalize(x).clamp(0, 1).cpu())
-        if exists(cache):
-            cache.put(start, out[-1])
-    return torch.cat(out), sum(1 for a, b in zip(path, path[1:]) if b < a)
+        return diffusion.unnormalize(x).clamp(0, 1).cpu()
+
+    return in_batches(images, batch_size, inpaint_batch, cache), sum(1 for a, b in zip(path, path[1:]) if b < a)
 
 
 @torch.inference_mode()
@@ -196,22 +252,17 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
                  'sqrt_recipm1_alphas_cumprod', 'posterior_variance', 'posterior_log_variance_clipped',
                  'posterior_mean_coef1', 'posterior_mean_coef2', 'loss_weight'):
         getattr(library, name).copy_(getattr(diffusion, name))  # the checkpoint's schedule, not the one built here
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if exists(cache) and exists(done := cache.get(start, size=len(batch))):
-            out.append(done)
-            continue
+
+    def library_batch(start: int, batch: torch.Tensor) -> torch.Tensor:
         torch.manual_seed((seed << 20) + start + 1)  # it draws from the global generator
         gt = batch.to(diffusion.device)
         keep = (1 - mask).expand_as(gt).to(diffusion.device)
-        out.append(library.sample(gt=gt, mask=keep, resample=True, resample_iter=resample_iter,
-                                  resample_jump=resample_jump, resample_every=resample_every).clamp(0, 1).cpu())
-        if exists(cache):
-            cache.put(start, out[-1])
+        return library.sample(gt=gt, mask=keep, resample=True, resample_iter=resample_iter,
+                              resample_jump=resample_jump, resample_every=resample_every).clamp(0, 1).cpu()
+
     total = diffusion.num_timesteps
     resampled = sum(1 for t in range(1, total) if t % resample_every == 0 or t == 1)
-    return torch.cat(out), total + resampled * resample_iter * resample_jump
+    return in_batches(images, batch_size, library_batch, cache), total + resampled * resample_iter * resample_jump
 
 
 # ---------------------------------------------------------------- SDEdit (Meng et al. 2022)

@@ -9,19 +9,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .checkpoints import load_model
-from .classifier import SECOND_WEIGHTS, load_classifier
-from .conditional import NUM_DIGITS
-from .device import keep_freed_memory, pick_device
-from .hints import Config, PathLike
-from .metrics import Evaluator, inception_fid, inception_model, reference_evaluator
-from .run_folder import find_milestone
-from .sampler_table import SAMPLERS, grid_name, resolve_steps
-from .sampling import (check_settings, conditioning, default_batch_size, default_precision, prepare_for_inference,
-                       timed_sample)
-from .settings import SHIPPED, SHIPPED_CONDITIONAL
-from .sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep, sweep_configs
-from .utils import UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn, write_json
+from ddpm_mnist.api import checkpoint_path, load_model
+from ddpm_mnist.model.checkpoints import Loaded
+from ddpm_mnist.evaluation.classifier import SECOND_WEIGHTS, load_classifier
+from ddpm_mnist.model.conditional import NUM_DIGITS
+from ddpm_mnist.hints import Config, PathLike
+from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model, reference_evaluator
+from ddpm_mnist.training.run_folder import find_milestone
+from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, resolve_steps
+from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch_size, timed_sample
+from ddpm_mnist.settings import SHIPPED
+from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
+                                         sweep_configs)
+from ddpm_mnist.utils import (UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn,
+                              write_json)
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 # What a command needs of the model its flags name; loaded is checkpoints.Loaded(diffusion, config, info).
@@ -30,8 +31,9 @@ Opened = namedtuple('Opened', 'device precision path run_name results_folder loa
 
 def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | None = None,
                        results_folder: PathLike | None = None, conditional: bool = False) -> tuple[Path, str, PathLike]:
-    """(path, output folder name, results folder) for a checkpoint file, a milestone of a results folder or the
-    shipped model; the results folder defaults to the original's for a training run, ./runs for the shipped model."""
+    """(path, output folder name, results folder) for the flags: --checkpoint, --milestone of --results_folder or the
+    shipped model (api.checkpoint_path finds the file); the results folder defaults to the original's for a training
+    run, ./runs for the shipped model."""
     shipped = not checkpoint and milestone is None
     results_folder = results_folder or (SHIPPED_RESULTS if shipped else TRAINING_RESULTS)
     if checkpoint and milestone is not None:
@@ -39,22 +41,18 @@ def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | N
     if conditional and not shipped:
         raise UserError('--conditional selects the shipped conditional model; with --checkpoint or --milestone, '
                         'drop it')
-    if conditional:
-        if not SHIPPED_CONDITIONAL.is_file():
-            raise UserError(f'the shipped conditional model {SHIPPED_CONDITIONAL} is missing; train one with '
-                            'train_ddpm_mnist.py --conditional and pass --checkpoint')
-        return SHIPPED_CONDITIONAL, 'inference_pretrained_conditional', results_folder
     if checkpoint:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise UserError(f'checkpoint {path} does not exist')
+        if not Path(checkpoint).is_file():
+            raise UserError(f'checkpoint {checkpoint} does not exist')
+        path = checkpoint_path(checkpoint)
         # the file's digest keeps a/model-1.pt and b/model-1.pt from writing over each other's grids
         return path, f'inference_{path.stem}_{file_digest(path)[:8]}', results_folder
     if milestone is not None:
         return find_milestone(results_folder, milestone), f'inference_milestone_{milestone}', results_folder
-    if SHIPPED.is_file():
-        return SHIPPED, 'inference_pretrained', results_folder
-    raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
+    if not conditional and not SHIPPED.is_file():
+        raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
+    path = checkpoint_path(conditional=conditional)
+    return path, 'inference_pretrained_conditional' if conditional else 'inference_pretrained', results_folder
 
 
 def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int, seed: int) -> Evaluator | None:
@@ -75,30 +73,19 @@ def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int,
     return Evaluator(reference, None, image_size=image_size, classifier=load_classifier(path), seed=seed)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> the device's default precision; fp16 only on CUDA."""
-    if precision == 'fp16' and device.type != 'cuda':
-        raise UserError('--precision fp16 needs CUDA; use bf16 or fp32 on this device')
-    return default_precision(device) if precision == 'auto' else precision
-
-
 def open_model(*, checkpoint: PathLike | None = None, milestone: int | None = None,
                results_folder: PathLike | None = None, device: str = 'auto', precision: str = 'auto',
                channels_last: bool = True, compile: bool = False, use_online_weights: bool = False,
                overrides: Config | None = None, conditional: bool = False) -> Opened:
-    """Everything a command needs of the model the flags name (Opened), the model ready to sample."""
-    torch_device = pick_device(device)
-    chosen = resolve_precision(precision, torch_device)
-    if torch_device.type == 'cpu':
-        keep_freed_memory()
+    """Everything a command needs of the model the flags name (Opened), the model opened by api.load_model."""
     path, run_name, results_folder = resolve_checkpoint(checkpoint=checkpoint, milestone=milestone,
                                                         results_folder=results_folder, conditional=conditional)
-    loaded = load_model(path, overrides or {}, use_ema=not use_online_weights, device=torch_device)
-    for key, value in (loaded.info.get('detected') or {}).items():
+    model = load_model(path, device=device, precision=precision, use_ema=not use_online_weights,
+                       overrides=overrides, channels_last=channels_last, compile=compile)
+    for key, value in (model.info.get('detected') or {}).items():
         print(f'detected from the checkpoint: {key} = {value}')
-    prepare_for_inference(loaded.diffusion, chosen, channels_last=channels_last, compile=compile)
-    return Opened(device=torch_device, precision=chosen, path=path, run_name=run_name, results_folder=results_folder,
-                  loaded=loaded)
+    return Opened(device=model.device, precision=model.precision, path=path, run_name=run_name,
+                  results_folder=results_folder, loaded=Loaded(model.diffusion, model.config, model.info))
 
 
 def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim_eta: float = 0.0,

@@ -1,0 +1,1 @@
+"""The command-line layer: what the top-level scripts call with keyword arguments."""

@@ -1,0 +1,1 @@
+"""Evaluation: the feature classifier, the metrics and their intervals, the sweep and the training curve."""
