@@ -209,7 +209,7 @@ RULES = {
     'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
     'compare_solver_steps': each(at_least(1)), 'guidance_scale': Rule(lambda v: is_number(v) and 0 <= v <= 100,
                                                                       'a finite number from 0 to 100 (1: unguided)'),
-    'digits': DIGITS, 'strategy': Rule(lambda v: v in SAMPLERS, f'one of {", ".join(SAMPLERS)}'),
+    'strategy': Rule(lambda v: v in SAMPLERS, f'one of {", ".join(SAMPLERS)}'),
     'guidance_rescaled_phi': fraction(closed_top=True),
     'compare_samplers': Rule(lambda names: all(n in SAMPLERS for n in names),
                              f'a comma-separated list from {",".join(SAMPLERS)}'),
@@ -222,8 +222,8 @@ def parse_digits(text: str) -> list[int]:
         digits = [int(part) for part in text.split(',')]
     except ValueError:
         digits = None
-    if not digits or any(not 0 <= d <= 9 for d in digits) or len(set(digits)) != len(digits):
-        raise UserError(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
+    if not DIGITS.ok(digits):
+        raise BadValue(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
     return digits
 
 
@@ -241,7 +241,7 @@ def check_arguments(values: dict[str, Any], rule_of: dict[str, str]) -> None:
     """The API's front end to the same rules: `values` are a function's arguments, `rule_of` names the flag whose
     rule each obeys; the first that breaks it is a BadValue (also a ValueError) naming the argument."""
     for name, value in values.items():
-        rule = RULES[rule_of.get(name, name)]
+        rule = {**RULES, 'digits': DIGITS}[rule_of.get(name, name)]
         if value is not None and not rule.ok(value):
             raise BadValue(f'{name}={value!r} is not allowed: use {rule.allowed}')
 

@@ -180,7 +180,7 @@ def test_full_disk_at_a_milestone_grid_keeps_its_checkpoint(tmp_path, image_fold
 
 
 def test_full_disk_at_export_leaves_the_shipped_pair_unchanged(trained_run, tmp_path, monkeypatch, capsys):
-    from ddpm_mnist.model.network import checkpoints
+    from ddpm_mnist.model import checkpoints
     from ddpm_mnist.cli import export
     stem = tmp_path / 'shipped'
     checkpoints.export_ema(trained_run / 'model-1.pt', stem)
