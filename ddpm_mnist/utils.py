@@ -3,6 +3,7 @@ at the top: the command lines load it before parsing their flags."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -212,6 +213,39 @@ class BatchCache:
         with atomic_path(self.path(start), needed=array.nbytes) as tmp, open(tmp, 'wb') as f:
             np.save(f, array, allow_pickle=False)
         self.computed += len(array)
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (a training run's, a sweep's, an edit's), so two runs never write the
+    same files: the second is refused in one line naming the first one's pid.
+
+    flock is released by the kernel when the process dies, so a crashed or killed run never leaves the
+    folder locked; the PID inside the file is only there to name the holder in the error message.
+    """
+
+    def __init__(self, folder: PathLike, what: str = 'training', flag: str = '--results_folder') -> None:
+        self.path = Path(folder) / '.lock'
+        self.what, self.flag = what, flag
+        self.handle = None
+
+    def __enter__(self) -> FolderLock:
+        self.handle = open(self.path, 'a+')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or 'another process'
+            self.handle.close()
+            raise UserError(f'{self.path.parent} is in use by a running {self.what} process (pid {holder}); wait for '
+                            f'it to finish or use another {self.flag}') from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
 
 
 def ensure_writable_dir(path: PathLike) -> Path:

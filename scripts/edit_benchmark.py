@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from ddpm_mnist.sampling import editing
+
+    from ddpm_mnist.sampling.images import named_mask
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.classifier import as_training_resolution
     from ddpm_mnist.data import load_split
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parts = {}
     if 'inpaint' not in args.skip:
-        mask = editing.named_mask('bottom', size)
+        mask = named_mask('bottom', size)
         rows = [measure(f'inpaint:{method}' + (f':{args.ddim_steps}' if method == 'repaint_ddim' else ''),
                         lambda method=method: inpainting_row(method, mask)) for method in args.methods.split(',')]
         real = measure('inpaint:real_digits', lambda: dict(label_agreement=label_agreement(digits),

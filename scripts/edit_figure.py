@@ -51,10 +51,12 @@ def edit_rows(model: Any, digits: Any, *, seed: int, inpaint_steps: int | None) 
     import torch
 
     from ddpm_mnist.sampling import editing
+
+    from ddpm_mnist.sampling.images import named_mask
     from ddpm_mnist.sampling.loop import initial_noise
     diffusion, size = model.diffusion, model.image_size
     steps = min(50, model.timesteps)  # DDIM-50, or every step of a shorter chain
-    mask = editing.named_mask('bottom', size)
+    mask = named_mask('bottom', size)
     inpainted, _ = editing.inpaint(diffusion, digits, mask, steps=inpaint_steps,
                                    eta=1.0 if inpaint_steps is None else 0.0, seed=seed, batch_size=len(digits))
     shown = digits * (1 - mask) + 0.5 * mask

@@ -11,6 +11,7 @@ from PIL import Image
 import edit_digits
 from conftest import assert_one_line_error, run_main
 from ddpm_mnist.sampling import editing
+from ddpm_mnist.sampling.images import named_mask
 from ddpm_mnist.model.checkpoints import load_model
 
 
@@ -44,7 +45,7 @@ def test_repaint_schedule_is_the_papers():
 
 def test_inpainting_keeps_the_known_pixels_exactly(tiny):
     images = torch.rand(3, 1, 32, 32)
-    mask = editing.named_mask('bottom', 32)
+    mask = named_mask('bottom', 32)
     for steps in (None, 5):
         out, nfe = editing.inpaint(tiny, images, mask, steps=steps, jump_length=2, resamples=2, seed=1)
         keep = (1 - mask).bool().expand_as(images)
@@ -56,7 +57,7 @@ def test_inpainting_keeps_the_known_pixels_exactly(tiny):
 
 def test_library_repaint_loop_runs_on_our_weights(tiny):
     images = torch.rand(2, 1, 32, 32)
-    out, nfe = editing.library_repaint(tiny, images, editing.named_mask('top', 32), resample_iter=1, resample_jump=2,
+    out, nfe = editing.library_repaint(tiny, images, named_mask('top', 32), resample_iter=1, resample_jump=2,
                                        resample_every=10)
     assert out.shape == images.shape and nfe > tiny.num_timesteps
 
@@ -230,7 +231,7 @@ def test_inpainting_resumes_batch_by_batch_from_its_cache(trained_run, tmp_path,
     from ddpm_mnist.api import load_model as load_api_model
     from ddpm_mnist.utils import BatchCache
     model = load_api_model(trained_run / 'model-2.pt', device='cpu', precision='fp32')
-    digits, mask = torch.rand(6, 1, 32, 32), editing.named_mask('bottom', 32)
+    digits, mask = torch.rand(6, 1, 32, 32), named_mask('bottom', 32)
     settings = dict(steps=3, eta=0.0, resamples=2, jump_length=2, seed=0, batch_size=3)
     plain, nfe = editing.inpaint(model.diffusion, digits, mask, **settings)
     cache = BatchCache(tmp_path / 'cache')

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_mnist.sampling import editing
+from ddpm_mnist.sampling import images
 from ddpm_mnist.utils import UserError
 
 
@@ -34,7 +34,7 @@ def digit(value=255):
 def test_oversized_images_are_refused_from_the_header(tmp_path, width, height, fragment):
     path = png_claiming(tmp_path / 'big.png', width, height)
     with pytest.raises(ValueError) as caught:
-        editing.load_inputs([path], 28)
+        images.load_inputs([path], 28)
     assert isinstance(caught.value, UserError) and fragment in str(caught.value) and '\n' not in str(caught.value)
 
 
@@ -42,15 +42,15 @@ def test_not_an_image_and_missing_files_are_one_line(tmp_path):
     text = tmp_path / 'notes.png'
     text.write_text('not a picture')
     with pytest.raises(ValueError, match='is not an image file'):
-        editing.load_inputs([text], 28)
+        images.load_inputs([text], 28)
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        editing.load_inputs([tmp_path / 'missing.png'], 28)
+        images.load_inputs([tmp_path / 'missing.png'], 28)
 
 
 def converted(image, tmp_path, name='in.png', **save):
     path = tmp_path / name
     image.save(path, **save)
-    result = editing.load_inputs([path], 28)
+    result = images.load_inputs([path], 28)
     return result.images[0, 0].numpy(), result.notes[0]
 
 
@@ -76,5 +76,5 @@ def test_an_animation_gives_its_first_frame_and_says_so(tmp_path):
     frames = [Image.fromarray(digit()), Image.fromarray(255 - digit())]
     path = tmp_path / 'anim.gif'
     frames[0].save(path, save_all=True, append_images=frames[1:])
-    result = editing.load_inputs([path], 28)
+    result = images.load_inputs([path], 28)
     assert result.images[0, 0, 0, 0] == 0 and 'first of 2 frames' in result.notes[0]

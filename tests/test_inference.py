@@ -296,3 +296,32 @@ def test_shipped_model_says_what_it_came_from():
     assert prov.get('total_images_seen', prov['images_seen']) == sum(seg['images_seen'] for seg in segments)
     assert all(seg['command'].startswith('python3 train_ddpm_mnist.py') for seg in segments)
     assert '"/' not in json.dumps(record)  # no absolute path of the build machine
+
+
+def test_a_second_run_into_a_busy_output_folder_is_refused_naming_the_first(trained_run, tmp_path, capsys):
+    """A sampling run holds its output folder's lock while it writes a grid and its record; another process
+    writing there at the same time is refused in one line with the holder's pid (the lock is flock: it dies with
+    its process, so a killed run never leaves it stuck)."""
+    import subprocess
+    import sys
+    checkpoint = trained_run / 'model-2.pt'
+    _, run_name, _ = resolve_checkpoint(checkpoint=str(checkpoint), results_folder=str(tmp_path))
+    folder = tmp_path / run_name / 'ddim'
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from ddpm_mnist.utils import FolderLock\n'
+                               'with FolderLock(sys.argv[1], "sampling"):\n    print("held", flush=True); time.sleep(60)',
+                               str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(checkpoint), '--strategy', 'ddim',
+                                                            '--sample_steps', '3', '--num_samples', '4',
+                                                            '--results_folder', str(tmp_path)], capsys)
+        assert_one_line_error(code, err, 'in use by a running sampling process', f'pid {holder.pid}')
+        assert not list(folder.glob('*.png'))
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(checkpoint), '--strategy', 'ddim',
+                                                        '--sample_steps', '3', '--num_samples', '4',
+                                                        '--results_folder', str(tmp_path)], capsys)
+    assert code == 0 and list(folder.glob('*.png')), err  # the holder is gone: the lock went with it

@@ -9,11 +9,12 @@ import torch
 
 from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling import editing
+from ddpm_mnist.sampling.images import load_inputs, load_mask
 from ddpm_mnist.hints import Diffusion, PathLike
 from ddpm_mnist.cli.inference import open_model
 from ddpm_mnist.sampling.loop import initial_noise
-from ddpm_mnist.utils import (UserError, atomic_path, ensure_writable_dir, remove_stale_temporaries, save_grid,
-                              shown_path, write_json)
+from ddpm_mnist.utils import (FolderLock, UserError, atomic_path, ensure_writable_dir, remove_stale_temporaries,
+                              save_grid, shown_path, write_json)
 
 
 def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: int | None = None,
@@ -29,18 +30,19 @@ def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: i
     prepared = PREPARE[operation](size=size, **settings)  # every input read and checked before anything is written
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / 'edit')
-    remove_stale_temporaries(out_dir)  # what a killed earlier run left behind
-    record = {'operation': operation, **{k: v for k, v in settings.items() if k != 'input'},
-              'inputs': [shown_path(p) for p in settings.get('input') or []], 'seed': seed,
-              'checkpoint': shown_path(opened.path), 'precision': opened.precision, **result.pop('record', {})}
-    name = result.pop('name')
-    (out_dir / f'{name}.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
-    save_grid(result['images'], out_dir / f'{name}.png', record, nrow=result.get('nrow'))
-    if 'side_by_side' in result:
-        save_grid(result['side_by_side'], out_dir / f'{name}_side_by_side.png', record, nrow=result['columns'])
-    if result.get('gif') is not None:
-        write_gif(result['images'], out_dir / f'{name}.gif')
-    write_json(out_dir / f'{name}.json', record)
+    with FolderLock(out_dir, 'editing'):  # one writer at a time: a grid and its record always belong together
+        remove_stale_temporaries(out_dir)  # what a killed earlier run left behind
+        record = {'operation': operation, **{k: v for k, v in settings.items() if k != 'input'},
+                  'inputs': [shown_path(p) for p in settings.get('input') or []], 'seed': seed,
+                  'checkpoint': shown_path(opened.path), 'precision': opened.precision, **result.pop('record', {})}
+        name = result.pop('name')
+        (out_dir / f'{name}.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
+        save_grid(result['images'], out_dir / f'{name}.png', record, nrow=result.get('nrow'))
+        if 'side_by_side' in result:
+            save_grid(result['side_by_side'], out_dir / f'{name}_side_by_side.png', record, nrow=result['columns'])
+        if result.get('gif') is not None:
+            write_gif(result['images'], out_dir / f'{name}.gif')
+        write_json(out_dir / f'{name}.json', record)
     print(f'saved {out_dir / name}.png' + (' (and _side_by_side.png)' if 'side_by_side' in result else ''))
     return record
 
@@ -49,7 +51,7 @@ def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: i
 
 def prepare_images(*, size: int, input: Sequence[PathLike] | None = None, **_: Any) -> dict[str, Any]:
     """The input images converted to the model's size (each conversion printed), with their own size."""
-    converted = editing.load_inputs(input, size)
+    converted = load_inputs(input, size)
     for note in converted.notes:
         print(f'input {note}')
     return dict(images=converted.images, input_size=converted.size)
@@ -58,7 +60,7 @@ def prepare_images(*, size: int, input: Sequence[PathLike] | None = None, **_: A
 def prepare_inpaint(*, size: int, input: Sequence[PathLike], mask: str, **_: Any) -> dict[str, Any]:
     """The inputs and the mask (a named half or a PNG), checked against each other."""
     prepared = prepare_images(size=size, input=input)
-    prepared['mask'] = editing.load_mask(mask, input_size=prepared['input_size'], size=size)
+    prepared['mask'] = load_mask(mask, input_size=prepared['input_size'], size=size)
     return prepared
 
 

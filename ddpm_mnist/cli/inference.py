@@ -21,8 +21,8 @@ from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
                                          sweep_configs)
-from ddpm_mnist.utils import (UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, save_grid, warn,
-                              write_json)
+from ddpm_mnist.utils import (FolderLock, UserError, ensure_writable_dir, file_digest, remove_stale_temporaries,
+                              save_grid, warn, write_json)
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 # What a command needs of the model its flags name; loaded is checkpoints.Loaded(diffusion, config, info).
@@ -114,23 +114,24 @@ def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim
     conditional, digits = labels is not None, list(range(NUM_DIGITS)) if digits is None else digits
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / strategy)
     remove_stale_temporaries(out_dir)
-    images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
-                                   steps=steps, eta=eta or 0.0, seed=seed, labels=labels, guidance=guidance)
-    if not images.isfinite().all():
-        raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
-    name = grid_name(strategy, steps, eta)
-    if conditional:
-        name += f'_digits{"".join(map(str, digits))}_w{guidance_scale:g}'
-    grid = out_dir / f'{name}.png'
-    record = dict(strategy=strategy, sample_steps=steps, ddim_eta=eta, num_samples=num_samples,
-                  **(dict(digits=digits, guidance=guidance._asdict()) if conditional else {}),
-                  batch_size=batch_size, seed=seed, precision=opened.precision, device=str(device),
-                  nfe_per_image=steps, seconds=round(seconds, 4), seconds_per_image=round(seconds / num_samples, 5),
-                  **info, model=config['model'], diffusion=config['diffusion'])
-    grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
-    per_row = -(-num_samples // len(digits)) if conditional else None  # one digit per row
-    save_grid(images, grid, record, nrow=per_row)  # the grid carries its record; the JSON beside it is a copy
-    write_json(grid.with_suffix('.json'), record)
+    with FolderLock(out_dir, 'sampling'):  # a second run into this folder is refused, naming this one
+        images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
+                                       steps=steps, eta=eta or 0.0, seed=seed, labels=labels, guidance=guidance)
+        if not images.isfinite().all():
+            raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
+        name = grid_name(strategy, steps, eta)
+        if conditional:
+            name += f'_digits{"".join(map(str, digits))}_w{guidance_scale:g}'
+        grid = out_dir / f'{name}.png'
+        record = dict(strategy=strategy, sample_steps=steps, ddim_eta=eta, num_samples=num_samples,
+                      **(dict(digits=digits, guidance=guidance._asdict()) if conditional else {}),
+                      batch_size=batch_size, seed=seed, precision=opened.precision, device=str(device),
+                      nfe_per_image=steps, seconds=round(seconds, 4), seconds_per_image=round(seconds / num_samples, 5),
+                      **info, model=config['model'], diffusion=config['diffusion'])
+        grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
+        per_row = -(-num_samples // len(digits)) if conditional else None  # one digit per row
+        save_grid(images, grid, record, nrow=per_row)  # the grid carries its record; the JSON beside it is a copy
+        write_json(grid.with_suffix('.json'), record)
     print(f'{spec.label} {steps} steps' + (f', eta {eta}' if spec.uses_eta else '')
           + f': {num_samples} images in {seconds:.2f} s ({seconds / num_samples:.4f} s/image, '
           f'NFE {steps} per image) on {device}; {info["weights"].upper()} weights of {path}')
@@ -198,8 +199,9 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
     extra = (lambda images: {k: v for scorer in scorers for k, v in scorer(images).items()}) if scorers else None
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
     pairs = [QUICK['headline']] if quick else eta_pairs(steps)
-    run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n, batch_size=batch_size, seed=seed,
-              precision=opened.precision, extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
+    with FolderLock(out_dir, 'sweep'):  # two sweeps into one folder would share its cache and tables
+        run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n, batch_size=batch_size, seed=seed,
+                  precision=opened.precision, extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

@@ -20,10 +20,10 @@ from ddpm_mnist.data import check_training_folder, folder_info
 from ddpm_mnist.device import cpu_has_bf16, pick_device
 from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.model.network import build_diffusion, versions
-from ddpm_mnist.training.run_folder import FolderLock, check_against_folder, prepare_folder, read_config, resolve_resume
+from ddpm_mnist.training.run_folder import check_against_folder, prepare_folder, read_config, resolve_resume
 from ddpm_mnist.settings import PRESETS, check_relations
 from ddpm_mnist.training.trainer import WARM_UP_STEPS, MnistTrainer, effective_batch
-from ddpm_mnist.utils import UserError, ensure_writable_dir, warn
+from ddpm_mnist.utils import FolderLock, UserError, ensure_writable_dir, warn
 
 
 def mixed_precision(amp: bool, requested: str | None, device_type: str) -> str:

@@ -1,8 +1,7 @@
-"""A results folder's rules: config.json, the milestones model-N.pt, resuming, the lock, the loss log."""
+"""A results folder's rules: config.json, the milestones model-N.pt, resuming, the loss log (its lock:
+utils.FolderLock)."""
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 from pathlib import Path
 
@@ -96,37 +95,6 @@ def prepare_folder(folder: PathLike, config: Config) -> None:
     check_against_folder(config, folder)  # again under the lock: another run may have started meanwhile
     remove_stale_temporaries(folder)
     write_config(folder, config)
-
-
-class FolderLock:
-    """An exclusive lock on a results folder, so two runs never write the same milestones.
-
-    flock is released by the kernel when the process dies, so a crashed or killed run never leaves the
-    folder locked; the PID inside the file is only there to name the holder in the error message.
-    """
-
-    def __init__(self, folder: PathLike) -> None:
-        self.path = Path(folder) / '.lock'
-        self.handle = None
-
-    def __enter__(self) -> FolderLock:
-        self.handle = open(self.path, 'a+')
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or 'another process'
-            self.handle.close()
-            raise UserError(f'{self.path.parent} is in use by a running training process (pid {holder}); wait for '
-                            'it to finish or use another --results_folder') from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
 
 
 def write_loss_log(folder: PathLike, losses: dict[int, float]) -> None:
