@@ -18,7 +18,7 @@ import math
 
 from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.utils import run_cli
-from ddpm_mnist.settings import Rule, at_least, check_flags, fraction
+from ddpm_mnist.settings import ArgumentParser, Rule, at_least, check_flags, fraction
 
 MASK_NAMES = ('top', 'bottom', 'left', 'right', 'centre')
 
@@ -38,7 +38,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='operation', required=True, metavar='{inpaint,sdedit,invert,interpolate}')
 
     inpaint = sub.add_parser('inpaint', help='fill a masked region (RePaint, Lugmayr et al. 2022)')

@@ -3,12 +3,12 @@ import argparse
 from typing import Sequence
 from pathlib import Path
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg
+from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_raw_dir_arg
 from ddpm_mnist.utils import run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('--split', choices=['train', 'test', 'all'], default='train',
                    help='which MNIST split to write (default: train, as the original; all = train then test)')
     p.add_argument('--output', default='./data/mnist_image_folder',

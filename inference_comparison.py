@@ -13,15 +13,15 @@ import argparse
 from typing import Sequence
 
 from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import (add_data_root_arg, add_model_args, add_raw_dir_arg, check_flags, comma_floats,
-                                 comma_ints, parse_digits)
+from ddpm_mnist.settings import (ArgumentParser, add_data_root_arg, add_model_args, add_raw_dir_arg, check_flags,
+                                 comma_floats, comma_ints, parse_digits)
 from ddpm_mnist.utils import run_cli
 
 STRATEGY_HELP = ', '.join(f'{name} = {spec.label}' for name, spec in SAMPLERS.items())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--strategy', choices=list(SAMPLERS), default='ddpm',
                    help=f'sampler: {STRATEGY_HELP}. DDPM always runs all T steps; the others S = --sample_steps '
                         '(default: %(default)s)')

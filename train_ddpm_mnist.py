@@ -8,11 +8,12 @@ from typing import Any, Sequence
 import shlex
 import sys
 
-from ddpm_mnist.settings import PRESETS, SQUARE, TRAINING_FLAGS, add_model_args, check_flags, model_overrides
+from ddpm_mnist.settings import (PRESETS, SQUARE, TRAINING_FLAGS, ArgumentParser, add_model_args, check_flags,
+                                 model_overrides)
 from ddpm_mnist.utils import UserError, run_cli
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', choices=sorted(PRESETS), default='seed',
                    help='seed: the original project exactly (36M-parameter Unet, 100k steps; needs a GPU); '
                         'small: a 1.4M-parameter Unet for CPU training; shipped: the recipe of the shipped model '

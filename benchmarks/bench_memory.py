@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from ddpm_mnist.settings import PRESETS
+from ddpm_mnist.settings import ArgumentParser, PRESETS
 from ddpm_mnist.training.command import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units, step_bytes)
 
 # name -> (preset, flags, model settings for activation_units)
@@ -33,7 +33,7 @@ RECIPES = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data_folder', default='data/mnist5k', help='PNG folder made by get_mnist_data.py '
                    '(default: %(default)s)')
     p.add_argument('--batch_sizes', default='32,128,256', help='comma-separated batch sizes (default: %(default)s)')

@@ -27,7 +27,7 @@ from ddpm_mnist.model.network import build_diffusion
 from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.sampling.samplers import ddim_times
 from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
-from ddpm_mnist.settings import PRESETS
+from ddpm_mnist.settings import ArgumentParser, PRESETS
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)
 LEAN = {**PRESETS['small'], 'model': {**PRESETS['small']['model'], 'attention': 'lowest'},
@@ -151,7 +151,7 @@ def overhead_markdown(machine, precision, rows):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu', help='cpu or cuda (default: %(default)s)')
     p.add_argument('--batches', type=lambda s: [int(x) for x in s.split(',')], default=None,
                    help='batch sizes (default: 25,100 on CPU; 100,1000 on CUDA)')

@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from bench_common import StepTimer, gemm_peak
+from ddpm_mnist.settings import ArgumentParser
 from ddpm_mnist.training.step import BASELINE, DEFAULT_LEVERS
 
 
@@ -47,7 +48,7 @@ LEVERS_HELP = ('comma-separated variants to time (default: all). Each is a train
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data_folder', default='data/mnist_image_folder',
                    help='PNG folder made by get_mnist_data.py, for the data-pipeline rows (default: %(default)s)')
     p.add_argument('--steps', type=int, default=12, help='timed steps per variant, after warm-up (default: 12)')

@@ -6,6 +6,8 @@ print each run's mean loss over step windows, so a speed change can be shown not
         --output benchmarks/results/loss_curves.png
 """
 import argparse
+
+from ddpm_mnist.settings import ArgumentParser
 from typing import Sequence
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('runs', nargs='+',
                    help='training results folders, each with a loss.csv; FOLDER:FIRST shifts a run continued with '
                         '--init_from so its step 1 is drawn at FIRST (its parent\'s last step + 1)')

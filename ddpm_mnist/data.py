@@ -93,8 +93,8 @@ def download_split(root: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
         for folder in reversed(made):  # a failed download leaves no empty cache folders behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f'could not download MNIST ({first_line}); no internet? Then {DOWNLOAD_HELP}') from None
+        cause = ' '.join(line.strip() for line in str(err).splitlines() if line.strip())[:300] or type(err).__name__
+        raise UserError(f'could not download MNIST ({cause}); no internet? Then {DOWNLOAD_HELP}') from None
     return ds.data.numpy(), ds.targets.numpy().astype(np.uint8)
 
 

@@ -150,6 +150,14 @@ TRAINING_FLAGS = {
 LR_SCHEDULES = ('constant', 'cosine')
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: a bad or unknown flag prints one line and a pointer to --help,
+    not the whole usage (exit status 2, as argparse's own)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
+
+
 # ---------------------------------------------------------------- the rules every flag obeys
 
 Rule = namedtuple('Rule', 'ok allowed')

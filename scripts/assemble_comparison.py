@@ -20,12 +20,12 @@ from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEF
                                          write_outputs)
 from ddpm_mnist.data import load_split
 from ddpm_mnist.evaluation.metrics import Evaluator
-from ddpm_mnist.settings import add_raw_dir_arg
+from ddpm_mnist.settings import ArgumentParser, add_raw_dir_arg
 from ddpm_mnist.utils import file_digest, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('folder', help='the sweep folder holding cache/ and grids/')
     p.add_argument('--checkpoint', default='ddpm_mnist/pretrained/ddpm_mnist_small.safetensors',
                    help='checkpoint swept')

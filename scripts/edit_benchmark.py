@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 from ddpm_mnist.utils import (BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
     add_mnist_args(p)
     p.add_argument('--num_digits', type=int, default=1000, help='test digits per measurement (default: %(default)s)')

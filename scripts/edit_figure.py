@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 
 ROWS = ('inpaint', 'sdedit', 'invert', 'interpolate')
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
     add_mnist_args(p)
     p.add_argument('--inpaint_steps', type=int, default=None,

@@ -13,12 +13,12 @@ from typing import Any, Sequence
 
 
 from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors)')
     add_mnist_args(p)

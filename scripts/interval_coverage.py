@@ -14,12 +14,12 @@ from pathlib import Path
 
 
 from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 from ddpm_mnist.utils import shown_path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mnist_args(p)
     p.add_argument('--source', choices=['real', 'model'], default='real',
                    help='real: sets of real training digits (no sampling); model: sets sampled from --checkpoint')

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 
 QUANTILES = (0.001, 0.005, 0.01, 0.05, 0.5)
 THRESHOLDS = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mnist_args(p)
     p.add_argument('--sizes', default='28,32', help='training image sizes to measure at (default: %(default)s)')
     p.add_argument('--output', default='runs/near_copy_threshold', help='output stem for .json and .md '

@@ -11,11 +11,11 @@ from typing import Sequence
 from pathlib import Path
 
 
-from ddpm_mnist.settings import add_mnist_args
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
     add_mnist_args(p)
     p.add_argument('--sigma_rels', default='0.05,0.10,0.15,0.20,0.28',

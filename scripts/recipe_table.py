@@ -5,6 +5,8 @@ its settings, training images/s, images seen in the equal wall time, and the sco
   python3 scripts/recipe_table.py --output docs/recipe_table.md
 """
 import argparse
+
+from ddpm_mnist.settings import ArgumentParser
 from typing import Any, Sequence
 import json
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--study', default='runs/recipe', help='folder of the study runs (default: %(default)s)')
     p.add_argument('--output', default=None, help='also write the table to this markdown file')
     return p.parse_args(argv)

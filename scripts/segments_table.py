@@ -7,6 +7,8 @@ minutes, steps, images seen, command) and the totals — the history of docs/tra
 from __future__ import annotations
 
 import argparse
+
+from ddpm_mnist.settings import ArgumentParser
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +21,7 @@ EPOCH = 60_000  # the MNIST training split
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('record', nargs='?', default=str(ROOT / 'ddpm_mnist' / 'pretrained' / 'ddpm_mnist_small.json'),
                    help='exported model JSON (default: the shipped model\'s)')
     return p.parse_args(argv)

@@ -13,6 +13,8 @@ those rows. All rows come from the same x_T (the sweep's seed).
 from __future__ import annotations
 
 import argparse
+
+from ddpm_mnist.settings import ArgumentParser
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +27,7 @@ FLOOR = 'real training digits (floor)'
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('comparison', help='comparison.json written by inference_comparison.py --compare')
     p.add_argument('--output', default=None, help='also write the table to this markdown file')
     return p.parse_args(argv)

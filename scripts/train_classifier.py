@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg
+from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_raw_dir_arg
 from ddpm_mnist.utils import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_raw_dir_arg(p, 'folder with the MNIST IDX files (offline); default: download via torchvision')
     add_data_root_arg(p)
     p.add_argument('--epochs', type=int, default=4, help='training epochs (default: %(default)s)')

@@ -12,11 +12,11 @@ from typing import Sequence
 from pathlib import Path
 
 
-from ddpm_mnist.settings import add_mnist_args, comma_floats
+from ddpm_mnist.settings import ArgumentParser, add_mnist_args, comma_floats
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
     add_mnist_args(p)
     p.add_argument('--num_samples', type=int, default=500, help='images per milestone (default: %(default)s)')

@@ -73,7 +73,8 @@ def test_offline_download_gives_one_clear_message(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(torchvision.datasets, 'MNIST', OfflineMNIST)
     code, _, err = run_main(get_mnist_data.main, ['--root', str(tmp_path), '--output', str(tmp_path / 'o')], capsys)
-    assert_one_line_error(code, err, 'could not download MNIST', '--raw_dir')
+    assert_one_line_error(code, err, 'could not download MNIST (Error downloading train-images-idx3-ubyte.gz: Name or '
+                          'service not known)', '--raw_dir')  # the cause, not an empty first line
     assert not (tmp_path / 'o').exists()
 
 

@@ -162,7 +162,7 @@ def bad_inputs(pngs, tmp_path):
         (['inpaint', '--input', a, '--mask', str(small_mask)], 'mask'),
         (['inpaint', '--input', a, '--mask', str(full_mask)], 'keeps no pixel'),
         (['inpaint', '--input', a, '--mask', str(empty_mask)], 'keeps every pixel'),
-        (['inpaint', '--input', a, '--mask', 'diagonal'], 'diagonal'),
+        (['inpaint', '--input', a, '--mask', 'diagonal'], 'top, bottom, left, right, centre'),
         (['sdedit', '--input', str(text), '--strength', '0.5'], 'not an image'),
         (['sdedit', '--input', a, '--strength', '0'], '--strength'),
         (['sdedit', '--input', a, '--strength', '1.5'], '--strength'),

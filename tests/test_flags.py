@@ -100,3 +100,20 @@ def test_parsing_imports_no_torch(script, argv):
     code = (f'import sys, {script}; {script}.parse_args({argv!r}); '
             'assert not {"torch", "denoising_diffusion_pytorch"} & set(sys.modules), sorted(sys.modules)')
     subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize('script, argv, fragment', [
+    ('inference_comparison', ['--strategy', 'foo'], "'ddpm', 'ddim'"),
+    ('inference_comparison', ['--no_such_flag'], 'unrecognized arguments'),
+    ('train_ddpm_mnist', ['--preset', 'huge'], "'seed', 'shipped', 'small'"),
+    ('get_mnist_data', ['--split', 'half'], "'train', 'test', 'all'"),
+    ('edit_digits', ['inpaint', '--mask'], 'expected one argument'),
+])
+def test_a_bad_flag_is_one_line_with_a_pointer_to_help(script, argv, fragment, capsys):
+    import importlib
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_:
+        module.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count('\n') == 1 and 'usage:' not in err, err
+    assert err.startswith('error: ') and fragment in err and '--help' in err

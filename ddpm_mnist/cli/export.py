@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ddpm_mnist.hints import PathLike
-from ddpm_mnist.settings import add_data_root_arg, add_raw_dir_arg
+from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_raw_dir_arg
 from ddpm_mnist.utils import UserError, run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint', help='training checkpoint model-N.pt')
     p.add_argument('output', help='output path without suffix; .safetensors and .json are written')
     add_raw_dir_arg(p, 'MNIST IDX folder (offline) for the comparison with the current model, e.g. '

@@ -4,6 +4,7 @@ frame), resized as the training images were; and the masks of inpainting."""
 from __future__ import annotations
 
 from collections import namedtuple
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -114,6 +115,8 @@ def load_mask(spec: str, *, input_size: tuple[int, int], size: int) -> torch.Ten
     """A named mask, or MASK.png (white: generated, black: kept) of the inputs' own size, at the model's size."""
     if spec in MASKS:
         return named_mask(spec, size)
+    if not Path(spec).exists():
+        raise MissingFile(f'mask {spec} is neither a named mask ({", ".join(MASKS)}) nor an image file that exists')
     image = open_image(spec, 'mask')
     if image.size != input_size:
         raise UserError(f'mask {spec} is {image.size[0]}x{image.size[1]} but the inputs are '

@@ -276,7 +276,8 @@ def train(trainer: MnistTrainer, config: Config, state: PartialState, resume: in
                     f'{trainer.max_minutes} reached (rerun to resume)')
     images = (trainer.step - first_step) * effective
     state.print(f'trained to step {trainer.step} in {seconds:.0f} s ({images / seconds:.1f} images/s, compiling and '
-                f'{trainer.milestone_seconds:.0f} s of milestone grids and checkpoints included); checkpoints in {folder}')
+                f'{trainer.milestone_seconds:.0f} s of milestone grids and checkpoints included); checkpoints in '
+                f'{folder}')
     if trainer.warm is not None and trainer.step > trainer.warm[0]:  # the rate benchmarks/bench_training.py measures
         step, started, milestones_before = trainer.warm
         steady = time.time() - started - (trainer.milestone_seconds - milestones_before)
