@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ddpm_mnist.evaluation.metrics import Evaluator, check_scorable, reference_evaluator
+from ddpm_mnist.evaluation.metrics import Evaluator, check_scorable
+from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone, milestones
 from ddpm_mnist.model.checkpoints import load_model as load_checkpoint_model
 from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_precision, prepare_for_inference

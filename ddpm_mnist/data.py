@@ -211,18 +211,6 @@ def labels_of(folder: PathLike, paths: Sequence[Path]) -> np.ndarray:
     return np.array([labels[p.name] for p in paths])
 
 
-def load_folder(folder: PathLike, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) uint8 and labels (N,) (-1 where unknown) of a PNG folder, in file order."""
-    folder = Path(folder)
-    labels = {}
-    if (folder / MANIFEST).is_file():
-        with open(folder / MANIFEST, newline='') as f:
-            labels = {row['file']: int(row['label']) for row in csv.DictReader(f)}
-    paths = list_images(folder)[:limit]
-    images = np.stack([np.asarray(Image.open(p).convert('L').resize((28, 28))) for p in paths])
-    return images, np.array([labels.get(p.name, -1) for p in paths])
-
-
 def load_split(split: str, raw_dir: PathLike | None = None, root: PathLike = './data') -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of an MNIST split: from IDX files in raw_dir, else through torchvision (cached in root)."""
     return read_raw_split(raw_dir, split) if raw_dir else download_split(root, split)

@@ -297,11 +297,3 @@ def save_grid(images: torch.Tensor, path: PathLike, record: dict[str, Any] | Non
         info.add_text('ddpm_mnist', json.dumps(record))
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)
-
-
-def grid_record(path: PathLike) -> dict[str, Any] | None:
-    """The settings stored inside a grid by save_grid (None if it has none)."""
-    from PIL import Image
-    with Image.open(path) as image:
-        text = image.text.get('ddpm_mnist')
-    return json.loads(text) if text else None

@@ -14,12 +14,10 @@ from typing import Sequence
 import json
 from pathlib import Path
 
-
-from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.evaluation.reference import digits_evaluator
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label, sweep_configs,
                                          write_outputs)
-from ddpm_mnist.data import load_split
-from ddpm_mnist.evaluation.metrics import Evaluator
+from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import ArgumentParser, add_raw_dir_arg
 from ddpm_mnist.utils import file_digest, run_cli
 
@@ -45,9 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     order = [config_label(c) for c in sweep_configs(tuple(SAMPLERS), steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
                                                     solver_steps=DEFAULT_SOLVER_STEPS, total_timesteps=1000)]
     n = {r['n'] for r in rows.values()}.pop()
-    reference, _ = load_split('test', args.raw_dir)
-    train, _ = load_split('train', args.raw_dir)
-    evaluator = Evaluator(reference, train, seed=args.seed)
+    evaluator = digits_evaluator(image_size=32, raw_dir=args.raw_dir, seed=args.seed)  # the sweep it was written for
     result = dict(checkpoint=args.checkpoint, checkpoint_sha256_16=file_digest(args.checkpoint), machine=args.machine,
                   device=args.device, precision=args.precision, num_samples=n, batch_size=args.batch_size,
                   seed=args.seed, reference_images=evaluator.reference_count, train_images=evaluator.train_count,

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import ddpm_mnist
     from ddpm_mnist.evaluation.classifier import classify
     from ddpm_mnist.model.conditional import NUM_DIGITS, balanced_labels
-    from ddpm_mnist.evaluation.metrics import reference_evaluator
+    from ddpm_mnist.evaluation.reference import reference_evaluator
     from ddpm_mnist.settings import SHIPPED_CONDITIONAL
 
     model = ddpm_mnist.load_model(args.checkpoint or SHIPPED_CONDITIONAL)

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
 
     import ddpm_mnist
-    from ddpm_mnist.evaluation.metrics import reference_evaluator
+    from ddpm_mnist.evaluation.reference import reference_evaluator
 
     model = ddpm_mnist.load_model(args.checkpoint) if args.source == 'model' else None
     size = model.image_size if model is not None else 32

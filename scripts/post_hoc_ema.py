@@ -37,9 +37,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ddpm_mnist.model.checkpoints import images_seen, load_checkpoint
     from ddpm_mnist.evaluation.curve import CurveSettings, score_milestone
-    from ddpm_mnist.data import load_split
     from ddpm_mnist.device import pick_device
-    from ddpm_mnist.evaluation.metrics import Evaluator
+    from ddpm_mnist.evaluation.reference import digits_evaluator
     from ddpm_mnist.model.network import build_diffusion
     from ddpm_mnist.training.run_folder import milestone_path, milestones, read_config
     from ddpm_mnist.sampling.loop import default_precision
@@ -55,9 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ckpt = load_checkpoint(last)
     post_hoc = PostHocEMA(build_diffusion(config), sigma_rels=POST_HOC_SIGMA_RELS, update_every=10,
                           checkpoint_every_num_steps='manual', checkpoint_folder=str(snapshots))
-    reference, _ = load_split('test', args.raw_dir, args.data_root)
-    train, _ = load_split('train', args.raw_dir, args.data_root)
-    evaluator = Evaluator(reference, train, image_size=config['diffusion']['image_size'], seed=0)
+    evaluator = digits_evaluator(image_size=config['diffusion']['image_size'], raw_dir=args.raw_dir,
+                                 data_root=args.data_root)
     steps = min(50, config['diffusion']['timesteps'])  # DDIM-50, or every step of a shorter chain
     settings = CurveSettings(steps=steps, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
                              precision=default_precision(pick_device('auto')))

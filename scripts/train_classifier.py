@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_all_stats(model: Any, test_x: Any, train_x: Any, stats_path: Path) -> None:
     """The test split's feature statistics and floors for every training image size."""
-    from ddpm_mnist.evaluation.metrics import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
+    from ddpm_mnist.evaluation.reference import STATS_IMAGE_SIZES, stats_path_for, write_reference_stats
     for size in STATS_IMAGE_SIZES:
         floors = write_reference_stats(model, test_x, train_x, stats_path, image_size=size)
         print(f'wrote {stats_path_for(size, stats_path)} ({size} px); real-data floor FID by N: {floors}')

@@ -45,34 +45,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.evaluation.classifier import WEIGHTS
     from ddpm_mnist.utils import file_digest, read_json
     from ddpm_mnist.evaluation.curve import CurveSettings, score_run, with_earlier_segments, write_curve
-    from ddpm_mnist.data import load_split
-    from ddpm_mnist.evaluation.metrics import Evaluator
+    from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.device import keep_freed_memory, pick_device
     from ddpm_mnist.sampling.loop import default_precision
     from ddpm_mnist.training.run_folder import read_config
     device = pick_device('auto')
     if device.type == 'cpu':
         keep_freed_memory()
-    reference, _ = load_split('test', args.raw_dir, args.data_root)
-    train, _ = load_split('train', args.raw_dir, args.data_root)
     config = read_config(args.results_folder)
     image_size = args.reference_size or (config['diffusion']['image_size'] if config else 32)
-    evaluator = Evaluator(reference, train, image_size=image_size, seed=args.seed)
+    evaluator = digits_evaluator(image_size=image_size, raw_dir=args.raw_dir, data_root=args.data_root, seed=args.seed)
     rows = []
     for eta in args.ddim_eta:
         settings = CurveSettings(steps=args.sample_steps, eta=eta, num_samples=args.num_samples,
                                  seed=args.seed, batch_size=args.batch_size, precision=default_precision(device))
         rows += score_run(args.results_folder, evaluator, settings, classifier_digest=file_digest(WEIGHTS),
                           device=device, which=args.milestones)
-    floor = evaluator.score(evaluator.floor_images(args.num_samples))['fid']
+    floor = floor_fid(evaluator, args.num_samples)
     recorded = dict(settings._asdict(), eta=args.ddim_eta, classifier=file_digest(WEIGHTS), image_size=image_size,
-                    training_digits=len(train))
+                    training_digits=evaluator.train_count)
     previous = Path(args.output).with_suffix('.json')
     if previous.is_file() and read_json(previous).get('settings') == recorded:
         rows = with_earlier_segments(rows, read_json(previous)['rows'])
     etas = ','.join(f'{eta:g}' for eta in args.ddim_eta)
     title = (f'{Path(args.results_folder).name}: DDIM-{args.sample_steps}, eta {etas}, N = '
-             f'{args.num_samples}, seed {args.seed}, {len(train):,} training digits, {image_size} px')
+             f'{args.num_samples}, seed {args.seed}, {evaluator.train_count:,} training digits, {image_size} px')
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_curve(rows, floor, args.output, title=title, settings=recorded)
     print(Path(args.output).with_suffix('.md').read_text())

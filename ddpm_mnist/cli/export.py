@@ -61,17 +61,17 @@ def mean_ratio(gates: dict[float, GateScore]) -> float:
     return sum(ratio(g) for g in gates.values()) / len(gates)
 
 
-def gate_scores(path: PathLike, *, reference, train, num_samples: int,
+def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike, num_samples: int,
                 log: Callable[[str], None] = print) -> dict[float, GateScore]:
     """One model's gate: DDIM-50 at each of GATE_ETAS, N images from seed 0's x_T, at its own image size."""
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.intervals import interval_cell
-    from ddpm_mnist.evaluation.metrics import Evaluator
+    from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import sample
     model = load_model(path)
     diffusion, size = model.diffusion, model.image_size
-    evaluator = Evaluator(reference, train, image_size=size, seed=0)
-    floor = evaluator.score(evaluator.floor_images(num_samples))['fid']
+    evaluator = digits_evaluator(image_size=size, raw_dir=raw_dir, data_root=data_root)
+    floor = floor_fid(evaluator, num_samples)
     gates = {}
     for eta in GATE_ETAS:
         images = sample(diffusion, strategy='ddim', num_samples=num_samples, batch_size=100, eta=eta, seed=0)
@@ -99,10 +99,7 @@ def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: Pat
                          num_samples: int, log: Callable[[str], None] = print
                          ) -> tuple[dict[float, GateScore], dict[float, GateScore]]:
     """(candidate, current) gate scores, both models scored with the same command."""
-    from ddpm_mnist.data import load_split
-    reference, _ = load_split('test', raw_dir, data_root)
-    train, _ = load_split('train', raw_dir, data_root)
-    new, old = (gate_scores(path, reference=reference, train=train, num_samples=num_samples, log=log)
+    new, old = (gate_scores(path, raw_dir=raw_dir, data_root=data_root, num_samples=num_samples, log=log)
                 for path in (candidate, current))
     return new, old
 

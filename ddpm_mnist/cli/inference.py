@@ -14,7 +14,8 @@ from ddpm_mnist.model.checkpoints import Loaded
 from ddpm_mnist.evaluation.classifier import SECOND_WEIGHTS, load_classifier
 from ddpm_mnist.model.conditional import NUM_DIGITS
 from ddpm_mnist.hints import Config, PathLike
-from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model, reference_evaluator
+from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model
+from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone
 from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, resolve_steps
 from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch_size, timed_sample
