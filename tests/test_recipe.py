@@ -336,3 +336,28 @@ def test_exporting_an_export_keeps_its_provenance(tmp_path, trained_run):
     assert a['provenance']['total_images_seen'] > 0
     assert b['provenance'] == a['provenance'] and b['exported_from'] == a['exported_from']
     assert b['provenance']['segments'] == a['provenance']['segments']
+
+
+def test_init_from_weights_of_another_shape_than_their_record_is_one_line(tmp_path, trained_run, image_folder, capsys):
+    """An export whose JSON says this run's model but whose tensors are another one's: refused in one line."""
+    from safetensors.torch import save_file
+    parent = export_ema(trained_run / 'model-2.pt', tmp_path / 'exported')
+    other = build_unet(dict(dim=16, dim_mults=[1, 2], channels=1))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(parent))
+    results = tmp_path / 'child'
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=[
+        '--init_from', str(parent)]), capsys)
+    assert code == 2 and err.count('error:') == 1 and 'Traceback' not in err, err
+    assert 'exported' in err and not results.exists()
+
+
+@pytest.mark.parametrize('output', ['.', 'folder', 'afile/model'])
+def test_export_to_a_folder_or_under_a_file_is_one_line(trained_run, tmp_path, monkeypatch, capsys, output):
+    from ddpm_mnist.cli import export
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'afile').write_text('not a folder')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_main(export.main, [str(trained_run / 'model-2.pt'), output, '--no-compare'], capsys)
+    assert_one_line_error(code, err, 'output')
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from ddpm_mnist.hints import PathLike
 from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_raw_dir_arg
-from ddpm_mnist.utils import UserError, run_cli
+from ddpm_mnist.utils import BadValue, UserError, run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -117,12 +117,24 @@ def refusal(new: dict[float, GateScore], old: dict[float, GateScore]) -> str | N
     return None
 
 
+def check_output(output: Path) -> None:
+    """OUTPUT must name a file (its .safetensors and .json are written beside each other) under folders that are
+    folders: one line otherwise, before any scoring."""
+    if output.name in ('', '.', '..') or output.is_dir():
+        raise BadValue(f'output {output} names a folder, not a file; give a path without a suffix, e.g. '
+                       f'{Path(output) / "ddpm_mnist_small"}')
+    blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise BadValue(f'output {output}: {blocking} is a file, not a folder; choose another output path')
+
+
 def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | None = None,
                  data_root: PathLike = './data', num_samples: int = 1000, force: bool = False,
                  compare: bool = True) -> Path:
     """Export `checkpoint` to OUTPUT.{safetensors,json}, refusing a candidate that scores worse than the model
     already there (unless force)."""
     from ddpm_mnist.model.checkpoints import export_ema
+    check_output(Path(output))
     current = Path(output).with_suffix('.safetensors')
     if compare and current.is_file():
         new, old = compare_with_current(checkpoint, current, raw_dir=raw_dir, data_root=data_root,

@@ -116,8 +116,14 @@ class MnistTrainer(Trainer):
     def start_from(self, parent: Parent) -> None:
         """Online and EMA weights from a parent run (--init_from), with the optimiser left fresh. The EMA keeps
         counting from the parent's steps, so its decay does not warm up again from 0."""
-        self.accelerator.unwrap_model(self.model).model.load_state_dict(parent.online)
-        self.ema.ema_model.model.load_state_dict(parent.ema)
+        try:
+            self.accelerator.unwrap_model(self.model).model.load_state_dict(parent.online)
+            self.ema.ema_model.model.load_state_dict(parent.ema)
+        except RuntimeError as err:  # tensors of other shapes than the config describes
+            first = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise UserError(f'--init_from {parent.record["file"]}: its weights do not fit this run\'s model '
+                            f'({first[1] if len(first) > 1 else first[0]}); train with its settings or from scratch'
+                            ) from None
         self.ema.step.fill_(sum(seg.get('steps') or 0 for seg in segments_of(parent.record['provenance'])))
         self.ema.initted.fill_(True)
 
