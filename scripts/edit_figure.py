@@ -54,8 +54,9 @@ def edit_rows(model: Any, digits: Any, *, seed: int, inpaint_steps: int | None) 
 
     from ddpm_mnist.sampling.images import named_mask
     from ddpm_mnist.sampling.loop import initial_noise
+    from ddpm_mnist.sampling.registry import resolve_steps
     diffusion, size = model.diffusion, model.image_size
-    steps = min(50, model.timesteps)  # DDIM-50, or every step of a shorter chain
+    steps = resolve_steps('ddim', None, model.timesteps)  # DDIM-50, or every step of a shorter chain
     mask = named_mask('bottom', size)
     inpainted, _ = editing.inpaint(diffusion, digits, mask, steps=inpaint_steps,
                                    eta=1.0 if inpaint_steps is None else 0.0, seed=seed, batch_size=len(digits))

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.model.network import build_diffusion
     from ddpm_mnist.training.run_folder import milestone_path, milestones, read_config
     from ddpm_mnist.sampling.loop import default_precision
+    from ddpm_mnist.sampling.registry import resolve_steps
     from ddpm_mnist.training.trainer import POST_HOC_SIGMA_RELS, post_hoc_folder
     from ddpm_mnist.utils import UserError, atomic_path, write_json
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           checkpoint_every_num_steps='manual', checkpoint_folder=str(snapshots))
     evaluator = digits_evaluator(image_size=config['diffusion']['image_size'], raw_dir=args.raw_dir,
                                  data_root=args.data_root)
-    steps = min(50, config['diffusion']['timesteps'])  # DDIM-50, or every step of a shorter chain
+    steps = resolve_steps('ddim', None, config['diffusion']['timesteps'])  # DDIM-50, or all T of a shorter chain
     settings = CurveSettings(steps=steps, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
                              precision=default_precision(pick_device('auto')))
     rows = [dict(ema=f'library EMA, decay {config["training"]["ema_decay"]}',
