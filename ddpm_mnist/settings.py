@@ -248,8 +248,9 @@ def check_flags(values: dict[str, Any], rules: dict[str, Rule] = RULES, extra: d
 def check_arguments(values: dict[str, Any], rule_of: dict[str, str]) -> None:
     """The API's front end to the same rules: `values` are a function's arguments, `rule_of` names the flag whose
     rule each obeys; the first that breaks it is a BadValue (also a ValueError) naming the argument."""
+    rules = {**RULES, 'digits': DIGITS}  # the CLI parses --digits itself (parse_digits), by the same DIGITS rule
     for name, value in values.items():
-        rule = {**RULES, 'digits': DIGITS}[rule_of.get(name, name)]
+        rule = rules[rule_of.get(name, name)]
         if value is not None and not rule.ok(value):
             raise BadValue(f'{name}={value!r} is not allowed: use {rule.allowed}')
 
