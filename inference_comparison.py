@@ -90,8 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='include the DDPM (T steps) row; --no-compare_ddpm drops it from --compare_samplers '
                         '(default: on)')
     add_raw_dir_arg(c, 'MNIST IDX folder for the reference (test split) and training digits, offline (e.g. '
-                       '../shared/data/mnist-full); default: torchvision download cached in --data_root, else the '
-                       'shipped test-split statistics (FID, IS, confidence, class balance only)')
+                       '../shared/data/mnist-full; for a model trained on another dataset, its raw files); default: '
+                       'torchvision download cached in --data_root, else the shipped test-split statistics (FID, IS, '
+                       'confidence, class balance only)')
     add_data_root_arg(c)
     c.add_argument('--inception_weights',
                    help='also compute standard Inception FID (pytorch-fid) from this local weights file '

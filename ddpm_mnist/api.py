@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ddpm_mnist.evaluation.metrics import Evaluator, check_scorable
+from ddpm_mnist.datasets import dataset_entry
 from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone, milestones
 from ddpm_mnist.model.checkpoints import load_model as load_checkpoint_model
@@ -107,7 +108,7 @@ def load_model(path: str | Path | None = None, *, milestone: int | None = None, 
 def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta: float = 0.0, n: int = 16,
            seed: int = 0, batch_size: int | None = None, digits: list[int] | None = None,
            guidance_scale: float = 1.0) -> torch.Tensor:
-    """n images in [0, 1], shape (n, 1, H, W), on the CPU. Image i starts from the same x_T for every sampler
+    """n images in [0, 1], shape (n, C, H, W), on the CPU. Image i starts from the same x_T for every sampler
     (seeded by `seed`); DDPM always runs all T steps. A class-conditional model draws `digits` (default all ten) in
     equal numbers, in blocks of one digit, with classifier-free guidance eps_u + W (eps_c - eps_u), W =
     guidance_scale (1: unguided). Every argument is checked, before any work, by the rule of its flag in
@@ -131,16 +132,19 @@ def save_grid(images: torch.Tensor, path: str | Path, *, record: dict | None = N
 
 
 def evaluate(images: torch.Tensor, *, raw_dir: str | None = None, data_root: str = './data', seed: int = 0,
-             image_size: int | None = None) -> dict:
-    """The sweep's scores of images in [0, 1] against the MNIST test split (FID with its 95 % interval, IS,
-    confidence, class balance, precision/recall, near-copies); with no MNIST on disk, against the shipped test-split
-    statistics (FID, IS, confidence, class balance). image_size: the size the model was trained at (default: the
-    images' own)."""
-    check_scorable(images)
+             image_size: int | None = None, dataset: str | None = None) -> dict:
+    """The sweep's scores of images in [0, 1] against the dataset's test split (MNIST by default: FID with its 95 %
+    interval, IS, confidence, class balance, precision/recall, near-copies); with no MNIST on disk, against the
+    shipped test-split statistics (FID, IS, confidence, class balance). image_size: the size the model was trained at
+    (default: the images' own). Another dataset (see ddpm_mnist.datasets) needs its raw files in raw_dir and its
+    classifier (scripts/train_classifier.py --dataset NAME)."""
+    check_scorable(images, dataset_entry(dataset).channels or getattr(images, 'shape', (0, 1))[1])
     size = int(image_size or images.shape[-1])
-    return cached_evaluator(raw_dir, data_root, seed, size).score(images)
+    return cached_evaluator(raw_dir, data_root, seed, size, dataset).score(images)
 
 
 @functools.lru_cache(maxsize=4)
-def cached_evaluator(raw_dir: str | None, data_root: str, seed: int, image_size: int) -> Evaluator:
-    return reference_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root, seed=seed).evaluator
+def cached_evaluator(raw_dir: str | None, data_root: str, seed: int, image_size: int,
+                     dataset: str | None = None) -> Evaluator:
+    return reference_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root, seed=seed,
+                               dataset=dataset).evaluator

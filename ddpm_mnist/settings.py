@@ -86,7 +86,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--unet_dim', type=int, help='base channel width of the Unet (original: 64)')
     g.add_argument('--dim_mults', type=comma_ints,
                    help='comma-separated channel multipliers per Unet level (original: 1,2,4,8)')
-    g.add_argument('--channels', type=int, help='image channels (MNIST: 1)')
+    g.add_argument('--channels', type=int, help="image channels (default: the data folder's dataset; MNIST: 1)")
     g.add_argument('--image_size', type=int, help='side of the square images the model works on (original: 32)')
     g.add_argument('--train_timesteps', type=int, help='diffusion steps T used in training (original: 1000)')
     g.add_argument('--beta_schedule', choices=SCHEDULES, help='noise schedule (original: cosine)')
@@ -111,6 +111,15 @@ def model_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def add_raw_dir_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     """--raw_dir (alias --raw-dir): a folder of MNIST IDX files, for offline use."""
     parser.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help=help_text)
+
+
+def add_dataset_arg(parser: argparse.ArgumentParser) -> None:
+    """--dataset: which entry of datasets.DATASETS (default mnist)."""
+    from ddpm_mnist.datasets import DATASETS
+    parser.add_argument('--dataset', choices=list(DATASETS), default='mnist',
+                        help='mnist, fashion_mnist (the same IDX format), cifar10 (its binary archive) or folder (any '
+                             'folder of images, one subfolder per class for labels; needs --raw_dir) '
+                             '(default: %(default)s)')
 
 
 def add_data_root_arg(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +209,7 @@ DIGITS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(is_i
 RULES = {
     # model and diffusion
     'unet_dim': at_least(1), 'dim_mults': each(at_least(1)), 'train_timesteps': at_least(1),
-    'channels': Rule(lambda v: v in (1, 3), '1 (MNIST is greyscale) or 3'),
+    'channels': Rule(lambda v: v in (1, 3), '1 (greyscale, as MNIST) or 3 (colour, as CIFAR-10)'),
     'image_size': at_least(8),
     # training
     'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import ddpm_mnist
     from ddpm_mnist.evaluation.classifier import accuracy, train_classifier
     from ddpm_mnist.model.conditional import NUM_DIGITS
-    from ddpm_mnist.data import load_split
+    from ddpm_mnist.datasets import load_split
     from ddpm_mnist.settings import SHIPPED_CONDITIONAL
     from ddpm_mnist.evaluation.sweep import cache_key
 

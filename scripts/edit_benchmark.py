@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.sampling.images import named_mask
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.classifier import as_training_resolution
-    from ddpm_mnist.data import load_split
+    from ddpm_mnist.datasets import load_split
     from ddpm_mnist.device import keep_freed_memory
     from ddpm_mnist.evaluation.metrics import Evaluator
     from ddpm_mnist.sampling.registry import resolve_steps

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.classifier import as_training_resolution
-    from ddpm_mnist.data import load_split
+    from ddpm_mnist.datasets import load_split
     model = load_model(args.checkpoint)
     test, labels = load_split('test', args.raw_dir, args.data_root)
     digits = as_training_resolution(test[chosen_digits(labels)], model.image_size)

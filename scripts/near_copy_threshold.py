@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
 
     from ddpm_mnist.evaluation.classifier import as_training_resolution, to_classifier_input
-    from ddpm_mnist.data import load_split
+    from ddpm_mnist.datasets import load_split
     from ddpm_mnist.evaluation.metrics import NEAR_COPY_L2, nearest_train_distance
 
     test, _ = load_split('test', args.raw_dir, args.data_root)

@@ -7,7 +7,7 @@ from PIL import Image
 
 import get_mnist_data
 from conftest import SHARED_MNIST, assert_one_line_error, run_main, write_idx_dir
-from ddpm_mnist import data
+from ddpm_mnist import data, datasets
 
 
 def test_raw_dir_writes_original_names_labels_and_info(tmp_path, idx_dir, capsys):
@@ -16,7 +16,7 @@ def test_raw_dir_writes_original_names_labels_and_info(tmp_path, idx_dir, capsys
     assert code == 0 and 'wrote 120 images' in stdout
     pngs = sorted(p.name for p in out.glob('*.png'))
     assert pngs[0] == 'mnist_train_00000.png' and pngs[-1] == 'mnist_train_00119.png' and len(pngs) == 120
-    images, labels = data.read_raw_split(idx_dir, 'train')
+    images, labels = datasets.read_raw_split(idx_dir, 'train')
     assert np.array_equal(np.asarray(Image.open(out / 'mnist_train_00007.png')), images[7])
     with open(out / 'labels.csv') as f:
         rows = list(csv.DictReader(f))
@@ -134,8 +134,8 @@ def test_shared_offline_mnist(tmp_path, capsys):
     images = data.list_images(out)
     with open(out / 'labels.csv', newline='') as f:
         labels = np.array([int(row['label']) for row in csv.DictReader(f)])
-    _, train_labels = data.read_raw_split(SHARED_MNIST, 'train')
-    _, test_labels = data.read_raw_split(SHARED_MNIST, 'test')
+    _, train_labels = datasets.read_raw_split(SHARED_MNIST, 'train')
+    _, test_labels = datasets.read_raw_split(SHARED_MNIST, 'test')
     assert np.bincount(train_labels).tolist() == [500] * 10
     assert len(images) == 15000 and Image.open(images[0]).size == (28, 28)
     assert np.array_equal(np.bincount(labels), np.bincount(train_labels) + np.bincount(test_labels))

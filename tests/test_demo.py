@@ -40,7 +40,7 @@ def test_demo_finishes_offline_with_no_mnist(offline, tmp_path, capsys):
 
 def test_shipped_statistics_reproduce_the_reference_fid(tmp_path):
     """FID against the shipped statistics equals FID against the digits themselves."""
-    from ddpm_mnist.data import read_raw_split
+    from ddpm_mnist.datasets import read_raw_split
     from ddpm_mnist.evaluation.metrics import Evaluator
     from ddpm_mnist.evaluation.reference import load_reference_stats
     full = ROOT.parent / 'shared' / 'data' / 'mnist-full'

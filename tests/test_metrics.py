@@ -12,7 +12,7 @@ from ddpm_mnist.sampling import loop as sampling
 from ddpm_mnist.evaluation import sweep
 from ddpm_mnist.evaluation.classifier import as_training_resolution, classify, load_classifier
 from ddpm_mnist.evaluation.sweep import COLUMNS
-from ddpm_mnist.data import read_raw_split
+from ddpm_mnist.datasets import read_raw_split
 
 
 @pytest.fixture(scope='module')

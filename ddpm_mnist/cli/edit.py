@@ -27,7 +27,8 @@ def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: i
     if isinstance(diffusion.model, GuidedUnet):
         diffusion.model.condition(None)  # a class-conditional model edits unconditioned (its null label)
     size = diffusion.image_size[0]
-    prepared = PREPARE[operation](size=size, **settings)  # every input read and checked before anything is written
+    # every input read and checked before anything is written
+    prepared = PREPARE[operation](size=size, channels=diffusion.channels, **settings)
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / 'edit')
     with FolderLock(out_dir, 'editing'):  # one writer at a time: a grid and its record always belong together
@@ -49,25 +50,28 @@ def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: i
 
 # ---------------------------------------------------------------- reading and checking the inputs
 
-def prepare_images(*, size: int, input: Sequence[PathLike] | None = None, **_: Any) -> dict[str, Any]:
-    """The input images converted to the model's size (each conversion printed), with their own size."""
-    converted = load_inputs(input, size)
+def prepare_images(*, size: int, channels: int = 1, input: Sequence[PathLike] | None = None,
+                   **_: Any) -> dict[str, Any]:
+    """The input images converted to the model's size and channels (each conversion printed), with their own
+    size."""
+    converted = load_inputs(input, size, channels)
     for note in converted.notes:
         print(f'input {note}')
     return dict(images=converted.images, input_size=converted.size)
 
 
-def prepare_inpaint(*, size: int, input: Sequence[PathLike], mask: str, **_: Any) -> dict[str, Any]:
+def prepare_inpaint(*, size: int, channels: int = 1, input: Sequence[PathLike], mask: str,
+                    **_: Any) -> dict[str, Any]:
     """The inputs and the mask (a named half or a PNG), checked against each other."""
-    prepared = prepare_images(size=size, input=input)
+    prepared = prepare_images(size=size, channels=channels, input=input)
     prepared['mask'] = load_mask(mask, input_size=prepared['input_size'], size=size)
     return prepared
 
 
-def prepare_interpolate(*, size: int, input: Sequence[PathLike] | None = None, seeds: Sequence[int] | None = None,
-                        **_: Any) -> dict[str, Any]:
+def prepare_interpolate(*, size: int, channels: int = 1, input: Sequence[PathLike] | None = None,
+                        seeds: Sequence[int] | None = None, **_: Any) -> dict[str, Any]:
     """The two end images, or the two seeds whose x_T are the ends."""
-    return prepare_images(size=size, input=input) if input else dict(seeds=seeds)
+    return prepare_images(size=size, channels=channels, input=input) if input else dict(seeds=seeds)
 
 
 PREPARE = {'inpaint': prepare_inpaint, 'sdedit': prepare_images, 'invert': prepare_images,
@@ -136,8 +140,9 @@ def interleave(*columns: torch.Tensor) -> torch.Tensor:
 def write_gif(images: torch.Tensor, path: Path) -> None:
     """The frames as a looping GIF, each digit enlarged 4x."""
     from PIL import Image
-    frames = [Image.fromarray(image[0].mul(255).round().byte().numpy(), mode='L').resize((112, 112), Image.NEAREST)
-              for image in images]
+    pixels = images.mul(255).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    frames = [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).resize((112, 112), Image.NEAREST)
+              for image in pixels]
     with atomic_path(path) as tmp:
         frames[0].save(tmp, format='gif', save_all=True, append_images=frames[1:], duration=120, loop=0)
     if not path.is_file():

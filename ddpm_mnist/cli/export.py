@@ -68,9 +68,11 @@ def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import sample
+    from ddpm_mnist.model.config import trained_on
     model = load_model(path)
     diffusion, size = model.diffusion, model.image_size
-    evaluator = digits_evaluator(image_size=size, raw_dir=raw_dir, data_root=data_root)
+    evaluator = digits_evaluator(image_size=size, raw_dir=raw_dir, data_root=data_root,
+                                 dataset=trained_on(model.config))
     floor = floor_fid(evaluator, num_samples)
     gates = {}
     for eta in GATE_ETAS:

@@ -13,6 +13,7 @@ from ddpm_mnist.api import checkpoint_path, load_model
 from ddpm_mnist.model.checkpoints import Loaded
 from ddpm_mnist.evaluation.classifier import SECOND_WEIGHTS, load_classifier
 from ddpm_mnist.model.conditional import NUM_DIGITS
+from ddpm_mnist.model.config import trained_on
 from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model
 from ddpm_mnist.evaluation.reference import reference_evaluator
@@ -56,10 +57,11 @@ def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | N
     return path, 'inference_pretrained_conditional' if conditional else 'inference_pretrained', results_folder
 
 
-def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int, seed: int) -> Evaluator | None:
-    """The second, independent feature network's evaluator ('auto': the shipped one, when MNIST is on disk), or
-    None ('none', or nothing to score against)."""
-    if choice == 'none':
+def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int, seed: int,
+                     dataset: str = 'mnist') -> Evaluator | None:
+    """The second, independent feature network's evaluator ('auto': the shipped one, for MNIST models when MNIST is
+    on disk), or None ('none', or nothing to score against)."""
+    if choice == 'none' or (choice == 'auto' and dataset != 'mnist'):
         return None
     path = SECOND_WEIGHTS if choice == 'auto' else Path(choice)
     if not path.is_file():
@@ -182,7 +184,7 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
     solver_steps = solver_steps if compare_solver_steps else [s for s in solver_steps if s <= total]
     configs = sweep_configs(samplers, steps=steps, etas=etas, solver_steps=solver_steps, total_timesteps=total)
     evaluator, reference = reference_evaluator(image_size=config['diffusion']['image_size'], raw_dir=raw_dir,
-                                               data_root=data_root, seed=seed)
+                                               data_root=data_root, seed=seed, dataset=trained_on(config))
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name
                                   / ('quick_comparison' if quick else 'comparison'))
     for folder in (out_dir, out_dir / 'grids', out_dir / 'cache'):
@@ -193,7 +195,8 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
             raise UserError('--inception_weights needs the MNIST test digits; pass --raw_dir')
         reference_tensor = torch.from_numpy(reference.copy())
         scorers.append(lambda images: {'inception_fid': inception_fid(images, reference_tensor, inception, device)})
-    second = second_evaluator(second_classifier, reference, config['diffusion']['image_size'], seed)
+    second = second_evaluator(second_classifier, reference, config['diffusion']['image_size'], seed,
+                              trained_on(config))
     if second is not None:
         scorers.append(lambda images: {f'{k}_b': v for k, v in second.score(images).items()
                                        if k in ('fid', 'fid_low', 'fid_high')})

@@ -1,4 +1,4 @@
-"""Offline sample-quality metrics in the feature space of the project's MNIST classifier.
+"""Offline sample-quality metrics in the feature space of the dataset's classifier (MNIST's is shipped).
 
 FID here is the Fréchet distance between Gaussian fits of the classifier's penultimate features (not
 Inception FID; numbers are comparable only with the same classifier, reference set and N).
@@ -101,7 +101,7 @@ def flip_preferred_share(probs: np.ndarray, flipped_probs: np.ndarray) -> float:
 
 
 def nearest_train_distance(images: torch.Tensor | np.ndarray, train_pixels: np.ndarray) -> np.ndarray:
-    """Pixel distance (L2 on 28x28 in [0, 1]) of each image to its nearest training digit."""
+    """Pixel distance (L2 on 28x28 in [0, 1], every channel) of each image to its nearest training image."""
     return _pairwise_min(to_classifier_input(images).flatten(1).numpy(), train_pixels)
 
 
@@ -114,12 +114,12 @@ def memorisation(images: torch.Tensor, train_pixels: np.ndarray) -> tuple[float,
 MIN_SCORED = 2  # a covariance needs two images; FID of fewer is undefined
 
 
-def check_scorable(images: Any) -> None:
+def check_scorable(images: Any, channels: int = 1) -> None:
     """Refuse, in one line and before any linear algebra, what the metrics cannot score: not a tensor of shape
-    (N, 1, H, W), fewer than MIN_SCORED images, or values that are not finite."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
+    (N, channels, H, W), fewer than MIN_SCORED images, or values that are not finite."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != channels:
         shape = tuple(images.shape) if hasattr(images, 'shape') else type(images).__name__
-        raise BadValue(f'images of shape {shape} cannot be scored: give a tensor (N, 1, H, W) in [0, 1]')
+        raise BadValue(f'images of shape {shape} cannot be scored: give a tensor (N, {channels}, H, W) in [0, 1]')
     if len(images) < MIN_SCORED:
         raise BadValue(f'{len(images)} image(s) cannot be scored: FID needs at least {MIN_SCORED} (about 1,000 for '
                        'numbers worth comparing)')
@@ -132,10 +132,11 @@ def check_scorable(images: Any) -> None:
 class Evaluator:
     """Scores sets of images against a reference set, with floor and ceiling calibration.
 
-    reference: real digits the samples are compared with (the MNIST test split);
-    train: the digits the model was trained on (for the floor and the memorisation check).
-    Both are uint8 (N, 28, 28) arrays; they pass through the same 28 -> image_size -> 28 resampling as
-    the training data did, so real and generated digits are treated alike.
+    reference: real images the samples are compared with (the dataset's test split, MNIST's by default);
+    train: the images the model was trained on (for the floor and the memorisation check).
+    Both are uint8 arrays as read from disk ((N, H, W) or (N, H, W, 3)); they pass through the same
+    native -> image_size -> 28 resampling as the training data did, so real and generated images are treated alike.
+    The classifier is the dataset's feature network (default: MNIST's).
     Without them (no MNIST on disk) give `stats` (reference.load_reference_stats()): FID, IS, confidence and class
     balance still work; precision/recall, memorisation and the data-based calibration rows are NaN or left out.
     """
@@ -159,16 +160,18 @@ class Evaluator:
             self.train_pixels = to_classifier_input(self.train).flatten(1).numpy()
         self.train_count = 0 if train is None else len(train)
         # what the scores depend on besides the images (sweep caches are keyed by it); hashed once, not per config
-        self.identity = dict(classifier=classifier_digest(), image_size=image_size, seed=seed,
-                             reference=self.reference_count, train=self.train_count, shipped_stats=stats is not None)
+        self.channels = self.classifier.channels
+        self.identity = dict(classifier=getattr(self.classifier, 'weights_digest', None), image_size=image_size,
+                             seed=seed, reference=self.reference_count, train=self.train_count,
+                             shipped_stats=stats is not None)
 
     def features(self, images: torch.Tensor) -> np.ndarray:
-        """The classifier's penultimate features of images (N, 1, H, W) in [0, 1], float64 (N, 128)."""
+        """The classifier's penultimate features of images (N, C, H, W) in [0, 1], float64 (N, 128)."""
         return classify(self.classifier, images)[0]
 
     def score(self, images: torch.Tensor) -> dict[str, Any]:
-        """All metrics for images (N, 1, H, W) in [0, 1]; NaN where the data they need is missing."""
-        check_scorable(images)
+        """All metrics for images (N, C, H, W) in [0, 1]; NaN where the data they need is missing."""
+        check_scorable(images, self.channels)
         features, probs = classify(self.classifier, images)
         _, flipped_probs = classify(self.classifier, images.flip(-1))
         n, nan = len(images), float('nan')
@@ -204,7 +207,7 @@ class Evaluator:
     def ceiling_images(self, n: int) -> torch.Tensor:
         """n images of pure Gaussian noise, shown the way samples are (the worst case)."""
         generator = torch.Generator().manual_seed(self.seed + 2)
-        noise = torch.randn(n, 1, self.image_size, self.image_size, generator=generator)
+        noise = torch.randn(n, self.channels, self.image_size, self.image_size, generator=generator)
         return ((noise + 1) / 2).clamp(0, 1)
 
     def calibration(self, n: int) -> dict[str, dict[str, Any]]:

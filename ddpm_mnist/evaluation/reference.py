@@ -1,6 +1,7 @@
-"""The reference the metrics compare with, owned in one place: the MNIST test split (and the training digits,
-for the real-data floor) read from disk, or the test split's feature statistics shipped in ddpm_mnist/pretrained/
-when no MNIST is at hand; the Evaluator built against it; and the floor, the FID of N real training digits."""
+"""The reference the metrics compare with, owned in one place: a dataset's test split (and its training images,
+for the real-data floor) read from disk, or for MNIST the test split's feature statistics shipped in
+ddpm_mnist/pretrained/ when no MNIST is at hand; the Evaluator built against it with the dataset's classifier; and
+the floor, the FID of N real training images."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm_mnist.data import DOWNLOAD_HELP, load_split
-from ddpm_mnist.evaluation.classifier import WEIGHTS, classify
+from ddpm_mnist.datasets import DOWNLOAD_HELP, load_split
+from ddpm_mnist.evaluation.classifier import WEIGHTS, classifier_path, classify, load_classifier
 from ddpm_mnist.evaluation.metrics import Evaluator, ReferenceStats, classifier_digest, frechet_distance
 from ddpm_mnist.hints import PathLike
 from ddpm_mnist.utils import UserError, atomic_path, read_json, warn, write_json
@@ -37,10 +38,13 @@ ReferenceEvaluator = namedtuple('ReferenceEvaluator', 'evaluator reference')
 
 
 def reference_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
-                        seed: int = 0) -> ReferenceEvaluator:
-    """An Evaluator against the MNIST test split (ReferenceEvaluator(evaluator, test digits)). With no folder named
-    and no MNIST found, against the shipped test-split statistics (reference None); a folder the user named that
-    does not hold MNIST is an error, not a reason to fall back."""
+                        seed: int = 0, dataset: str | None = None) -> ReferenceEvaluator:
+    """An Evaluator against the dataset's test split (ReferenceEvaluator(evaluator, test images); MNIST by
+    default). With no folder named and no MNIST found, against the shipped test-split statistics (reference None);
+    a folder the user named that does not hold the dataset is an error, not a reason to fall back."""
+    if dataset not in (None, 'mnist'):
+        return ReferenceEvaluator(*digits_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root,
+                                                    seed=seed, dataset=dataset, with_reference=True))
     try:
         reference, _ = load_split('test', raw_dir, data_root)
         train, _ = load_split('train', raw_dir, data_root)
@@ -87,12 +91,16 @@ def load_reference_stats(path: PathLike = REFERENCE_STATS, image_size: int = STA
 
 
 def digits_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
-                     seed: int = 0) -> Evaluator:
-    """An Evaluator against the MNIST test split with the training digits beside it (the floor, near-copies):
-    what the export gate, the training curve and the report scripts score with. MNIST must be at hand."""
-    reference, _ = load_split('test', raw_dir, data_root)
-    train, _ = load_split('train', raw_dir, data_root)
-    return Evaluator(reference, train, image_size=image_size, seed=seed)
+                     seed: int = 0, dataset: str | None = None,
+                     with_reference: bool = False) -> Evaluator | tuple[Evaluator, object]:
+    """An Evaluator against the dataset's test split (MNIST's by default) with its training images beside it (the
+    floor, near-copies), scored by that dataset's classifier: what the export gate, the training curve and the
+    report scripts score with. The data must be at hand. with_reference: (evaluator, test images)."""
+    reference, _ = load_split('test', raw_dir, data_root, dataset)
+    train, _ = load_split('train', raw_dir, data_root, dataset)
+    evaluator = Evaluator(reference, train, image_size=image_size, seed=seed,
+                          classifier=load_classifier(classifier_path(dataset)))
+    return (evaluator, reference) if with_reference else evaluator
 
 
 def floor_fid(evaluator: Evaluator, n: int) -> float:

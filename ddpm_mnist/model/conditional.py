@@ -49,6 +49,7 @@ class GuidedUnet(nn.Module):
         super().__init__()
         self.unet = unet
         self.channels, self.self_condition, self.out_dim = unet.channels, False, unet.out_dim
+        self.num_classes = unet.classes_emb.num_embeddings  # ten digits for MNIST; a dataset's classes otherwise
         self.random_or_learned_sinusoidal_cond = False
         self.labels, self.guidance = None, UNGUIDED
 

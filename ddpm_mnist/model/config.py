@@ -184,3 +184,9 @@ def resolve_config(path: PathLike, ckpt: Checkpoint, unet_state: StateDict, over
     check_overrides(path, config, overrides, legacy=legacy)
     check_consistent(path, ckpt, unet_state, config, legacy=legacy)
     return config
+
+
+def trained_on(config: Config) -> str:
+    """The dataset a model was trained on (its data folder's dataset.json, kept in the config); MNIST for models
+    from before datasets had entries."""
+    return (config.get('data') or {}).get('dataset') or 'mnist'

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ddpm_mnist.hints import PathLike
 from ddpm_mnist.utils import BadValue, MissingFile, UserError
 
+MODES = {1: 'L', 3: 'RGB'}  # a model's channels -> the PIL mode its images are read in
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
 Converted = namedtuple('Converted', 'images notes size')  # size: the inputs' own (width, height)
 
@@ -23,10 +24,10 @@ MAX_PIXELS = 4096 * 4096   # and in all (a 1 x 20,000,000 strip is refused too)
 MAX_ASPECT = 16            # longer side / shorter side: beyond this the centre crop keeps almost nothing
 
 
-def as_grayscale(image: Image.Image) -> tuple[Image.Image, str]:
-    """The digit a person sees, as 8-bit grayscale, and how it was converted: transparency composited over black
-    (MNIST's background: a white digit on a transparent background stays a white digit), 16-bit and 32-bit
-    values scaled to 0-255, palettes expanded, the first frame of an animation."""
+def as_seen(image: Image.Image, mode: str = 'L') -> tuple[Image.Image, str]:
+    """The image a person sees, as 8-bit grayscale ('L') or colour ('RGB'), and how it was converted: transparency
+    composited over black (MNIST's background: a white digit on a transparent background stays a white digit),
+    16-bit and 32-bit values scaled to 0-255, palettes expanded, the first frame of an animation."""
     how = image.mode
     if image.info.get('frames', 1) > 1:
         how += f', the first of {image.info["frames"]} frames'
@@ -44,19 +45,20 @@ def as_grayscale(image: Image.Image) -> tuple[Image.Image, str]:
         background = Image.new('RGBA', image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert('RGBA'))
         how += ' (transparency over black)'
-    return image.convert('L'), how
+    return image.convert(mode), how
 
 
-def to_model_input(image: Image.Image, size: int) -> torch.Tensor:
-    """A PIL image as the training images were made: grayscale, resized to the model's size (the library's
-    Dataset: Resize then CenterCrop), in [0, 1]."""
-    image, _ = as_grayscale(image)
+def to_model_input(image: Image.Image, size: int, channels: int = 1) -> torch.Tensor:
+    """A PIL image as the training images were made: grayscale (or RGB for a 3-channel model), resized to the
+    model's size (the library's Dataset: Resize then CenterCrop), in [0, 1], shape (channels, size, size)."""
+    image, _ = as_seen(image, MODES[channels])
     width, height = image.size
     scale = size / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
     left, top = (resized.size[0] - size) // 2, (resized.size[1] - size) // 2
     cropped = resized.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255)[None]
+    pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255)
+    return pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
 def open_image(path: PathLike, what: str = 'input') -> Image.Image:
@@ -87,17 +89,18 @@ def open_image(path: PathLike, what: str = 'input') -> Image.Image:
                        ) from None
 
 
-def load_inputs(paths: Sequence[PathLike], size: int) -> Converted:
-    """Converted(images (N, 1, size, size), one note per input saying how it was converted). All inputs must have
-    one size, so that a mask or a pairing means the same pixels in each."""
+def load_inputs(paths: Sequence[PathLike], size: int, channels: int = 1) -> Converted:
+    """Converted(images (N, channels, size, size), one note per input saying how it was converted). All inputs must
+    have one size, so that a mask or a pairing means the same pixels in each."""
     opened = [open_image(path) for path in paths]
     sizes = {image.size for image in opened}
     if len(sizes) > 1:
         raise UserError(f'the inputs have different sizes ({", ".join(f"{w}x{h}" for w, h in sorted(sizes))}); give '
                         'images of one size')
-    notes = [f'{path}: {image.size[0]}x{image.size[1]} {as_grayscale(image)[1]} -> {size}x{size} grayscale'
+    kind = 'grayscale' if channels == 1 else 'RGB'
+    notes = [f'{path}: {image.size[0]}x{image.size[1]} {as_seen(image)[1]} -> {size}x{size} {kind}'
              for path, image in zip(paths, opened)]
-    return Converted(torch.stack([to_model_input(image, size) for image in opened]), notes, sizes.pop())
+    return Converted(torch.stack([to_model_input(image, size, channels) for image in opened]), notes, sizes.pop())
 
 
 def named_mask(name: str, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ddpm_mnist.model.attention import use_fast_attention
-from ddpm_mnist.model.conditional import NUM_DIGITS, UNGUIDED, Guidance, GuidedUnet, balanced_labels
+from ddpm_mnist.model.conditional import UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from ddpm_mnist.device import cpu_has_bf16, synchronize
 from ddpm_mnist.hints import Diffusion
 from ddpm_mnist.sampling.registry import SAMPLERS, resolve_steps
@@ -176,7 +176,10 @@ def conditioning(diffusion: Diffusion, num_samples: int, *, digits: Sequence[int
             raise UserError(f'--{"digits" if digits is not None else "guidance_scale"} needs a class-conditional '
                             'model (--conditional for the shipped one); this one is unconditional')
         return None, UNGUIDED
-    labels = balanced_labels(num_samples, range(NUM_DIGITS) if digits is None else digits)
+    classes = diffusion.model.num_classes
+    if digits is not None and max(digits) >= classes:
+        raise UserError(f'--digits {max(digits)} is not a class of this model: it has {classes} (0-{classes - 1})')
+    labels = balanced_labels(num_samples, range(classes) if digits is None else digits)
     return labels, Guidance(guidance_scale, remove_parallel, rescaled_phi)
 
 
@@ -188,7 +191,8 @@ def check_labels(diffusion: Diffusion, labels: torch.Tensor | Sequence[int] | No
         raise UserError('--digits needs a class-conditional model (e.g. --conditional); this one is unconditional')
     if not conditional:
         return None
-    labels = balanced_labels(num_samples) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+    labels = (balanced_labels(num_samples, range(diffusion.model.num_classes)) if labels is None
+              else torch.as_tensor(labels, dtype=torch.long))
     if len(labels) != num_samples:
         raise UserError(f'{len(labels)} labels for {num_samples} images')
     return labels
@@ -202,7 +206,7 @@ def warm_up(diffusion: Diffusion, batch_size: int, strategy: str = 'ddim') -> No
     x = torch.zeros(batch_size, diffusion.channels, *diffusion.image_size, device=device)
     t = torch.full((batch_size,), diffusion.num_timesteps - 1, device=device, dtype=torch.long)
     if isinstance(diffusion.model, GuidedUnet):
-        diffusion.model.condition(balanced_labels(batch_size))
+        diffusion.model.condition(balanced_labels(batch_size, range(diffusion.model.num_classes)))
     with torch.inference_mode():
         diffusion.model(x, t)
     synchronize(device)
