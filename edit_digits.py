@@ -7,7 +7,8 @@ Examples:
   python3 edit_digits.py invert --input a.png --steps 50                        # prints the round-trip error
   python3 edit_digits.py interpolate --input a.png b.png --frames 8 --gif
   python3 edit_digits.py interpolate --seeds 3 7 --frames 8
-Without --checkpoint or --milestone the shipped model is used. Inputs of any size or mode are converted as the
+Without --checkpoint or --milestone the shipped model is used (--conditional: the shipped class-conditional one,
+with --digits D to condition on a digit). Inputs of any size or mode are converted as the
 training images were (grayscale, resized to the model's size); the conversion is printed. Each run writes a grid
 PNG with its record (the results alone, in input order) and, for inpainting and SDEdit, a second grid of input,
 mask and result side by side, under RESULTS_FOLDER/<model>/edit/.
@@ -26,6 +27,11 @@ MASK_NAMES = ('top', 'bottom', 'left', 'right', 'centre')
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('model')
     g.add_argument('--checkpoint', help='model-N.pt or exported .safetensors to edit with (default: the shipped model)')
+    g.add_argument('--conditional', action='store_true',
+                   help='edit with the shipped class-conditional model (unconditioned unless --digits is given)')
+    g.add_argument('--digits', nargs='+', type=int, default=None,
+                   help='on a class-conditional model, the digit to condition on: one for all inputs, or one per '
+                        'input (interpolate: one) (default: unconditioned, the model\'s null label)')
     g.add_argument('--milestone', type=int, help='model-N.pt of --results_folder')
     g.add_argument('--results_folder',
                    help='training results folder for --milestone, and where the edits go (default: ./runs for the '
@@ -83,6 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     extra = {'jump_length': at_least(1), 'resamples': at_least(1), 'steps': at_least(1), 'frames': at_least(2),
              'eta': fraction(closed_top=True),
+             'digits': Rule(lambda v: all(0 <= d <= 9 for d in v), 'digits 0-9, one for all inputs or one per input'),
              'strength': Rule(lambda v: math.isfinite(v) and 0 < v <= 1, 'a number in (0, 1]')}
     check_flags({k: v for k, v in vars(args).items() if k not in ('seeds', 'input')}, extra=extra)
     return args

@@ -19,7 +19,7 @@ from ddpm_mnist.evaluation.metrics import Evaluator, check_scorable
 from ddpm_mnist.datasets import dataset_entry
 from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone, milestones
-from ddpm_mnist.model.checkpoints import load_model as load_checkpoint_model
+from ddpm_mnist.model.checkpoints import check_fits_precision, load_model as load_checkpoint_model
 from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_precision, prepare_for_inference
 from ddpm_mnist.sampling.loop import sample as sample_diffusion
 from ddpm_mnist.device import keep_freed_memory, pick_device
@@ -101,6 +101,7 @@ def load_model(path: str | Path | None = None, *, milestone: int | None = None, 
     if torch_device.type == 'cpu':
         keep_freed_memory()
     diffusion, config, info = load_checkpoint_model(file, overrides or {}, use_ema=use_ema, device=torch_device)
+    check_fits_precision(file, diffusion.model.parameters(), chosen)
     prepare_for_inference(diffusion, chosen, channels_last=channels_last, compile=compile)
     return Model(diffusion=diffusion, config=config, path=file, precision=chosen, info=info)
 

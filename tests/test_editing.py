@@ -136,6 +136,43 @@ def test_every_edit_runs_on_the_shipped_conditional_model(pngs, tmp_path, operat
     assert list(tmp_path.glob('inference_ddpm_mnist_conditional_*/edit/*.png'))
 
 
+def test_conditional_edits_follow_digits(pngs, tmp_path, capsys):
+    """--conditional --digits D: SDEdit from pure noise (strength 1) draws the digit asked for, one per input, and
+    the grid is named and recorded apart from the unconditioned edit."""
+    from ddpm_mnist.evaluation.classifier import classify, load_classifier
+    argv = ['sdedit', '--input', str(pngs[0]), str(pngs[1]), '--strength', '1', '--steps', '20', '--conditional',
+            '--results_folder', str(tmp_path), '--precision', 'fp32', '--digits', '3', '8']
+    code, stdout, err = run_main(edit_digits.main, argv, capsys)
+    assert code == 0, err
+    record_path, = tmp_path.glob('inference_ddpm_mnist_conditional_*/edit/sdedit_ddim20_strength1.0_digits3-8.json')
+    assert json.loads(record_path.read_text())['digits'] == [3, 8]
+    grid = torch.from_numpy(np.asarray(Image.open(record_path.with_suffix('.png')).convert('L'), np.float32) / 255)
+    cells = [grid[2:30, 2:30], grid[2:30, 32:60]]  # make_grid: 2 px padding around 28 px digits
+    _, probs = classify(load_classifier(), torch.stack(cells)[:, None])
+    assert probs.argmax(1).tolist() == [3, 8]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--conditional', '--digits', '3', '4', '5'], '--digits gives 3 digits for 2 input(s)'),
+    (['--digits', '3'], '--digits needs a class-conditional model'),
+    (['--conditional', '--digits', '12'], '--digits 12 is not allowed'),
+])
+def test_bad_digits_for_editing_are_one_line(pngs, tmp_path, argv, message, capsys):
+    base = ['invert', '--input', str(pngs[0]), str(pngs[1]), '--steps', '3', '--results_folder', str(tmp_path / 'o')]
+    code, _, err = run_main(edit_digits.main, base + argv, capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_weights_beyond_fp16_are_named_before_casting():
+    from ddpm_mnist.model.checkpoints import check_fits_precision
+    from ddpm_mnist.utils import BadValue
+    weights = [torch.ones(3), torch.tensor([1.0, -7e4])]
+    check_fits_precision('w.safetensors', weights, 'bf16')  # bf16 has float32's range
+    with pytest.raises(BadValue, match=r'w.safetensors: weights reach 7e\+04, beyond the largest fp16 value'):
+        check_fits_precision('w.safetensors', weights, 'fp16')
+
+
 def test_the_same_seed_repeats_an_edit(trained_run, pngs, tmp_path, capsys):
     grids = []
     for run in 'ab':

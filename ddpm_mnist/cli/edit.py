@@ -19,17 +19,24 @@ from ddpm_mnist.utils import (FolderLock, UserError, atomic_path, ensure_writabl
 
 def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: int | None = None,
              results_folder: PathLike | None = None, device: str = 'auto', precision: str = 'auto', seed: int = 0,
-             batch_size: int = 100, **settings: Any) -> dict[str, Any]:
-    """One edit of edit_digits.py; returns the record written beside its grid."""
+             batch_size: int = 100, conditional: bool = False, digits: Sequence[int] | None = None,
+             **settings: Any) -> dict[str, Any]:
+    """One edit of edit_digits.py; returns the record written beside its grid. A class-conditional model edits
+    conditioned on `digits` (one for every input, or one per input) or, without them, unconditioned."""
     opened = open_model(checkpoint=checkpoint, milestone=milestone, results_folder=results_folder, device=device,
-                        precision=precision)
+                        precision=precision, conditional=conditional)
     diffusion = opened.loaded.diffusion
     if isinstance(diffusion.model, GuidedUnet):
         diffusion.model.condition(None)  # a class-conditional model edits unconditioned (its null label)
     size = diffusion.image_size[0]
     # every input read and checked before anything is written
     prepared = PREPARE[operation](size=size, channels=diffusion.channels, **settings)
+    count = 1 if operation == 'interpolate' else len(prepared['images'])
+    prepared['labels'] = edit_labels(diffusion, digits, count)
     result = RUN[operation](diffusion, prepared, seed=seed, batch_size=batch_size, **settings)
+    if digits is not None:  # conditioned edits are named and recorded apart from unconditioned ones
+        settings['digits'] = list(digits)
+        result['name'] += '_digits' + '-'.join(map(str, digits))
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / 'edit')
     with FolderLock(out_dir, 'editing'):  # one writer at a time: a grid and its record always belong together
         remove_stale_temporaries(out_dir)  # what a killed earlier run left behind
@@ -74,6 +81,22 @@ def prepare_interpolate(*, size: int, channels: int = 1, input: Sequence[PathLik
     return prepare_images(size=size, channels=channels, input=input) if input else dict(seeds=seeds)
 
 
+def edit_labels(diffusion: Diffusion, digits: Sequence[int] | None, count: int) -> torch.Tensor | None:
+    """The class of each of `count` inputs on a class-conditional model (--digits: one for all, or one each);
+    None edits unconditioned. An interpolation has one class for its whole path."""
+    if digits is None:
+        return None
+    if not isinstance(diffusion.model, GuidedUnet):
+        raise UserError('--digits needs a class-conditional model (--conditional for the shipped one); this one is '
+                        'unconditional')
+    if len(digits) not in (1, count):
+        raise UserError(f'--digits gives {len(digits)} digits for {count} input(s); give one for all of them'
+                        + (' or one per input' if count > 1 else ''))
+    if max(digits) >= diffusion.model.num_classes:
+        raise UserError(f'--digits {max(digits)} is not a class of this model: it has {diffusion.model.num_classes}')
+    return torch.tensor(list(digits) * count if len(digits) == 1 else list(digits), dtype=torch.long)
+
+
 PREPARE = {'inpaint': prepare_inpaint, 'sdedit': prepare_images, 'invert': prepare_images,
            'interpolate': prepare_interpolate}
 
@@ -85,7 +108,8 @@ def run_inpaint(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, ba
     """RePaint on the DDPM chain (steps None, eta 1) or on DDIM steps (eta 0 unless given)."""
     eta = (1.0 if steps is None else 0.0) if eta is None else eta
     images, nfe = editing.inpaint(diffusion, prepared['images'], prepared['mask'], steps=steps, eta=eta,
-                                  jump_length=jump_length, resamples=resamples, seed=seed, batch_size=batch_size)
+                                  jump_length=jump_length, resamples=resamples, seed=seed, batch_size=batch_size,
+                                  labels=prepared['labels'])
     mask = prepared['mask'].expand_as(images)
     shown_mask = prepared['images'] * (1 - mask) + 0.5 * mask  # the kept pixels, the region to fill in grey
     chain = 'ddpm' if steps is None else f'ddim{steps}_eta{eta}'
@@ -97,7 +121,7 @@ def run_sdedit(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, bat
                strategy: str = 'ddim', steps: int = 50, eta: float = 0.0, **_: Any) -> dict[str, Any]:
     """SDEdit: the inputs noised to `strength` of the chain, then denoised by a sampler of the registry."""
     images, nfe = editing.sdedit(diffusion, prepared['images'], strength=strength, strategy=strategy, steps=steps,
-                                 eta=eta, seed=seed, batch_size=batch_size)
+                                 eta=eta, seed=seed, batch_size=batch_size, labels=prepared['labels'])
     return dict(images=images, side_by_side=interleave(prepared['images'], images), columns=2,
                 name=f'sdedit_{strategy}{steps}_strength{strength}', record=dict(nfe_per_image=nfe))
 
@@ -105,7 +129,8 @@ def run_sdedit(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, bat
 def run_invert(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, steps: int = 50,
                **_: Any) -> dict[str, Any]:
     """DDIM inversion to x_T and back, printing each input's round-trip error."""
-    inversion = editing.invert(diffusion, prepared['images'], steps=steps, batch_size=batch_size)
+    inversion = editing.invert(diffusion, prepared['images'], steps=steps, batch_size=batch_size,
+                               labels=prepared['labels'])
     for i, (mse, psnr) in enumerate(zip(inversion.mse.tolist(), inversion.psnr.tolist())):
         print(f'input {i}: round trip with K = {steps}: MSE {mse:.2e}, PSNR {psnr:.1f} dB')
     print(f'mean PSNR {inversion.psnr.mean():.1f} dB over {len(inversion.psnr)} input(s)')
@@ -117,14 +142,16 @@ def run_invert(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, bat
 def run_interpolate(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, frames: int = 8,
                     steps: int = 50, gif: bool = False, seeds: Sequence[int] | None = None, **_: Any) -> dict[str, Any]:
     """Frames along the spherical path between two x_T (two seeds', or two inputs' inversions)."""
+    label = None if prepared['labels'] is None else int(prepared['labels'][0])
     if seeds is not None:
         ends = [initial_noise(1, diffusion.channels, diffusion.image_size[0], s) for s in seeds]
         name = f'interpolate_seeds{seeds[0]}-{seeds[1]}_ddim{steps}'
     else:
-        ends = editing.ddim_invert(diffusion, prepared['images'], steps=steps).split(1)
+        labels = None if label is None else torch.full((2,), label, dtype=torch.long)
+        ends = editing.ddim_invert(diffusion, prepared['images'], steps=steps, labels=labels).split(1)
         name = f'interpolate_inputs_ddim{steps}'
     images = editing.interpolate(diffusion, ends[0].to(diffusion.device), ends[1].to(diffusion.device),
-                                 frames=frames, steps=steps)
+                                 frames=frames, steps=steps, label=label)
     return dict(images=images, name=f'{name}_{frames}frames', gif=True if gif else None, nrow=frames,
                 record=dict(frames=frames))
 

@@ -133,6 +133,7 @@ def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim
                       **info, model=config['model'], diffusion=config['diffusion'])
         grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
         per_row = -(-num_samples // len(digits)) if conditional else None  # one digit per row
+        grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
         save_grid(images, grid, record, nrow=per_row)  # the grid carries its record; the JSON beside it is a copy
         write_json(grid.with_suffix('.json'), record)
     print(f'{spec.label} {steps} steps' + (f', eta {eta}' if spec.uses_eta else '')

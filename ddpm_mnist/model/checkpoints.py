@@ -7,7 +7,7 @@ import json
 import zipfile
 from collections import namedtuple
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors import SafetensorError
@@ -17,7 +17,7 @@ from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve
 from ddpm_mnist.hints import Checkpoint, Config, PathLike
 from ddpm_mnist.model.network import arch_differences, build_diffusion, build_unet
 from ddpm_mnist.training.run_folder import milestone_path
-from ddpm_mnist.utils import DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
+from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
 
 Weights = namedtuple('Weights', 'checkpoint unet_state config')
 Loaded = namedtuple('Loaded', 'diffusion config info')
@@ -88,6 +88,20 @@ def check_finite(path: PathLike, state: dict[str, torch.Tensor]) -> None:
     if bad:
         raise UserError(f'{path}: weights contain NaN or infinite values (e.g. {bad[0]}); the training run diverged; '
                         'use an earlier milestone')
+
+
+PRECISION_MAX = {'fp16': 65504.0}  # bf16 has float32's range; fp16's largest finite value is 65504
+
+
+def check_fits_precision(path: PathLike, tensors: Iterable[torch.Tensor], precision: str) -> None:
+    """Weights beyond the largest value of the precision they will be cast to would overflow to infinity: refused
+    in one line naming the file, the value and what to use instead."""
+    top = PRECISION_MAX.get(precision)
+    values = [t.detach().abs().max() for t in tensors if t.is_floating_point() and t.numel()]
+    largest = float(max(values)) if values and top is not None else 0.0
+    if top is not None and largest > top:
+        raise BadValue(f'{path}: weights reach {largest:.3g}, beyond the largest {precision} value ({top:g}); cast '
+                       f'to {precision} they would overflow to infinity: use precision fp32 or bf16')
 
 
 def load_model(path: PathLike, overrides: Config | None = None, use_ema: bool = True,

@@ -1,6 +1,7 @@
 """Editing digits with a trained model, no training needed: inpainting (RePaint), SDEdit, DDIM inversion and
-interpolation in x_T. Every operation is a way of sampling the library's GaussianDiffusion; images are (N, 1, H, W)
-in [0, 1] on the CPU, like sampling.sample's.
+interpolation in x_T. Every operation is a way of sampling the library's GaussianDiffusion; images are (N, C, H, W)
+in [0, 1] on the CPU, like sampling.sample's. A class-conditional model edits conditioned on `labels` (one class
+per image) or, without them, unconditioned (its null label).
 """
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ from typing import Any, Callable
 import torch
 
 from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling.registry import SAMPLERS, exists
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
 from ddpm_mnist.sampling.loop import batch_generator, check_settings, initial_noise
 from ddpm_mnist.utils import BatchCache, UserError
 
 Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
+
+
+def condition_batch(diffusion: Diffusion, labels: torch.Tensor | None, start: int, size: int) -> None:
+    """Condition a class-conditional model on the labels of images start .. start + size (None: unconditioned);
+    an unconditional model has nothing to condition."""
+    if isinstance(diffusion.model, GuidedUnet):
+        diffusion.model.condition(None if labels is None else labels[start:start + size])
 
 
 # ---------------------------------------------------------------- moving along the chain
@@ -91,8 +100,8 @@ def in_batches(images: torch.Tensor, batch_size: int, edit: Callable[[int, torch
 @torch.inference_mode()
 def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
             eta: float = 1.0,
-            jump_length: int = 10, resamples: int = 10, seed: int = 0,
-            batch_size: int = 100, cache: BatchCache | None = None) -> tuple[torch.Tensor, int]:
+            jump_length: int = 10, resamples: int = 10, seed: int = 0, batch_size: int = 100,
+            cache: BatchCache | None = None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """RePaint: regenerate where mask is 1, keep the input where it is 0. Every denoising step (DDPM's posterior
     for steps=None, else the DDIM update on S steps with `eta`) is followed by the known pixels noised to the new
     level (Algorithm 1, line 8); the schedule's jumps re-noise the mixture and denoise it again, so the generated
@@ -104,6 +113,7 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
     noise = initial_noise(len(images), images.shape[1], images.shape[-1], seed)
 
     def inpaint_batch(start: int, batch: torch.Tensor) -> torch.Tensor:
+        condition_batch(diffusion, labels, start, len(batch))
         generator = batch_generator(seed, start, diffusion.device)
         known = to_model_range(batch.to(diffusion.device))
         keep = 1 - mask.to(diffusion.device)
@@ -153,8 +163,8 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
 
 @torch.inference_mode()
 def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strategy: str = 'ddim', steps: int = 50,
-           eta: float = 0.0,
-           seed: int = 0, batch_size: int = 100) -> tuple[torch.Tensor, int]:
+           eta: float = 0.0, seed: int = 0, batch_size: int = 100,
+           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Noise the inputs to the level strength x T (0 < strength <= 1) and run a sampler of the registry from there:
     the result keeps the input's layout and takes the model's style. Returns (images, NFE per image)."""
     if not 0 < strength <= 1 or not math.isfinite(strength):
@@ -173,6 +183,7 @@ def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strat
                             '--steps')
         generator = batch_generator(seed, start, diffusion.device)
         x0 = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        condition_batch(diffusion, labels, start, len(x0))
         x = sampler.add_noise(x0, step_noise(x0, generator), sampler.timesteps[0])
         for t in sampler.timesteps:
             x = sampler.step(predict(diffusion, sampler.scale_model_input(x, t), t), t, x, generator)
@@ -184,7 +195,8 @@ def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strat
 # ---------------------------------------------------------------- DDIM inversion and interpolation
 
 @torch.inference_mode()
-def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> torch.Tensor:
+def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
     """x_T of each image by running DDIM with eta 0 backwards (Song et al. 2021, Sec. 4.3; Dhariwal & Nichol 2021,
     App. F): x_{t_next} = sqrt(a_next) x0_pred(x_t) + sqrt(1 - a_next) eps_pred(x_t), up the S DDIM times. The
     predictions are not clipped, so generation from x_T with the same S retraces the path."""
@@ -192,6 +204,7 @@ def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, 
     out = []
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start:start + batch_size].to(diffusion.device))
+        condition_batch(diffusion, labels, start, len(x))
         for t, t_next in zip(times, times[1:]):
             prediction = predict(diffusion, x, max(t, 0), clip=False)
             alpha_next = diffusion.alphas_cumprod[t_next]
@@ -201,22 +214,25 @@ def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, 
 
 
 @torch.inference_mode()
-def ddim_generate(diffusion: Diffusion, x_T: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> torch.Tensor:
+def ddim_generate(diffusion: Diffusion, x_T: torch.Tensor, *, steps: int = 50, batch_size: int = 100,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
     """Images from given x_T by DDIM with eta 0 and unclipped predictions (the inverse of ddim_invert)."""
     pairs = ddim_times(diffusion.num_timesteps, steps)
     out = []
     for start in range(0, len(x_T), batch_size):
         x = x_T[start:start + batch_size].to(diffusion.device)
+        condition_batch(diffusion, labels, start, len(x))
         for t, t_next in pairs:
             x = ddim_step(diffusion, predict(diffusion, x, t, clip=False), t, t_next, 0.0, None)
         out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
     return torch.cat(out)
 
 
-def invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100) -> Inversion:
+def invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, batch_size: int = 100,
+           labels: torch.Tensor | None = None) -> Inversion:
     """Inversion(x_T, reconstruction, mse, psnr): the round trip image -> x_T -> image with the same S."""
-    x_T = ddim_invert(diffusion, images, steps=steps, batch_size=batch_size)
-    reconstruction = ddim_generate(diffusion, x_T, steps=steps, batch_size=batch_size)
+    x_T = ddim_invert(diffusion, images, steps=steps, batch_size=batch_size, labels=labels)
+    reconstruction = ddim_generate(diffusion, x_T, steps=steps, batch_size=batch_size, labels=labels)
     mse = ((reconstruction - images) ** 2).flatten(1).mean(1)
     psnr = 10 * torch.log10(1 / mse.clamp(min=1e-10))
     return Inversion(x_T, reconstruction, mse, psnr)
@@ -234,9 +250,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | float) -> tor
 
 
 def interpolate(diffusion: Diffusion, x_a: torch.Tensor, x_b: torch.Tensor, *, frames: int = 8,
-                steps: int = 50) -> torch.Tensor:
-    """frames images from x_a to x_b (both x_T, shape (1, C, H, W)), generated by DDIM with eta 0."""
+                steps: int = 50, label: int | None = None) -> torch.Tensor:
+    """frames images from x_a to x_b (both x_T, shape (1, C, H, W)), generated by DDIM with eta 0 (every frame
+    conditioned on `label` for a class-conditional model)."""
     if frames < 2:
         raise UserError(f'--frames {frames} is not allowed: use an integer >= 2')
     path = torch.cat([slerp(x_a, x_b, w) for w in torch.linspace(0, 1, frames).tolist()])
-    return ddim_generate(diffusion, path, steps=steps)
+    labels = None if label is None else torch.full((frames,), label, dtype=torch.long)
+    return ddim_generate(diffusion, path, steps=steps, labels=labels)
