@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from ddpm_mnist.settings import ArgumentParser, PRESETS
 from ddpm_mnist.training.command import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units, step_bytes)
+from ddpm_mnist.utils import write_json
 
 # name -> (preset, flags, model settings for activation_units)
 RECIPES = {
@@ -109,9 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     fixed, per_unit = fit(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(dict(machine=machine_name(torch.device('cpu')), rows=rows,
-                                                        fitted=dict(fixed_bytes=fixed, bytes_per_unit=per_unit)),
-                                                   indent=2) + '\n')
+    write_json(out.with_suffix('.json'), dict(machine=machine_name(torch.device('cpu')), rows=rows,
+                                              fitted=dict(fixed_bytes=fixed, bytes_per_unit=per_unit)))
     text = markdown(rows, fixed, per_unit)
     out.with_suffix('.md').write_text(text)
     print(text)

@@ -12,7 +12,6 @@ of the registry at S steps against S x one Unet forward).
 Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>.* with --overhead_only).
 """
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.sampling.samplers import ddim_times
 from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
 from ddpm_mnist.settings import ArgumentParser, PRESETS
+from ddpm_mnist.utils import write_json
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)
 LEAN = {**PRESETS['small'], 'model': {**PRESETS['small']['model'], 'attention': 'lowest'},
@@ -179,8 +179,8 @@ def main() -> None:
         rows = sampler_overhead(device, precision, args.end_to_end_batch or (1000 if cuda else 100),
                                 args.overhead_steps, args.repeats or (20 if cuda else 5))
         stem = out / f'sampler_overhead_{device.type}'
-        stem.with_suffix('.json').write_text(json.dumps(dict(machine=machine_name(device), precision=precision,
-                                                             torch=str(torch.__version__), rows=rows), indent=2) + '\n')
+        write_json(stem.with_suffix('.json'), dict(machine=machine_name(device), precision=precision,
+                                                   torch=str(torch.__version__), rows=rows))
         stem.with_suffix('.md').write_text(overhead_markdown(machine_name(device), precision, rows))
         print(overhead_markdown(machine_name(device), precision, rows))
         return
@@ -225,7 +225,7 @@ def main() -> None:
                   rows=rows, end_to_end=dict(batch=e2e_batch, precision=best, seconds=e2e,
                                              ddim50_over_ddpm1000=speedup, ddim50_100_images=hundred))
     stem = out / f'bench_{device.type}'
-    stem.with_suffix('.json').write_text(json.dumps(result, indent=2) + '\n')
+    write_json(stem.with_suffix('.json'), result)
     stem.with_suffix('.md').write_text(markdown(result))
     print(markdown(result))
 
@@ -255,8 +255,8 @@ def layout_comparison(device, out, batch):
         before, after = (next(r for r in rows if r['arch'] == a and r['sampler'] == name) for a in ('small', 'lean'))
         lines.append(f'\n{name}: {before["seconds"] / after["seconds"]:.2f}x faster with the lean layout.')
     stem = out / f'bench_layout_{device.type}'
-    stem.with_suffix('.json').write_text(json.dumps(dict(machine=machine, precision=precision, peak=peak, rows=rows,
-                                                         torch=str(torch.__version__)), indent=2) + '\n')
+    write_json(stem.with_suffix('.json'), dict(machine=machine, precision=precision, peak=peak, rows=rows,
+                                               torch=str(torch.__version__)))
     stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench_common import StepTimer, gemm_peak
 from ddpm_mnist.settings import ArgumentParser
 from ddpm_mnist.training.step import BASELINE, DEFAULT_LEVERS
+from ddpm_mnist.utils import write_json
 
 
 def _chain(*steps):
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   warmup=args.warmup, rows=rows,
                   default_levers=DEFAULT_LEVERS,
                   command='python benchmarks/bench_training.py ' + ' '.join(sys.argv[1:]))
-    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    write_json(out.with_suffix('.json'), result)
     out.with_suffix('.md').write_text(markdown(result))
     print(f'wrote {out}.md and .json')
 

@@ -24,7 +24,8 @@ from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_p
 from ddpm_mnist.sampling.loop import sample as sample_diffusion
 from ddpm_mnist.device import keep_freed_memory, pick_device
 from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, check_arguments
-from ddpm_mnist.utils import BadValue, MissingFile, UserError, save_grid as save_grid_png
+from ddpm_mnist.sampling.images import save_grid as save_grid_png
+from ddpm_mnist.utils import BadValue, MissingFile, UserError
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 # sample()'s arguments -> the flag of inference_comparison.py whose rule each obeys (settings.RULES)

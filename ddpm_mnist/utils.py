@@ -1,4 +1,4 @@
-"""Small helpers every module uses: one-line user errors, atomic writes, JSON, digests, grids. Imports no torch
+"""Small helpers every module uses: one-line user errors, atomic writes, strict JSON, digests. Imports no torch
 at the top: the command lines load it before parsing their flags."""
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ddpm_mnist.hints import PathLike
-
-if TYPE_CHECKING:
-    import torch
 
 
 class UserError(Exception):
@@ -138,10 +135,19 @@ def tensor_bytes(value: Any) -> int:
     return value.numel() * value.element_size() if hasattr(value, 'element_size') else 0
 
 
+def strict(data: Any) -> Any:
+    """`data` with every NaN or infinite float as None, so the JSON written is strict (JSON.parse, jq read it)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict(v) for k, v in data.items()}
+    return [strict(v) for v in data] if isinstance(data, (list, tuple)) else data
+
+
 def write_json(path: PathLike, data: Any) -> None:
-    """JSON, indented, written atomically."""
+    """Strict JSON (not-measured values as null), indented, written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + '\n')
+        tmp.write_text(json.dumps(strict(data), indent=2, allow_nan=False) + '\n')
 
 
 def read_json(path: PathLike) -> Any:
@@ -278,22 +284,3 @@ def file_digest(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- image grids
-
-def save_grid(images: torch.Tensor, path: PathLike, record: dict[str, Any] | None = None, *,
-              nrow: int | None = None) -> None:
-    """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
-    so a grid always carries its own description, even if the JSON copy beside it was never written."""
-    import torch
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-    from torchvision.utils import make_grid
-    grid = make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))))
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
-    info = PngInfo()
-    if record is not None:
-        info.add_text('ddpm_mnist', json.dumps(record))
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)

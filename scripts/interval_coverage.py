@@ -8,14 +8,13 @@ Writes assets/interval_coverage.{json,md}.
 """
 import argparse
 from typing import Sequence
-import json
 import sys
 from pathlib import Path
 
 
 from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import ArgumentParser, add_mnist_args
-from ddpm_mnist.utils import shown_path
+from ddpm_mnist.utils import shown_path, write_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                           for d in draws])))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(result, indent=1) + '\n')
+    write_json(out.with_suffix('.json'), result)
     what = 'real training digits' if model is None else f'{args.strategy}-{args.steps} samples of {model.path.name}'
     lines = [f'{args.draws} fresh sets of {args.num_samples} {what}; command: `{result["command"]}`.', '',
              '| score | mean over draws | sd across draws | mean interval half-width | an interval covers a fresh '

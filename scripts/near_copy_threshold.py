@@ -11,12 +11,12 @@ that draws fresh digits from the data distribution scores about 0.1 % and one th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
 
 from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.utils import write_json
 
 QUANTILES = (0.001, 0.005, 0.01, 0.05, 0.5)
 THRESHOLDS = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      + ' | '.join(f'{100 * row["share_below"][str(t)]:.2f} %' for t in THRESHOLDS) + ' |')
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(result, indent=2) + '\n')
+    write_json(out.with_suffix('.json'), result)
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

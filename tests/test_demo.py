@@ -1,5 +1,6 @@
 """The Quick start's demo on a machine with no MNIST on disk and no internet: its commands must finish and show
 the comparison, scored against the test-split statistics shipped beside the classifier."""
+import json
 import re
 import shlex
 
@@ -30,10 +31,17 @@ def test_demo_finishes_offline_with_no_mnist(offline, tmp_path, capsys):
     assert len(warnings) == 1 and 'MNIST not found' in warnings[0] and 'To get MNIST' in warnings[0], err
     assert 'DDIM 10, eta 0.0' in table and 'UniPC(2) 10' in table and 'DPM-Solver++(2M) 10' in table
     assert '*pure noise (ceiling)*' in table
+    header = [cell.strip() for cell in next(line for line in table.splitlines() if line.startswith('| config'))
+              .split('|')]
     row = next(line for line in table.splitlines() if line.startswith('| DDIM 10, eta 0.0'))
-    cells = [cell.strip() for cell in row.split('|')]
-    fid, low, high = (float(x) for x in re.match(r'([\d.]+) \[([\d.]+), ([\d.]+)\]', cells[4]).groups())
-    assert low <= fid <= high and float(cells[8].split()[0]) > 1  # an FID with its interval, and an IS: not NaN
+    cells = dict(zip(header, (cell.strip() for cell in row.split('|'))))
+    fid, low, high = (float(x) for x in re.match(r'([\d.]+) \[([\d.]+), ([\d.]+)\]', cells['FID [95 %]']).groups())
+    assert low <= fid <= high and float(cells['IS [95 %]'].split()[0]) > 1  # an FID with its interval, and an IS
+    # clean output: no literal nan; columns empty for the whole run (no DDPM row, no digits on disk) left out
+    assert 'nan' not in table.lower().replace('nanmean', '') and 'vs DDPM-1000' not in header
+    assert 'precision' not in header and 'near-copies' not in header
+    for path in tmp_path.rglob('*.json'):  # strict JSON: not-measured values are null, never a bare NaN
+        json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f'{path} holds {token}'))
     assert '**DDIM 10, eta 0.0 against DDIM 50, eta 0.0**' in table and 'What these numbers can show' in table
     assert (tmp_path / 'inference_pretrained' / 'ddpm' / 'ddpm_steps1000.png').is_file()
 

@@ -103,6 +103,7 @@ def test_interval_cells_and_error_bars_show_what_a_row_has():
             dict(fid=6.0, fid_low=float('nan'), fid_high=float('nan'))]
     assert [interval_cell(r, 'fid') for r in rows] == ['10.00 [8.50, 12.00]', '9.00', '7.00', '6.00']
     assert error_bars(rows) == [[1.5, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]
+    assert interval_cell(dict(fid=float('nan')), 'fid') == '–' and interval_cell({}, 'kid') == '–'  # not measured
 
 
 def test_share_interval_brackets_the_share_and_matches_the_binomial_width():

@@ -23,8 +23,9 @@ from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
                                          sweep_configs)
-from ddpm_mnist.utils import (FolderLock, UserError, ensure_writable_dir, file_digest, remove_stale_temporaries,
-                              save_grid, warn, write_json)
+from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.utils import (FolderLock, UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, warn,
+                              write_json)
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 # What a command needs of the model its flags name; loaded is checkpoints.Loaded(diffusion, config, info).

@@ -15,7 +15,7 @@ from ddpm_mnist.api import load_model
 from ddpm_mnist.model.checkpoints import segments_of
 from ddpm_mnist.hints import PathLike
 from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
-from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator
+from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.training.run_folder import milestone_path, milestones
 from ddpm_mnist.sampling.loop import sample
 from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
@@ -88,7 +88,7 @@ def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *
         if entry_key not in cache:
             cache[entry_key] = dict(milestone=milestone, **score_milestone(path, evaluator, settings, device))
             write_json(cache_path, cache)
-        row = cache[entry_key]
+        row = scores_from_json(cache[entry_key])
         log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, DDIM eta {settings.eta:g}: '
             f'FID {row["fid"]:.2f}')
         rows.append(row)

@@ -59,11 +59,16 @@ def error_bars(rows: Sequence[dict[str, Any]], key: str = 'fid') -> list[list[fl
     return [[gap(r, 'low') for r in rows], [gap(r, 'high') for r in rows]]
 
 
+def number_cell(value: float | None, digits: int = 3) -> str:
+    """A table cell: the number, or '–' where it was not measured (None or NaN)."""
+    return f'{value:.{digits}f}' if value is not None and np.isfinite(value) else '–'
+
+
 def interval_cell(r: dict[str, Any], key: str) -> str:
-    """'value [low, high]', or the value alone where there is no interval."""
+    """'value [low, high]', the value alone where there is no interval, '–' where there is no value."""
     value, low, high = (r.get(k) for k in (key, f'{key}_low', f'{key}_high'))
     known = all(x is not None and np.isfinite(x) for x in (low, high))
-    return f'{value:.2f} [{low:.2f}, {high:.2f}]' if known else f'{value:.2f}'
+    return f'{value:.2f} [{low:.2f}, {high:.2f}]' if known and np.isfinite(value) else number_cell(value, 2)
 
 
 class FrechetToReference:

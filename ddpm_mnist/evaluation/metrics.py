@@ -231,6 +231,12 @@ SCORE_KEYS = ('fid', 'fid_low', 'fid_high', 'kid', 'kid_low', 'kid_high', 'incep
               'median_nn_train_l2', 'near_copy_share', 'flip_preferred_share')
 
 
+def scores_from_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A score dict read back from the strict JSON it was saved as: the scores written as null (not measured) are
+    NaN again, as the Evaluator returned them."""
+    return {k: float('nan') if v is None and k in SCORE_KEYS else v for k, v in row.items()}
+
+
 def classifier_digest(path: PathLike = WEIGHTS) -> str | None:
     """The classifier file's digest (what every cached score is keyed by), None if it is missing."""
     return file_digest(path) if Path(path).is_file() else None

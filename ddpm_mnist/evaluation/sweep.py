@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from ddpm_mnist.model.conditional import Guidance
 from ddpm_mnist.device import machine_name
 from ddpm_mnist.hints import Diffusion, PathLike
-from ddpm_mnist.evaluation.intervals import differs, error_bars, interval_cell, paired_fid_difference
-from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator
+from ddpm_mnist.evaluation.intervals import differs, error_bars, interval_cell, number_cell, paired_fid_difference
+from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, label
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
-from ddpm_mnist.utils import UserError, atomic_path, file_digest, save_grid, shown_path, write_json
+from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.utils import UserError, atomic_path, file_digest, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
 DEFAULT_ETAS = (0.0, 0.5, 1.0)                # DDIM
@@ -96,7 +97,7 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
         cached = out_dir / 'cache' / f'{key}.json'
         features_file = cached.with_suffix('.features.npy')
         if cached.is_file() and features_file.is_file():
-            rows.append(json.loads(cached.read_text()))
+            rows.append(scores_from_json(json.loads(cached.read_text())))
             features[rows[-1]['config']] = np.load(features_file).astype(np.float64)
             continue
         images, seconds = timed_sample(diffusion, strategy=c['strategy'], steps=c['steps'], eta=c['eta'] or 0.0,
@@ -123,7 +124,7 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
     key = cache_key(kind='calibration', n=num_samples, seed=seed, scorer=evaluator.identity)
     cached = out_dir / 'cache' / f'{key}.json'
     if cached.is_file():
-        calibration = json.loads(cached.read_text())
+        calibration = {name: scores_from_json(r) for name, r in json.loads(cached.read_text()).items()}
     else:
         calibration = evaluator.calibration(num_samples)
         write_json(cached, calibration)
@@ -170,20 +171,20 @@ def write_outputs(result: dict[str, Any], out_dir: PathLike) -> None:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    head = ('| config | NFE | s/image | FID [95 %] | vs DDPM-1000 | vs best | KID [95 %] | IS [95 %] | confidence '
-            '| smallest class | KL to uniform | precision | recall | near-copies | flip-preferred |')
+    head = ['config', 'NFE', 's/image', 'FID [95 %]', 'vs DDPM-1000', 'vs best', 'KID [95 %]', 'IS [95 %]',
+            'confidence', 'smallest class', 'KL to uniform', 'precision', 'recall', 'near-copies', 'flip-preferred']
+    rows = [[r['config'], str(r['nfe']), f'{r["seconds_per_image"]:.4f}', interval_cell(r, 'fid'),
+             difference_cell(r, 'ddpm'), difference_cell(r, 'best'), interval_cell(r, 'kid'), *score_cells(r)]
+            for r in result['rows']]
+    rows += [[f'*{name}*', '–', '–', interval_cell(r, 'fid'), '–', '–', interval_cell(r, 'kid'), *score_cells(r)]
+             for name, r in result['calibration'].items()]
+    kept = [i for i in range(len(head)) if i == 0 or any(row[i] != '–' for row in rows)]  # no all-empty column
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '
              'digits. Intervals: bootstrap over the samples (reference fixed); "vs": paired FID difference with its '
-             'interval, * where it excludes 0 (the same x_T in every row).', '', head,
-             '|' + '---|' * (head.count('|') - 1)]
-    for r in result['rows']:
-        lines.append(f'| {r["config"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | {interval_cell(r, "fid")} | '
-                     f'{difference_cell(r, "ddpm")} | {difference_cell(r, "best")} | {interval_cell(r, "kid")} | '
-                     f'{score_cells(r)} |')
-    for name, r in result['calibration'].items():
-        lines.append(f'| *{name}* | – | – | {interval_cell(r, "fid")} | – | – | {interval_cell(r, "kid")} | '
-                     f'{score_cells(r)} |')
+             'interval, * where it excludes 0 (the same x_T in every row); –: not measured.', '',
+             '| ' + ' | '.join(head[i] for i in kept) + ' |', '|' + '---|' * len(kept)]
+    lines += ['| ' + ' | '.join(row[i] for i in kept) + ' |' for row in rows]
     lines += ['', *map(pair_sentence, result.get('pairs', [])), *feature_space_agreement(result['rows']),
               what_the_numbers_show(result)]
     return '\n'.join(lines) + '\n'
@@ -231,11 +232,11 @@ def difference_cell(r: dict[str, Any], name: str) -> str:
     return f'{value:+.2f} [{low:+.2f}, {high:+.2f}]{star}'
 
 
-def score_cells(r: dict[str, Any]) -> str:
+def score_cells(r: dict[str, Any]) -> list[str]:
     """The table cells after FID: IS, confidence, class balance, precision/recall, near-copies, flips."""
-    return (f'{interval_cell(r, "inception_score")} | {r["confidence"]:.3f} | {r["min_class_share"]:.3f} | '
-            f'{r["class_kl_uniform"]:.3f} | {r["precision"]:.3f} | {r["recall"]:.3f} | {r["near_copy_share"]:.3f} | '
-            f'{r.get("flip_preferred_share", float("nan")):.3f}')
+    return [interval_cell(r, 'inception_score'), *(number_cell(r.get(key)) for key in (
+        'confidence', 'min_class_share', 'class_kl_uniform', 'precision', 'recall', 'near_copy_share',
+        'flip_preferred_share'))]
 
 
 def plot_series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -17,7 +17,7 @@ from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve
 from ddpm_mnist.hints import Checkpoint, Config, PathLike
 from ddpm_mnist.model.network import arch_differences, build_diffusion, build_unet
 from ddpm_mnist.training.run_folder import milestone_path
-from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, tensor_bytes, warn
+from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, strict, tensor_bytes, warn
 
 Weights = namedtuple('Weights', 'checkpoint unet_state config')
 Loaded = namedtuple('Loaded', 'diffusion config info')
@@ -164,7 +164,7 @@ def export_ema(checkpoint: PathLike, output_stem: PathLike) -> Path:
         # both written before either is renamed into place: a full disk leaves the old pair as it was
         with atomic_path(weights, needed=tensor_bytes(state)) as weights_tmp, atomic_path(record) as record_tmp:
             save_file(state, str(weights_tmp))
-            record_tmp.write_text(json.dumps(config, indent=2) + '\n')
+            record_tmp.write_text(json.dumps(strict(config), indent=2, allow_nan=False) + '\n')
     except DiskFull as err:
         raise DiskFull(f'{err}; {weights.name} and {record.name} there are unchanged') from None
     return weights

@@ -1,18 +1,20 @@
-"""Images handed in to be edited: read safely (size limits from the header, before any pixel is decoded),
+"""Images in and out. Handed in to be edited: read safely (size limits from the header, before any pixel is decoded),
 converted to the digit a person sees (transparency over black, 16-bit scaled, palettes expanded, the first
-frame), resized as the training images were; and the masks of inpainting."""
+frame), resized as the training images were; the masks of inpainting. Written out: grids carrying their record."""
 from __future__ import annotations
 
+import json
+import math
 from collections import namedtuple
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import BadValue, MissingFile, UserError
+from ddpm_mnist.utils import BadValue, MissingFile, UserError, atomic_path, strict
 
 MODES = {1: 'L', 3: 'RGB'}  # a model's channels -> the PIL mode its images are read in
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
@@ -131,3 +133,18 @@ def load_mask(spec: str, *, input_size: tuple[int, int], size: int) -> torch.Ten
     if generated == 1:
         raise UserError(f'mask {spec} keeps no pixel (all white); that is plain sampling, not inpainting')
     return mask
+
+
+def save_grid(images: torch.Tensor, path: PathLike, record: dict[str, Any] | None = None, *,
+              nrow: int | None = None) -> None:
+    """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
+    so a grid always carries its own description, even if the JSON copy beside it was never written."""
+    from PIL.PngImagePlugin import PngInfo
+    from torchvision.utils import make_grid
+    grid = make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))))
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
+    info = PngInfo()
+    if record is not None:
+        info.add_text('ddpm_mnist', json.dumps(strict(record), allow_nan=False))
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format='png', pnginfo=info)
