@@ -9,6 +9,7 @@ import torch
 from denoising_diffusion_pytorch import Unet
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import LinearAttention
 
+import inference_comparison
 import train_ddpm_mnist
 from conftest import assert_one_line_error, load_script, run_main, train_argv
 from ddpm_mnist.model.network import LowestAttentionUnet, build_unet
@@ -16,6 +17,7 @@ from ddpm_mnist.model.checkpoints import export_ema, images_seen, load_checkpoin
 from ddpm_mnist.model.config import infer_unet_arch
 from ddpm_mnist.training.run_folder import milestones
 from ddpm_mnist.training.trainer import MnistTrainer
+from ddpm_mnist.utils import file_digest
 
 LEAN = ['--image_size', '28', '--attention', 'lowest']
 
@@ -344,11 +346,29 @@ def test_init_from_weights_of_another_shape_than_their_record_is_one_line(tmp_pa
     parent = export_ema(trained_run / 'model-2.pt', tmp_path / 'exported')
     other = build_unet(dict(dim=16, dim_mults=[1, 2], channels=1))
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(parent))
+    record = json.loads(parent.with_suffix('.json').read_text())
+    del record['weights_sha256_16']  # an export from before records named their weights' digest
+    parent.with_suffix('.json').write_text(json.dumps(record))
     results = tmp_path / 'child'
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=[
         '--init_from', str(parent)]), capsys)
     assert code == 2 and err.count('error:') == 1 and 'Traceback' not in err, err
     assert 'exported' in err and not results.exists()
+
+
+def test_weights_and_their_record_from_two_exports_are_refused(tmp_path, trained_run, capsys):
+    """A kill between renaming the two files of an export leaves new weights beside the old record (or the
+    reverse): the record names its weights' digest, so loading the pair says so in one line."""
+    import shutil
+    first = export_ema(trained_run / 'model-1.pt', tmp_path / 'a')
+    second = export_ema(trained_run / 'model-2.pt', tmp_path / 'b')
+    assert json.loads(first.with_suffix('.json').read_text())['weights_sha256_16'] == file_digest(first)
+    shutil.copy(second, first)
+    code, _, err = run_main(inference_comparison.main, ['--checkpoint', str(first), '--strategy', 'ddim',
+                                                        '--sample_steps', '2', '--num_samples', '4',
+                                                        '--results_folder', str(tmp_path / 'out')], capsys)
+    assert_one_line_error(code, err, 'a.json describes other weights than a.safetensors', 'export the model again')
+    assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.parametrize('output', ['.', 'folder', 'afile/model'])

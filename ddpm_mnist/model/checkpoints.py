@@ -161,9 +161,11 @@ def export_ema(checkpoint: PathLike, output_stem: PathLike) -> Path:
     weights, record = output_stem.with_suffix('.safetensors'), output_stem.with_suffix('.json')
     try:
         output_stem.parent.mkdir(parents=True, exist_ok=True)
-        # both written before either is renamed into place: a full disk leaves the old pair as it was
+        # both written before either is renamed into place: a full disk leaves the old pair as it was; the record
+        # names its weights' digest, so a kill between the two renames is found when the pair is next loaded
         with atomic_path(weights, needed=tensor_bytes(state)) as weights_tmp, atomic_path(record) as record_tmp:
             save_file(state, str(weights_tmp))
+            config['weights_sha256_16'] = file_digest(weights_tmp)
             record_tmp.write_text(json.dumps(strict(config), indent=2, allow_nan=False) + '\n')
     except DiskFull as err:
         raise DiskFull(f'{err}; {weights.name} and {record.name} there are unchanged') from None

@@ -13,7 +13,7 @@ from ddpm_mnist.hints import Checkpoint, Config, PathLike, StateDict
 from ddpm_mnist.model.network import SCHEDULE_FUNCTIONS, arch_differences, list_if_seq
 from ddpm_mnist.training.run_folder import read_config
 from ddpm_mnist.settings import FLAG_OF, MODEL_KEYS, ORIGINAL
-from ddpm_mnist.utils import UserError, read_json
+from ddpm_mnist.utils import UserError, file_digest, read_json
 
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DistributedDataParallel and torch.compile
 
@@ -145,6 +145,10 @@ def find_config(path: PathLike, ckpt: Checkpoint, unet_state: StateDict) -> tupl
     sidecar = path.with_suffix('.json')
     if path.suffix == '.safetensors' and sidecar.is_file():
         config = read_json(sidecar)
+        expected = config.get('weights_sha256_16')
+        if expected is not None and expected != file_digest(path):  # a kill between writing the two files
+            raise UserError(f'{sidecar.name} describes other weights than {path.name} (its weights_sha256_16 does not '
+                            'match); export the model again')
     else:
         config = ckpt.get('config') or read_config(path.parent)
     if config is None:
