@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ddpm_mnist.datasets import dataset_entry
 from ddpm_mnist.hints import PathLike
+from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'tiff')  # what the library's Dataset globs for
@@ -62,7 +62,7 @@ def write_image_folder(output: PathLike, splits: dict[str, tuple[np.ndarray, np.
     try:
         total = sum(len(labels) for _, labels in splits.values())
         rows = []
-        with tqdm(total=total, desc=f'writing {output.name}', unit='img') as bar:
+        with progress(total=total, desc=f'writing {output.name}', unit='img') as bar:
             for split, (images, labels) in splits.items():
                 for i, (image, label) in enumerate(zip(images, labels)):
                     name = image_name(split, i, dataset)

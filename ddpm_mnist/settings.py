@@ -161,7 +161,21 @@ LR_SCHEDULES = ('constant', 'cosine')
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's one-line errors: a bad or unknown flag prints one line and a pointer to --help,
-    not the whole usage (exit status 2, as argparse's own)."""
+    not the whole usage (exit status 2, as argparse's own). Every command also takes --quiet, applied here and
+    not passed on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument('--quiet', action='store_true', default=argparse.SUPPRESS,
+                          help='no progress bars (results, warnings and errors still print)')
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        from ddpm_mnist.progress import set_quiet
+        set_quiet(False)  # each command line decides afresh (a sub-command's parser runs inside its parent's)
+        parsed, rest = super().parse_known_args(args, namespace)
+        if parsed.__dict__.pop('quiet', False):
+            set_quiet(True)
+        return parsed, rest
 
     def error(self, message: str) -> None:
         self.exit(2, f'error: {message} (see {self.prog} --help)\n')

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 
 from ddpm_mnist.settings import ArgumentParser, add_mnist_args
-from ddpm_mnist.utils import (BatchCache, SavedMeasurements, atomic_path, file_digest, shown_path, write_json)
+from ddpm_mnist.progress import BatchCache, SavedMeasurements
+from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
 

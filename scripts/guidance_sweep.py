@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.settings import ArgumentParser, add_mnist_args
-from ddpm_mnist.utils import SavedMeasurements, atomic_path, file_digest, shown_path, write_json
+from ddpm_mnist.progress import SavedMeasurements
+from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

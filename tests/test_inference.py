@@ -39,6 +39,15 @@ def test_inference_from_training_checkpoint(trained_run, capsys):
         assert json.loads(image.text['ddpm_mnist']) == record  # the grid carries its own record (issue 15: no grid without one)
 
 
+def test_progress_is_plain_lines_in_a_log_and_quiet_silences_it(trained_run, capsys):
+    """Sampling shows what it runs; without a terminal (a log, here pytest's capture) as plain lines, never carriage
+    returns; --quiet leaves only the results and warnings."""
+    code, _, err = infer(trained_run, capsys, '--strategy', 'ddim', '--sample_steps', '3')
+    assert code == 0 and 'ddim 3 steps, 5 images' in err and '\r' not in err
+    code, out, err = infer(trained_run, capsys, '--strategy', 'ddim', '--sample_steps', '3', '--quiet')
+    assert code == 0 and 'NFE 3 per image' in out and 'steps' not in err, err
+
+
 def test_ddpm_runs_all_steps_and_warns(trained_run, capsys):
     code, out, err = infer(trained_run, capsys, '--strategy', 'ddpm', '--sample_steps', '5')
     assert code == 0 and 'NFE 20 per image' in out and 'DDPM always runs all T=20 steps' in err

@@ -9,7 +9,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm_mnist.model.conditional import Guidance
 from ddpm_mnist.device import machine_name
@@ -19,6 +18,7 @@ from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_fro
 from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, label
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
 from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import UserError, atomic_path, file_digest, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
@@ -90,7 +90,7 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
     digest = file_digest(checkpoint)
     noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     rows, features = [], {}
-    for c in tqdm(configs, desc='sweep', unit='config'):
+    for c in progress(configs, desc='sweep', unit='config'):
         key = cache_key(checkpoint=digest, n=num_samples, seed=seed, precision=precision, batch_size=batch_size,
                         device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **c,
                         **({} if labels is None else dict(labels=labels.tolist(), guidance=list(guidance))))
@@ -176,8 +176,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     rows = [[r['config'], str(r['nfe']), f'{r["seconds_per_image"]:.4f}', interval_cell(r, 'fid'),
              difference_cell(r, 'ddpm'), difference_cell(r, 'best'), interval_cell(r, 'kid'), *score_cells(r)]
             for r in result['rows']]
-    rows += [[f'*{name}*', '–', '–', interval_cell(r, 'fid'), '–', '–', interval_cell(r, 'kid'), *score_cells(r)]
-             for name, r in result['calibration'].items()]
+    rows += [[f'*{name}*', '–', '–', interval_cell(r, 'fid'), '–', '–', interval_cell(r, 'kid'),
+              *score_cells(r)] for name, r in result['calibration'].items()]
     kept = [i for i in range(len(head)) if i == 0 or any(row[i] != '–' for row in rows)]  # no all-empty column
     lines = [f'N = {result["num_samples"]} samples per config, seed {result["seed"]}, {result["precision"]}, batch '
              f'{result["batch_size"]}, on {result["machine"]}; reference: {result["reference_images"]} MNIST test '

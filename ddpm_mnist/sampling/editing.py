@@ -16,7 +16,8 @@ from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling.registry import SAMPLERS, exists
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
 from ddpm_mnist.sampling.loop import batch_generator, check_settings, initial_noise
-from ddpm_mnist.utils import BatchCache, UserError
+from ddpm_mnist.progress import BatchCache, progress
+from ddpm_mnist.utils import UserError
 
 Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')
 
@@ -118,7 +119,9 @@ def inpaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tensor, *, s
         known = to_model_range(batch.to(diffusion.device))
         keep = 1 - mask.to(diffusion.device)
         x = noise[start:start + len(batch)].to(known.device)
-        for here, there in zip(path, path[1:]):
+        moves = list(zip(path, path[1:]))
+        for here, there in progress(moves, desc=f'inpainting images {start + 1}-{start + len(batch)}', unit='step',
+                                    leave=False):
             t, t_next = level_time(here), level_time(there)
             if there < here:
                 x = ddim_step(diffusion, predict(diffusion, x, t), t, t_next, eta, generator)
@@ -185,7 +188,8 @@ def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strat
         x0 = to_model_range(images[start:start + batch_size].to(diffusion.device))
         condition_batch(diffusion, labels, start, len(x0))
         x = sampler.add_noise(x0, step_noise(x0, generator), sampler.timesteps[0])
-        for t in sampler.timesteps:
+        for t in progress(sampler.timesteps, desc=f'SDEdit images {start + 1}-{start + len(x0)}', unit='step',
+                          leave=False):
             x = sampler.step(predict(diffusion, sampler.scale_model_input(x, t), t), t, x, generator)
         out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
         nfe = len(sampler.timesteps)
@@ -205,7 +209,8 @@ def ddim_invert(diffusion: Diffusion, images: torch.Tensor, *, steps: int = 50, 
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start:start + batch_size].to(diffusion.device))
         condition_batch(diffusion, labels, start, len(x))
-        for t, t_next in zip(times, times[1:]):
+        for t, t_next in progress(list(zip(times, times[1:])), desc=f'inverting images {start + 1}-{start + len(x)}',
+                                  unit='step', leave=False):
             prediction = predict(diffusion, x, max(t, 0), clip=False)
             alpha_next = diffusion.alphas_cumprod[t_next]
             x = alpha_next.sqrt() * prediction.pred_x_start + (1 - alpha_next).sqrt() * prediction.pred_noise
@@ -222,7 +227,8 @@ def ddim_generate(diffusion: Diffusion, x_T: torch.Tensor, *, steps: int = 50, b
     for start in range(0, len(x_T), batch_size):
         x = x_T[start:start + batch_size].to(diffusion.device)
         condition_batch(diffusion, labels, start, len(x))
-        for t, t_next in pairs:
+        for t, t_next in progress(pairs, desc=f'generating images {start + 1}-{start + len(x)}', unit='step',
+                                  leave=False):
             x = ddim_step(diffusion, predict(diffusion, x, t, clip=False), t, t_next, 0.0, None)
         out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
     return torch.cat(out)

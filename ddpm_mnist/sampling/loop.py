@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from ddpm_mnist.device import cpu_has_bf16, synchronize
 from ddpm_mnist.hints import Diffusion
 from ddpm_mnist.sampling.registry import SAMPLERS, resolve_steps
 from ddpm_mnist.sampling.samplers import build_sampler
+from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import UserError
 
 
@@ -125,21 +126,24 @@ def batch_generator(seed: int, start: int, device: str | torch.device) -> torch.
 
 @torch.inference_mode()
 def denoise(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: torch.Generator | None,
-            clip_x0: bool = True) -> torch.Tensor:
-    """One sampler loop from x_T to x_0 in [-1, 1] units: the library's model prediction at each timestep."""
+            clip_x0: bool = True, on_step: Callable[[], Any] | None = None) -> torch.Tensor:
+    """One sampler loop from x_T to x_0 in [-1, 1] units: the library's model prediction at each timestep
+    (on_step() after each: the progress bar)."""
     img = x_T.to(diffusion.device).contiguous(memory_format=torch.channels_last) * sampler.init_noise_sigma
     for t in sampler.timesteps:
         times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
         prediction = diffusion.model_predictions(sampler.scale_model_input(img, t), times, clip_x_start=clip_x0,
                                                  rederive_pred_noise=clip_x0)
         img = sampler.step(prediction, t, img, generator)
+        if on_step is not None:
+            on_step()
     return img.float()
 
 
 def run_batch(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: torch.Generator | None,
-              clip_x0: bool = True) -> torch.Tensor:
+              clip_x0: bool = True, on_step: Callable[[], Any] | None = None) -> torch.Tensor:
     """One batch from x_T to images in [0, 1]."""
-    return diffusion.unnormalize(denoise(diffusion, sampler, x_T, generator, clip_x0)).clamp(0, 1)
+    return diffusion.unnormalize(denoise(diffusion, sampler, x_T, generator, clip_x0, on_step)).clamp(0, 1)
 
 
 def sample(diffusion: Diffusion, strategy: str = 'ddim', num_samples: int = 25, batch_size: int = 25,
@@ -156,13 +160,18 @@ def sample(diffusion: Diffusion, strategy: str = 'ddim', num_samples: int = 25, 
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     sampler = build_sampler(strategy, diffusion, eta=eta)
+    sampler.set_timesteps(steps)
+    starts = range(0, num_samples, batch_size)
     out = []
-    for start in range(0, num_samples, batch_size):
-        sampler.set_timesteps(steps)
-        generator = batch_generator(seed, start, diffusion.device)
-        if labels is not None:
-            diffusion.model.condition(labels[start:start + batch_size], guidance)
-        out.append(run_batch(diffusion, sampler, noise[start:start + batch_size], generator, clip_x0).cpu())
+    with progress(total=len(starts) * len(sampler.timesteps), desc=f'{strategy} {len(sampler.timesteps)} steps, '
+                  f'{num_samples} images', unit='step', leave=False) as bar:
+        for start in starts:
+            sampler.set_timesteps(steps)
+            generator = batch_generator(seed, start, diffusion.device)
+            if labels is not None:
+                diffusion.model.condition(labels[start:start + batch_size], guidance)
+            out.append(run_batch(diffusion, sampler, noise[start:start + batch_size], generator, clip_x0,
+                                 bar.update).cpu())
     return torch.cat(out)
 
 

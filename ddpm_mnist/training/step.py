@@ -11,11 +11,11 @@ import torch
 from denoising_diffusion_pytorch import Unet
 from PIL import UnidentifiedImageError
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ddpm_mnist.model.attention import use_fast_attention
 from ddpm_mnist.model.conditional import LabelledBatch
 from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import UserError
 
 # The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).
@@ -180,7 +180,7 @@ def decode_all(dataset: torch.utils.data.Dataset) -> torch.Tensor:
     """Every image of the library's Dataset as one uint8 tensor (N, C, H, W). An unreadable file stops here,
     before training starts, with its name."""
     out = None
-    for i in tqdm(range(len(dataset)), desc='decoding training images', unit='img', mininterval=2, leave=False):
+    for i in progress(range(len(dataset)), desc='decoding training images', unit='img', leave=False):
         try:
             image = dataset[i]
         except (OSError, UnidentifiedImageError, ValueError) as err:

@@ -14,7 +14,6 @@ from denoising_diffusion_pytorch import Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle, num_to_groups
 from ema_pytorch import PostHocEMA
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ddpm_mnist.model.checkpoints import Parent, images_seen, load_checkpoint, save_checkpoint, segments_of
 from ddpm_mnist.model.conditional import LabelledBatch, is_conditional
@@ -25,6 +24,7 @@ from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, a
 from ddpm_mnist.hints import Config, Diffusion, PathLike
 from ddpm_mnist.training.run_folder import milestone_path, read_loss_log, write_loss_log
 from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import DiskFull, UserError
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
@@ -156,14 +156,15 @@ class MnistTrainer(Trainer):
         at every milestone the EMA's grid, the checkpoint, then the grid and the loss log."""
         parts, self.train_started = self.step_parts(), time.time()
         main = self.accelerator.is_main_process
-        with tqdm(initial=self.step, total=self.train_num_steps, disable=not main) as bar:
+        with progress(initial=self.step, total=self.train_num_steps, desc='training', unit='step',
+                      disable=not main) as bar:
             while self.step < self.train_num_steps:
                 loss = training_step(parts, self.dl, self.step)
                 self.step += 1
                 self.losses[self.step] = loss
                 if self.step == self.step_at_start + WARM_UP_STEPS:  # compiled and settled: the steady rate from here
                     self.warm = (self.step, time.time(), self.milestone_seconds)
-                bar.set_description(f'loss: {loss:.4f}')
+                bar.set_postfix_str(f'loss {loss:.4f}', refresh=False)
                 bar.update(1)
                 if self.step % self.save_and_sample_every == 0:
                     if main:
