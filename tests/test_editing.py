@@ -147,7 +147,7 @@ def test_conditional_edits_follow_digits(pngs, tmp_path, capsys):
     record_path, = tmp_path.glob('inference_ddpm_mnist_conditional_*/edit/sdedit_ddim20_strength1.0_digits3-8.json')
     assert json.loads(record_path.read_text())['digits'] == [3, 8]
     grid = torch.from_numpy(np.asarray(Image.open(record_path.with_suffix('.png')).convert('L'), np.float32) / 255)
-    cells = [grid[2:30, 2:30], grid[2:30, 32:60]]  # make_grid: 2 px padding around 28 px digits
+    cells = [grid[2:58, 2:58], grid[2:58, 60:116]]  # make_grid: 2 px padding around digits shown at 56 px
     _, probs = classify(load_classifier(), torch.stack(cells)[:, None])
     assert probs.argmax(1).tolist() == [3, 8]
 

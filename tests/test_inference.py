@@ -37,6 +37,7 @@ def test_inference_from_training_checkpoint(trained_run, capsys):
     assert record['nfe_per_image'] == 4 and record['seconds'] > 0 and record['step'] == 4
     with Image.open(grid) as image:
         assert json.loads(image.text['ddpm_mnist']) == record  # the grid carries its own record (issue 15: no grid without one)
+        assert image.size == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)  # 5 digits of 32 px shown at 64 px, 3 a row, 2 px apart
 
 
 def test_progress_is_plain_lines_in_a_log_and_quiet_silences_it(trained_run, capsys):

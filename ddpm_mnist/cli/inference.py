@@ -132,8 +132,7 @@ def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim
                       batch_size=batch_size, seed=seed, precision=opened.precision, device=str(device),
                       nfe_per_image=steps, seconds=round(seconds, 4), seconds_per_image=round(seconds / num_samples, 5),
                       **info, model=config['model'], diffusion=config['diffusion'])
-        grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
-        per_row = -(-num_samples // len(digits)) if conditional else None  # one digit per row
+        per_row = -(-num_samples // len(digits)) if conditional and len(digits) > 1 else None  # a row per digit
         grid.with_suffix('.json').unlink(missing_ok=True)  # a kill before the new record lands leaves no stale one
         save_grid(images, grid, record, nrow=per_row)  # the grid carries its record; the JSON beside it is a copy
         write_json(grid.with_suffix('.json'), record)

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from ddpm_mnist.hints import PathLike
 from ddpm_mnist.utils import BadValue, MissingFile, UserError, atomic_path, strict
 
+GRID_CELL = 56  # pixels: the least an image in a written grid is shown at (an MNIST digit twice its size)
 MODES = {1: 'L', 3: 'RGB'}  # a model's channels -> the PIL mode its images are read in
 MASKS = ('top', 'bottom', 'left', 'right', 'centre')
 Converted = namedtuple('Converted', 'images notes size')  # size: the inputs' own (width, height)
@@ -137,10 +138,15 @@ def load_mask(spec: str, *, input_size: tuple[int, int], size: int) -> torch.Ten
 
 def save_grid(images: torch.Tensor, path: PathLike, record: dict[str, Any] | None = None, *,
               nrow: int | None = None) -> None:
-    """A square grid PNG, written atomically; `record` (the run's settings) goes inside it as a PNG text chunk,
-    so a grid always carries its own description, even if the JSON copy beside it was never written."""
+    """A square grid PNG (or `nrow` images a row), written atomically, each image enlarged by a whole factor to at
+    least GRID_CELL pixels (nearest neighbour: every pixel stays a visible square); `record` (the run's settings)
+    goes inside it as a PNG text chunk, so a grid always carries its own description, even if the JSON copy
+    beside it was never written."""
     from PIL.PngImagePlugin import PngInfo
     from torchvision.utils import make_grid
+    scale = math.ceil(GRID_CELL / images.shape[-1])
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode='nearest')
     grid = make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))))
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()  # as save_image
     info = PngInfo()
