@@ -211,6 +211,20 @@ def test_train_shipped_needs_its_minutes(tmp_path):
         assert run.returncode == 2 and message in run.stderr and run.stderr.startswith('error:'), run.stderr
 
 
+def test_setup_env_checks_its_argument_before_anything(tmp_path):
+    """scripts/setup_env.sh --cpu installs the CPU build; anything else is one line on stderr, exit 2, before a
+    virtual environment is made."""
+    import shutil
+    import subprocess
+    from conftest import ROOT
+    copy = tmp_path / 'repo'
+    (copy / 'scripts').mkdir(parents=True)
+    shutil.copy(ROOT / 'scripts' / 'setup_env.sh', copy / 'scripts')
+    run = subprocess.run(['bash', str(copy / 'scripts' / 'setup_env.sh'), '--gpu'], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith('error: unknown argument --gpu') and '--cpu' in run.stderr
+    assert not (copy / '.venv').exists()
+
+
 def gates(fid, floor, size, features=None):
     """A model's gate scores at both etas (the same numbers), as compare_with_current returns them."""
     from ddpm_mnist.cli import export
