@@ -31,6 +31,8 @@ def test_wheel_carries_the_shipped_models(wheel):
         assert f'ddpm_mnist/pretrained/{stem}.safetensors' in names
         assert f'ddpm_mnist/pretrained/{stem}.json' in names
     assert not any(name.startswith(('tests/', 'scripts/', 'runs/')) for name in names)
+    for package in ('model', 'training', 'sampling', 'evaluation', 'cli'):  # every sub-package travels too
+        assert f'ddpm_mnist/{package}/__init__.py' in names, package
 
 
 def test_installed_package_loads_the_shipped_model_from_any_folder(wheel, tmp_path):
