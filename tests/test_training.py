@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
@@ -64,8 +65,11 @@ def test_resume_auto_continues_from_latest(tmp_path, image_folder, capsys):
     results = tmp_path / 'r'
     assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2), capsys)[0] == 0
     first = (results / 'model-1.pt').read_bytes()
+    (results / 'sample-1.png').unlink()  # what a kill between the checkpoint and its grid leaves
     code, out, _ = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
     assert code == 0 and 'resumed from milestone 1 (step 2)' in out
+    with Image.open(results / 'sample-1.png') as grid:  # drawn again on resume: every checkpoint has its grid
+        assert json.loads(grid.text['ddpm_mnist'])['redrawn_on_resume'] is True
     assert milestones(results) == [1, 2] and load_checkpoint(results / 'model-2.pt')['step'] == 4
     assert (results / 'model-1.pt').read_bytes() == first
     code, out, _ = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)

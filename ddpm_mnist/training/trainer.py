@@ -242,3 +242,18 @@ class MnistTrainer(Trainer):
         self.step_at_start = self.step
         self.machines = list(dict.fromkeys([*earlier.get('machines', []), *self.machines]))
         self.started = time.time()
+        self.redraw_missing_grid(milestone)
+
+    def redraw_missing_grid(self, milestone: int) -> None:
+        """A kill between writing model-N.pt and its grid leaves the checkpoint alone: the grid is drawn again on
+        resume (EMA weights, a random state of its own, so training continues as it would have), so every
+        checkpoint has its grid."""
+        grid = self.results_folder / f'sample-{milestone}.png'
+        if grid.exists() or not self.accelerator.is_main_process:
+            return
+        self.ema.ema_model.eval()
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(milestone)
+            images = torch.cat([self.ema.ema_model.sample(batch_size=n)
+                                for n in num_to_groups(self.num_samples, self.batch_size)])
+        save_grid(images.cpu(), grid, record=dict(milestone=milestone, step=self.step, redrawn_on_resume=True))
