@@ -144,3 +144,26 @@ def labels_of(folder: PathLike, paths: Sequence[Path]) -> np.ndarray:
         raise UserError(f'{path} has no label for {missing[0]} ({len(missing)} images unlabelled); rebuild the '
                         'folder with get_mnist_data.py --force')
     return np.array([labels[p.name] for p in paths])
+
+
+def fit_to_dataset(info: dict[str, Any], *, model: dict[str, Any] | None,
+                   diffusion: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's channels and classes follow the data folder's dataset (its dataset.json); a dataset whose native
+    size is not MNIST's 28 trains at that size unless --image_size says otherwise."""
+    model, diffusion = dict(model or {}), dict(diffusion or {})
+    if not info:  # a folder of images not made by get_mnist_data.py: the preset and the flags decide
+        return model, diffusion
+    channels, name = info['channels'], info['dataset']
+    if model.get('channels', channels) != channels:
+        raise UserError(f'--channels {model["channels"]} does not fit the data folder: its {name} images have '
+                        f'{channels} channel(s); drop --channels')
+    model['channels'] = channels
+    if model.get('num_classes'):
+        if not info.get('classes'):
+            raise UserError('a conditional model trains on labelled images, but this data folder has no classes; put '
+                            'the images in one subfolder per class and rebuild it with get_mnist_data.py')
+        model['num_classes'] = len(info['classes'])
+    side = (info.get('image_size') or [28])[0]
+    if side != 28 and 'image_size' not in diffusion:
+        diffusion['image_size'] = side
+    return model, diffusion

@@ -16,7 +16,7 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from ddpm_mnist.model.checkpoints import check_resumable, read_parent
-from ddpm_mnist.data import check_training_folder, folder_info
+from ddpm_mnist.data import check_training_folder, fit_to_dataset, folder_info
 from ddpm_mnist.device import cpu_has_bf16, pick_device
 from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.model.network import build_diffusion, versions
@@ -196,29 +196,6 @@ def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str,
 
 
 INIT_FROM_WARMUP_STEPS = 200
-
-
-def fit_to_dataset(info: dict[str, Any], *, model: dict[str, Any] | None,
-                   diffusion: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's channels and classes follow the data folder's dataset (its dataset.json); a dataset whose native
-    size is not MNIST's 28 trains at that size unless --image_size says otherwise."""
-    model, diffusion = dict(model or {}), dict(diffusion or {})
-    if not info:  # a folder of images not made by get_mnist_data.py: the preset and the flags decide
-        return model, diffusion
-    channels, name = info['channels'], info['dataset']
-    if model.get('channels', channels) != channels:
-        raise UserError(f'--channels {model["channels"]} does not fit the data folder: its {name} images have '
-                        f'{channels} channel(s); drop --channels')
-    model['channels'] = channels
-    if model.get('num_classes'):
-        if not info.get('classes'):
-            raise UserError('a conditional model trains on labelled images, but this data folder has no classes; put '
-                            'the images in one subfolder per class and rebuild it with get_mnist_data.py')
-        model['num_classes'] = len(info['classes'])
-    side = (info.get('image_size') or [28])[0]
-    if side != 28 and 'image_size' not in diffusion:
-        diffusion['image_size'] = side
-    return model, diffusion
 
 
 def check_batch_fits(training: dict[str, Any], num_processes: int, num_images: int) -> None:
