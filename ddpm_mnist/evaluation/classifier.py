@@ -67,8 +67,8 @@ ARCHITECTURES = {'lenet': LeNet, 'wide': WideNet}
 SECOND_WEIGHTS = WEIGHTS.with_name('mnist_classifier_wide.safetensors')
 
 
-def to_classifier_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, H, W, 3) as read from disk, or float (N, C, H, W) in [0, 1] -> float (N, C, 28, 28)."""
+def as_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, 3) as read from disk, or float (N, C, H, W) in [0, 1] -> float (N, C, H, W)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.array(images))
     if images.dtype == torch.uint8:
@@ -76,15 +76,24 @@ def to_classifier_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     elif images.dim() == 3:
         images = images[:, None]
-    if images.shape[-1] != SIDE:
-        images = F.interpolate(images, size=(SIDE, SIDE), mode='bilinear', antialias=True, align_corners=False)
-    return images.clamp(0, 1)
+    return images
+
+
+def resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    if images.shape[-1] == side:
+        return images
+    return F.interpolate(images, size=(side, side), mode='bilinear', antialias=True, align_corners=False)
+
+
+def to_classifier_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Any image batch (see as_float_images) -> float (N, C, 28, 28) in [0, 1], what the classifier reads."""
+    return resized(as_float_images(images), SIDE).clamp(0, 1)
 
 
 def as_training_resolution(images: torch.Tensor | np.ndarray, size: int = 32) -> torch.Tensor:
     """Real images resized as the library's Dataset does for training, so real and generated images reach the
     classifier through the same native -> size -> 28 resampling."""
-    x = to_classifier_input(images)
+    x = as_float_images(images).clamp(0, 1)
     return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
 
 
