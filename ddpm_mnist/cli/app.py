@@ -232,7 +232,7 @@ def build_page() -> Any:
     """The Gradio Blocks of the page; each button's endpoint is named after its action (gradio_client's api_name)."""
     import gradio as gr
     samplers = list(SAMPLERS)
-    with gr.Blocks(title='DDPM and DDIM on MNIST') as page:
+    with gr.Blocks(title='DDPM and DDIM on MNIST', analytics_enabled=False) as page:
         gr.Markdown('# DDPM and DDIM on MNIST\nThe shipped models, sampled on this machine. Every action on its '
                     'defaults answers in about a second on a 2-core CPU; longer ones show their progress here.')
         with gr.Tab('Generate'):
