@@ -123,9 +123,9 @@ def drawn_digit(canvas: Any, size: int) -> torch.Tensor:
     if composite is None:
         raise UserError('the canvas is blank: draw a digit (or upload one) first')
     pixels = np.asarray(composite)
-    if pixels.ndim == 3 and pixels.shape[-1] == 4:
-        strokes = pixels[..., 3]  # where the brush went
-    else:
+    if pixels.ndim == 3 and pixels.shape[-1] == 4 and pixels[..., 3].min() < 255:
+        strokes = pixels[..., 3]  # a transparent canvas: where the brush went
+    else:  # an opaque one (or an image): the strokes are what differs from the background
         grey = pixels if pixels.ndim == 2 else pixels[..., :3].mean(-1)
         strokes = grey if grey.mean() < 128 else 255 - grey  # light strokes on dark, or dark on light
     if strokes.max() < 16:
