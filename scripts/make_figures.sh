@@ -17,6 +17,17 @@
 #   SWEEP=none RUN=runs/shipped/segment-1 bash scripts/make_figures.sh   # grids, training grids and training curve
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# every setting checked before anything runs
+fail() { echo "error: $1" >&2; exit 2; }
+[ $# -eq 0 ] || fail "make_figures.sh takes no arguments; its settings are SWEEP, GRIDS, EDITS, CONDITIONAL, RUN, GUIDANCE_W (see its top)"
+case "${SWEEP:-full}" in full|cpu|quick|none) ;; *) fail "SWEEP=$SWEEP; use full, cpu, quick or none" ;; esac
+for var in GRIDS EDITS CONDITIONAL; do
+  case "${!var:-yes}" in yes|no) ;; *) fail "$var=${!var}; use yes or no" ;; esac
+done
+[[ "${GUIDANCE_W:-1.25}" =~ ^[0-9]+([.][0-9]+)?$ ]] || fail "GUIDANCE_W=$GUIDANCE_W; use a number such as 1.25"
+if [ -n "${RUN:-}" ] && ! ls "$RUN"/sample-*.png >/dev/null 2>&1; then
+  fail "no sample-N.png in RUN=$RUN; point RUN at a training results folder"
+fi
 . .venv/bin/activate
 raw=()
 [ -d ../shared/data/mnist-full ] && raw=(--raw_dir ../shared/data/mnist-full)  # else downloaded (torchvision)

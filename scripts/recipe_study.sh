@@ -40,6 +40,11 @@ declare -A FLAGS=(
 declare -A COSINE_BASE=([lean_cosine]=lean [lean_b32_cosine]=lean_b32_phema)
 ORDER=(default lean lean_x0 lean_b32 lean_dim48 lean_minsnr lean_cosine lean_b128 lean_eps)
 [ $# -gt 0 ] && ORDER=("$@")
+for name in "${ORDER[@]}"; do  # every argument checked before anything runs
+  [ -n "${FLAGS[$name]+x}" ] || { echo "error: unknown candidate $name; choose from ${!FLAGS[*]}" >&2; exit 2; }
+done
+[[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v m="$MINUTES" 'BEGIN { exit !(m > 0) }' || {
+  echo "error: MINUTES=$MINUTES; use a number of minutes > 0" >&2; exit 2; }
 [ -f "$DATA/dataset.json" ] || $PY get_mnist_data.py --raw_dir "$RAW_DIR" --output "$DATA"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
 for name in "${ORDER[@]}"; do

@@ -211,6 +211,28 @@ def test_train_shipped_needs_its_minutes(tmp_path):
         assert run.returncode == 2 and message in run.stderr and run.stderr.startswith('error:'), run.stderr
 
 
+@pytest.mark.parametrize('script, env, args, message', [
+    ('make_figures.sh', {'SWEEP': 'all'}, [], 'SWEEP=all; use full, cpu, quick or none'),
+    ('make_figures.sh', {'EDITS': 'maybe'}, [], 'EDITS=maybe; use yes or no'),
+    ('make_figures.sh', {'GUIDANCE_W': 'high'}, [], 'GUIDANCE_W=high'),
+    ('make_figures.sh', {'RUN': '/nonexistent'}, [], 'no sample-N.png in RUN=/nonexistent'),
+    ('make_figures.sh', {}, ['now'], 'takes no arguments'),
+    ('recipe_study.sh', {}, ['lean', 'huge'], 'unknown candidate huge'),
+    ('recipe_study.sh', {'MINUTES': '0'}, ['lean'], 'MINUTES=0'),
+    ('recipe_study.sh', {'MINUTES': 'soon'}, ['lean'], 'MINUTES=soon'),
+])
+def test_report_scripts_check_every_setting_before_anything(tmp_path, script, env, args, message):
+    """A bad setting of a report script is one line on stderr and exit 2 before anything runs (no training, no
+    figure, no data folder written)."""
+    import subprocess
+    from conftest import ROOT
+    run = subprocess.run(['bash', str(ROOT / 'scripts' / script), *args], capture_output=True, text=True,
+                         env={'PATH': '/usr/bin:/bin', 'OUT': str(tmp_path / 'out'), 'DATA': str(tmp_path / 'data'),
+                              **env})
+    assert run.returncode == 2 and run.stderr.startswith('error:') and message in run.stderr, run.stderr
+    assert run.stderr.count('\n') == 1 and not (tmp_path / 'out').exists() and not (tmp_path / 'data').exists()
+
+
 def test_setup_env_checks_its_argument_before_anything(tmp_path):
     """scripts/setup_env.sh --cpu installs the CPU build; anything else is one line on stderr, exit 2, before a
     virtual environment is made."""
