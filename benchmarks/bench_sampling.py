@@ -126,7 +126,7 @@ def sampler_overhead(device, precision, batch, steps, repeats):
           f'{steps * forward:.3f} s', flush=True)
     rows = []
     for name, spec in SAMPLERS.items():
-        if spec.all_steps:
+        if spec.all_steps or spec.student:
             continue  # DDPM's step is DDIM's with eta = 1; its T = 1000 steps would take minutes here
         seconds = statistics.median(end_to_end(diffusion, name, steps, batch) for _ in range(3))
         rows.append(dict(sampler=name, label=spec.label, steps=steps, batch=batch, seconds=seconds,

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_main, run_twice, train_argv
 from ddpm_mnist.model.checkpoints import load_checkpoint, load_model
 from ddpm_mnist.model.conditional import (UNGUIDED, Guidance, GuidedUnet, LowestAttentionConditionalUnet,
                                           balanced_labels, guided)
-from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS
 from ddpm_mnist.sampling.loop import sample
 
 
@@ -69,7 +69,7 @@ def test_library_variant_removes_the_parallel_part():
     assert torch.equal(guided(conditional, unconditional, UNGUIDED), conditional)
 
 
-@pytest.mark.parametrize('strategy', list(SAMPLERS))
+@pytest.mark.parametrize('strategy', DIFFUSION_SAMPLERS)
 def test_every_sampler_works_with_guidance(conditional_run, strategy):
     diffusion, _, _ = load_model(conditional_run / 'model-2.pt')
     images = sample(diffusion, strategy=strategy, num_samples=4, batch_size=2, steps=3,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddpm_mnist.model.network import build_diffusion
-from ddpm_mnist.sampling.registry import SAMPLERS, grid_name
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, grid_name
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_times
 from ddpm_mnist.sampling.loop import denoise, initial_noise, sample
 
@@ -126,7 +126,7 @@ def test_ddim_with_eta_1_and_all_steps_is_ddpm():
 
 # ---------------------------------------------------------------- the diffusers-backed solvers
 
-SOLVERS = [name for name in SAMPLERS if name not in ('ddpm', 'ddim')]  # the diffusers-backed ones
+SOLVERS = [name for name in DIFFUSION_SAMPLERS if name not in ('ddpm', 'ddim')]  # the diffusers-backed ones
 
 
 def reference_solver_loop(diffusion, name, steps, objective, seed=7):
@@ -161,14 +161,14 @@ def test_solver_takes_the_objective_from_the_model(objective):
            f'dpmpp_2m {objective}')
 
 
-@pytest.mark.parametrize('name', list(SAMPLERS))
+@pytest.mark.parametrize('name', DIFFUSION_SAMPLERS)
 def test_every_sampler_clips_x0_and_ends_in_range(name):
     """x0 is clipped at every step as the library's DDIM does, so the final image lies in [-1, 1]."""
     out = ours(tiny('pred_noise'), name, 10)
     assert out.isfinite().all() and out.abs().max() <= 1 + 1e-5
 
 
-@pytest.mark.parametrize('name', [n for n, spec in SAMPLERS.items() if spec.stochastic])
+@pytest.mark.parametrize('name', [n for n in DIFFUSION_SAMPLERS if SAMPLERS[n].stochastic])
 def test_stochastic_samplers_are_seeded(name):
     diffusion = tiny()
     first = sample(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3)

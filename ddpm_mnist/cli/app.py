@@ -19,7 +19,7 @@ from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling import editing
 from ddpm_mnist.sampling.images import MASKS, named_mask, open_image, to_model_input
 from ddpm_mnist.sampling.loop import initial_noise
-from ddpm_mnist.sampling.registry import SAMPLERS, label
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, label
 from ddpm_mnist.utils import UserError
 
 MODELS = {'unconditional': False, 'conditional': True}  # the page's model choice -> load_model(conditional=...)
@@ -231,7 +231,7 @@ def shown_errors(action: Any) -> Any:
 def build_page() -> Any:
     """The Gradio Blocks of the page; each button's endpoint is named after its action (gradio_client's api_name)."""
     import gradio as gr
-    samplers = list(SAMPLERS)
+    samplers = list(DIFFUSION_SAMPLERS)  # the page samples the shipped diffusion models
     with gr.Blocks(title='DDPM and DDIM on MNIST', analytics_enabled=False) as page:
         gr.Markdown('# DDPM and DDIM on MNIST\nThe shipped models, sampled on this machine. Every action on its '
                     'defaults answers in about a second on a 2-core CPU; longer ones show their progress here.')

@@ -18,7 +18,7 @@ from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model
 from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone
-from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, resolve_steps
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, grid_name, resolve_steps
 from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch_size, timed_sample
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
@@ -149,7 +149,7 @@ def sweep_settings(*, quick: bool = False, compare_samplers: Sequence[str] | Non
                    ) -> tuple[Sequence[str], Sequence[int], Sequence[float], Sequence[int], int]:
     """(samplers, DDIM steps, DDIM etas, other samplers' steps, N) from the sweep settings and quick."""
     defaults = QUICK if quick else {}
-    samplers = compare_samplers or defaults.get('samplers') or tuple(SAMPLERS)
+    samplers = compare_samplers or defaults.get('samplers') or DIFFUSION_SAMPLERS
     if not compare_ddpm:
         samplers = [name for name in samplers if name != 'ddpm']
     n = num_samples or defaults.get('num_samples', 1000)

@@ -75,7 +75,9 @@ def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_time
             labelled.settings = diffusion_settings(config)
             return labelled
         unet = GuidedUnet(unet)
-    return GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+    diffusion = GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+    diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
+    return diffusion
 
 
 def sampling_view(labelled: LabelledDiffusion) -> GaussianDiffusion:

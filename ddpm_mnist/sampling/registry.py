@@ -12,7 +12,10 @@ from typing import Any
 
 # builder: a class of samplers.py; options: what it is built with (for DiffusersSolver, the scheduler and its
 # settings)
-SamplerSpec = namedtuple('SamplerSpec', 'label builder all_steps uses_eta stochastic options')
+# default_steps: the steps a sampler takes when none are given (None: 50, at most T); student: it samples a
+# distilled student only (diffusion models refuse it)
+SamplerSpec = namedtuple('SamplerSpec', 'label builder all_steps uses_eta stochastic options default_steps student',
+                         defaults=(None, False))
 
 
 def exists(value: Any) -> bool:
@@ -41,12 +44,18 @@ SAMPLERS = {
     'unipc': solver('UniPC(2)', 'UniPCMultistepScheduler', solver_order=2, predict_x0=True, solver_type='bh2',
                     stochastic=False),
     'euler_a': solver('Euler ancestral', 'EulerAncestralDiscreteScheduler', stochastic=True),
+    # a distilled student's sampler (distill_ddpm_mnist.py); other models refuse it
+    'consistency': SamplerSpec('Consistency', 'Consistency', all_steps=False, uses_eta=False, stochastic=True,
+                               options={}, default_steps=2, student=True),
 }
+# the samplers of a diffusion model (every one but the students'): the sweep's default, the page's, the tests'
+DIFFUSION_SAMPLERS = tuple(name for name, spec in SAMPLERS.items() if not spec.student)
 
 
 def resolve_steps(name: str, steps: int | None, total_timesteps: int) -> int:
-    """Steps S a sampler runs: all T for DDPM, else `steps` (default 50, at most T)."""
-    return total_timesteps if SAMPLERS[name].all_steps else default(steps, min(50, total_timesteps))
+    """Steps S a sampler runs: all T for DDPM, else `steps` (default: the sampler's own, else 50; at most T)."""
+    return total_timesteps if SAMPLERS[name].all_steps else default(
+        steps, min(default(SAMPLERS[name].default_steps, 50), total_timesteps))
 
 
 def label(name: str, steps: int, eta: float | None = None) -> str:

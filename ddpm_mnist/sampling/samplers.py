@@ -95,6 +95,37 @@ def ddim_step(diffusion: Diffusion, prediction: ModelPrediction, t: int, t_next:
     return x + sigma * step_noise(x, generator) if eta > 0 else x
 
 
+class Consistency(LibraryChain):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) of a distilled student: at each of S of its
+    boundaries the student's f(x, t) = c_skip(t) x + c_out(t) x0(x, t) jumps to the end of the ODE; before the next
+    boundary that estimate is noised again to its level (q(x_t | x0)). S = 1 is one network call."""
+
+    def __init__(self, diffusion: Diffusion, *, eta: float | None = None) -> None:
+        from ddpm_mnist.utils import UserError
+        if not getattr(diffusion, 'student', None):
+            raise UserError('the consistency sampler needs a distilled student (distill_ddpm_mnist.py makes one); '
+                            'this model is a diffusion model: use ddim, ddpm or a solver')
+        self.diffusion = diffusion
+        from ddpm_mnist.training.distill import boundaries
+        self.boundaries = boundaries(diffusion.num_timesteps, diffusion.student['boundaries'])[:-1]  # 0: identity
+
+    def set_timesteps(self, steps: int) -> None:
+        """S of the student's boundaries, evenly spread from T-1 down (S = 2: T-1 and the middle one)."""
+        count = len(self.boundaries)
+        picks = sorted({round(i * count / steps) for i in range(min(steps, count))})
+        self.timesteps = [self.boundaries[i] for i in picks]
+        self.next_time = dict(zip(self.timesteps, self.timesteps[1:]))
+
+    def step(self, prediction: ModelPrediction, t: int, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
+        from ddpm_mnist.training.distill import scalings
+        c_skip, c_out = (c.to(x.device) for c in scalings(t))
+        x0 = c_skip * x + c_out * prediction.pred_x_start  # the student's f(x_t, t): the end of the ODE
+        if t not in self.next_time:
+            return x0
+        return self.diffusion.q_sample(x0, full_times(self.next_time[t], x), step_noise(x, generator))
+
+
 class DiffusersSolver:
     """A diffusers scheduler driven by the library's model: built from the checkpoint's own betas, fed the
     library's (clipped, re-derived) noise prediction, timesteps 'trailing' so the first step is at T-1 like
@@ -136,10 +167,10 @@ class DiffusersSolver:
         return self.scheduler.step(prediction.pred_noise, self.scheduler_time[t], x, **noise).prev_sample
 
 
-BUILDERS = {'Ddpm': Ddpm, 'Ddim': Ddim, 'DiffusersSolver': DiffusersSolver}
+BUILDERS = {'Ddpm': Ddpm, 'Ddim': Ddim, 'DiffusersSolver': DiffusersSolver, 'Consistency': Consistency}
 
 
-def build_sampler(name: str, diffusion: Diffusion, *, eta: float = 0.0) -> Ddpm | Ddim | DiffusersSolver:
+def build_sampler(name: str, diffusion: Diffusion, *, eta: float = 0.0) -> Ddpm | Ddim | DiffusersSolver | Consistency:
     """The sampler a registry entry names, for one model; call set_timesteps(S) before stepping."""
     spec = SAMPLERS[name]
     return BUILDERS[spec.builder](diffusion, eta=eta, **spec.options)

@@ -22,6 +22,7 @@ from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.model.network import build_diffusion, versions
 from ddpm_mnist.training.run_folder import check_against_folder, prepare_folder, read_config, resolve_resume
 from ddpm_mnist.settings import PRESETS, check_relations
+from ddpm_mnist.training.distill import attach_teacher, student_diffusion
 from ddpm_mnist.training.trainer import WARM_UP_STEPS, MnistTrainer, effective_batch
 from ddpm_mnist.utils import FolderLock, UserError, ensure_writable_dir, warn
 
@@ -146,13 +147,16 @@ def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str,
                 min_snr_gamma: float | None = None, fast_path: bool = True, compile: bool | None = None,
                 num_workers: int = 2, resume: str = 'auto', init_from: PathLike | None = None,
                 max_minutes: float | None = None, device: str = 'auto', seed: int | None = None,
-                command: str | None = None) -> None:
+                command: str | None = None, student: dict[str, Any] | None = None) -> None:
     """The whole training command: check, build, lock the folder, write config.json, train. `model`, `diffusion`
-    and `training` are the settings given explicitly (the rest comes from the preset)."""
+    and `training` are the settings given explicitly (the rest comes from the preset). `student`: distil the
+    model `init_from` (the teacher) instead (training.distill)."""
     model, diffusion = fit_to_dataset(folder_info(data_folder), model=model, diffusion=diffusion)
     config = build_config(preset=preset, model=model, diffusion=diffusion, training=training, amp=amp,
                           calculate_fid=calculate_fid, seed=seed, fast_path=fast_path, min_snr_gamma=min_snr_gamma)
     config['command'] = command or shlex.join(['python3', 'train_ddpm_mnist.py', *sys.argv[1:]])
+    if student is not None:
+        config['student'] = dict(student, teacher=str(init_from))
     folder = config['training']['results_folder']
     warmup_given = 'lr_warmup_steps' in (training or {})
     num_images = check_training_folder(data_folder)
@@ -240,8 +244,9 @@ def build_trainer(config: Config, state: PartialState, device: str, precision: s
     if state.is_main_process:
         cpu_warning(config, device)
         memory_warning(config, device)
-    diffusion = build_diffusion(config, sampling_timesteps=training['sampling_timesteps'], training=True)
-    return MnistTrainer(
+    diffusion = (student_diffusion(config) if config.get('student') else
+                 build_diffusion(config, sampling_timesteps=training['sampling_timesteps'], training=True))
+    trainer = MnistTrainer(
         diffusion, data_folder, config=config, num_workers=num_workers, fast=fast_path,
         compile=fast_path and (device == 'cpu' if compile is None else compile),
         train_batch_size=training['train_batch_size'], train_lr=training['train_lr'],
@@ -255,6 +260,9 @@ def build_trainer(config: Config, state: PartialState, device: str, precision: s
         num_fid_samples=num_fid_samples, max_minutes=max_minutes,
         lr_warmup_steps=training.get('lr_warmup_steps') or 0, lr_schedule=training.get('lr_schedule') or 'constant',
         post_hoc_ema_every=training.get('post_hoc_ema_every'))
+    if config.get('student'):  # after the Trainer: its EMA copy of the student carries no teacher
+        attach_teacher(trainer, config, device)
+    return trainer
 
 
 def train(trainer: MnistTrainer, config: Config, state: PartialState, resume: int | None) -> None:

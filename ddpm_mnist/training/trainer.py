@@ -145,6 +145,8 @@ class MnistTrainer(Trainer):
         """What training_step touches, for this run: the EMAs only on the main process, which holds them."""
         emas = (self.ema, *([self.post_hoc] if self.post_hoc is not None else [])) if (
             self.accelerator.is_main_process) else ()
+        target = getattr(self.accelerator.unwrap_model(self.model), 'target', None)
+        emas += (target,) if target is not None else ()  # a distilling student's target network
         schedule = dict(base=self.base_lr, warmup_steps=self.lr_warmup_steps, schedule=self.lr_schedule,
                         total_steps=self.train_num_steps)
         return StepParts(model=self.model, optimiser=self.opt, accelerator=self.accelerator,

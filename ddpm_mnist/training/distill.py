@@ -1,0 +1,128 @@
+"""Consistency distillation (Song et al. 2023, Algorithm 2) in the teacher's discrete DDIM time, as Latent
+Consistency Models do (Luo et al. 2023): a student initialised from the teacher learns to map any point of the
+teacher's probability-flow ODE straight to its end. The student is a GaussianDiffusion like any other (same Unet,
+same checkpoint format); its config's `student` section says how to read it (the boundaries, the scalings), which
+the 'consistency' sampler needs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from denoising_diffusion_pytorch import GaussianDiffusion
+from ema_pytorch import EMA
+
+from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.sampling.samplers import ddim_times
+
+TIMESTEP_SCALING, SIGMA_DATA = 10.0, 0.5  # LCM's boundary scalings in DDPM's integer time
+
+
+def scalings(t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) at integer time t: f(x, t) = c_skip(t) x + c_out(t) x0_pred(x, t). At t = 0 c_skip = 1 and
+    c_out = 0, so the student is exactly the identity at the smallest time (the consistency boundary condition)."""
+    scaled = torch.as_tensor(t, dtype=torch.float64) * TIMESTEP_SCALING
+    c_skip = SIGMA_DATA ** 2 / (scaled ** 2 + SIGMA_DATA ** 2)
+    c_out = scaled / (scaled ** 2 + SIGMA_DATA ** 2).sqrt()
+    return c_skip.float(), c_out.float()
+
+
+def boundaries(total_timesteps: int, count: int) -> list[int]:
+    """The times of the teacher's DDIM-`count` chain, descending from T-1, then 0, where the student is the
+    identity (f(x, 0) = x): the anchor every consistency chain ends at. The student learns to join neighbours."""
+    times = [t for t, _ in ddim_times(total_timesteps, count)]
+    return times + [0] if times[-1] != 0 else times
+
+
+def consistency(diffusion: Diffusion, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                clip: bool = False) -> torch.Tensor:
+    """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), x0 read from the Unet's output by the model's objective."""
+    out = unet(x, t)
+    if diffusion.objective == 'pred_noise':
+        x0 = diffusion.predict_start_from_noise(x, t, out)
+    elif diffusion.objective == 'pred_x0':
+        x0 = out
+    else:
+        x0 = diffusion.predict_start_from_v(x, t, out)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    c_skip, c_out = (c.to(x.device)[:, None, None, None] for c in scalings(t))
+    return c_skip * x + c_out * x0
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sqrt(|a - b|^2 + c^2) - c per image, c = 0.00054 sqrt(d) (Song & Dhariwal 2023, improved consistency
+    training), averaged over the batch."""
+    c = 0.00054 * math.sqrt(a[0].numel())
+    return ((a - b).pow(2).flatten(1).sum(1) + c ** 2).sqrt().sub(c).mean()
+
+
+class ConsistencyDistillation(GaussianDiffusion):
+    """The student while it trains: forward(images) is the distillation loss, so the project's training step,
+    Trainer, EMA and checkpoints run it unchanged; sample() draws its milestone grid with the consistency sampler.
+    The teacher (frozen) and the target network (an EMA of the student, decay `target_decay`) are attributes, not
+    submodules: neither is trained, saved nor averaged."""
+
+    def __init__(self, *args: Any, student: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.student = student
+        self.times = boundaries(self.num_timesteps, student['boundaries'])
+
+    def setup_student(self, teacher: Diffusion, target_unet: torch.nn.Module) -> None:
+        """The frozen teacher and the target network (`target_unet`: a fresh Unet of the student's shape, given its
+        weights at the first step). Called once the Trainer exists, so that its EMA copy carries neither."""
+        object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))
+        object.__setattr__(self, 'target', EMA(self.model, ema_model=target_unet.to(self.betas.device),
+                                              beta=self.student['target_decay'], update_after_step=0,
+                                              update_every=1))
+
+    def forward(self, img: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One distillation loss: x_t on the forward process at a random boundary t, one teacher DDIM step (eta 0)
+        to the next boundary s, and the distance between the student at (x_t, t) and the target at (x_s, s)."""
+        if not self.target.initted:  # the target starts as the student's weights (after --init_from or resume)
+            self.target.copy_params_from_model_to_ema()
+            self.target.initted.fill_(True)
+        x0 = self.normalize(img)
+        n = len(x0)
+        pick = torch.randint(0, len(self.times) - 1, (n,), device=x0.device)
+        times = torch.tensor(self.times, device=x0.device)
+        t, s = times[pick], times[pick + 1]  # adjacent boundaries, t > s
+        x_t = self.q_sample(x0, t, torch.randn_like(x0))  # Ho et al. 2020, Eq. 4
+        with torch.no_grad():
+            x_s = self.teacher_step(x_t, t, s)
+            target = consistency(self, self.target.ema_model, x_s, s)
+        return pseudo_huber(consistency(self, self.model, x_t, t), target) if self.student['loss'] == 'huber' else (
+            (consistency(self, self.model, x_t, t) - target).pow(2).mean())
+
+    def teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The teacher's DDIM step with eta 0 from t to s (Song et al. 2021, Eq. 12), its x0 clipped as in sampling."""
+        prediction = self.teacher.model_predictions(x_t, t, clip_x_start=True, rederive_pred_noise=True)
+        alpha_s = self.alphas_cumprod[s][:, None, None, None]
+        return alpha_s.sqrt() * prediction.pred_x_start + (1 - alpha_s).sqrt() * prediction.pred_noise
+
+    @torch.inference_mode()
+    def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
+        """The milestone grid: two-step consistency sampling."""
+        from ddpm_mnist.sampling.loop import sample
+        return sample(self, strategy='consistency', num_samples=batch_size, batch_size=batch_size, steps=2)
+
+
+def student_diffusion(config: dict[str, Any]) -> ConsistencyDistillation:
+    """The student as it trains: the config's Unet (initialised from the teacher by --init_from) in a
+    ConsistencyDistillation."""
+    from ddpm_mnist.model.conditional import is_conditional
+    from ddpm_mnist.model.network import build_unet, diffusion_settings
+    from ddpm_mnist.utils import UserError
+    if is_conditional(config['model']):
+        raise UserError('distilling a class-conditional teacher is not written yet; distil the unconditional one')
+    return ConsistencyDistillation(build_unet(config['model']), **diffusion_settings(config),
+                                   student=config['student'])
+
+
+def attach_teacher(trainer: Any, config: dict[str, Any], device: str) -> None:
+    """The frozen teacher (the file the student started from) and a target Unet, given to the student."""
+    from ddpm_mnist.api import load_model
+    from ddpm_mnist.model.network import build_unet
+    teacher = load_model(config['student']['teacher'], device=device, precision='fp32').diffusion
+    trainer.accelerator.unwrap_model(trainer.model).setup_student(teacher, build_unet(config['model']))

@@ -1,0 +1,81 @@
+"""Distil a trained model (the teacher) into a few-step student by consistency distillation in the teacher's DDIM
+time (Song et al. 2023; LCM, Luo et al. 2023): the student starts from the teacher's weights and learns to jump from
+any point of the teacher's deterministic (eta 0) path straight to its end. Sample it with --strategy consistency and
+1-8 steps. Milestones, resume, --max_minutes and the run folder are those of train_ddpm_mnist.py (the same training
+step and Trainer); export a milestone with python -m ddpm_mnist.cli.export. See docs/distillation.md.
+
+  python3 distill_ddpm_mnist.py --data_folder data/mnist_full_train --max_minutes 20
+  python3 inference_comparison.py --checkpoint runs/distill/model-4.pt --strategy consistency --sample_steps 2
+"""
+import argparse
+import shlex
+import sys
+from typing import Sequence
+
+from ddpm_mnist.settings import ArgumentParser, Rule, at_least, check_flags, fraction
+from ddpm_mnist.utils import run_cli
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--teacher', default=None,
+                   help='the model to distil: a checkpoint, an export or a run folder (default: the shipped model)')
+    p.add_argument('--conditional', action='store_true', help='distil the shipped class-conditional model')
+    p.add_argument('--data_folder', default='./data/mnist_image_folder',
+                   help='training images (get_mnist_data.py): where the teacher\'s path starts (default: %(default)s)')
+    p.add_argument('--results_folder', default='./runs/distill',
+                   help='run folder: milestones model-N.pt, grids, config.json (default: %(default)s)')
+    g = p.add_argument_group('distillation')
+    g.add_argument('--boundaries', type=int, default=50,
+                   help='the teacher\'s DDIM steps the student learns to join, one teacher step apart (default: '
+                        '%(default)s, as LCM\'s skipping step of 20 over T = 1000)')
+    g.add_argument('--target_decay', type=float, default=0.95,
+                   help='EMA decay of the target network (Song et al. 2023: 0.95) (default: %(default)s)')
+    g.add_argument('--loss', choices=['huber', 'l2'], default='huber',
+                   help='pseudo-Huber (Song & Dhariwal 2023) or squared error (default: %(default)s)')
+    g = p.add_argument_group('training')
+    g.add_argument('--train_num_steps', type=int, default=20000, help='optimiser steps (default: %(default)s)')
+    g.add_argument('--train_batch_size', type=int, default=32, help='images per step (default: %(default)s)')
+    g.add_argument('--train_lr', type=float, default=2e-5, help='Adam learning rate (default: %(default)s)')
+    g.add_argument('--ema_decay', type=float, default=0.999,
+                   help='EMA decay of the weights that are sampled and exported (default: %(default)s)')
+    g.add_argument('--save_and_sample_every', type=int, default=500,
+                   help='steps between milestones (default: %(default)s)')
+    g.add_argument('--num_samples', type=int, default=16, help='digits in each milestone grid (default: %(default)s)')
+    g.add_argument('--max_minutes', type=float, default=None,
+                   help='stop at the first milestone after this many minutes (a rerun resumes) (default: none)')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='torch.compile the student (default: on for CPU training)')
+    p.add_argument('--resume', default='auto', help='auto, N or none, as train_ddpm_mnist.py (default: auto)')
+    p.add_argument('--device', choices=['auto', 'cuda', 'mps', 'cpu'], default='auto', help='(default: auto)')
+    p.add_argument('--seed', type=int, default=None, help='random seed')
+    args = p.parse_args(argv)
+    check_flags(vars(args), extra={'boundaries': at_least(2), 'target_decay': fraction(closed_top=False),
+                                   'max_minutes': Rule(lambda v: v > 0, 'a number of minutes > 0')})
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    from ddpm_mnist.api import checkpoint_path, load_model
+    from ddpm_mnist.settings import DIFFUSION_KEYS
+    from ddpm_mnist.training.command import train_model
+    teacher = checkpoint_path(args.teacher, conditional=args.conditional)
+    config = load_model(teacher, precision='fp32').config  # the student has the teacher's architecture
+    if config.get('student'):
+        from ddpm_mnist.utils import UserError
+        raise UserError(f'{teacher} is a student already; distil a diffusion model (the teacher)')
+    training = dict(train_num_steps=args.train_num_steps, train_batch_size=args.train_batch_size,
+                    train_lr=args.train_lr, ema_decay=args.ema_decay, save_and_sample_every=args.save_and_sample_every,
+                    num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant')
+    train_model(preset='shipped', model=config['model'],
+                diffusion={k: config['diffusion'][k] for k in DIFFUSION_KEYS if k in config['diffusion']},
+                training=training, data_folder=args.data_folder, init_from=teacher, max_minutes=args.max_minutes,
+                resume=args.resume, device=args.device, seed=args.seed, compile=args.compile,
+                student=dict(method='consistency', boundaries=args.boundaries, target_decay=args.target_decay,
+                             loss=args.loss),
+                command=shlex.join(['python3', 'distill_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == '__main__':
+    run_cli(main)
