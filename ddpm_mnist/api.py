@@ -126,7 +126,13 @@ def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, *, record: dict | None = None) -> Path:
-    """A square grid PNG of images in [0, 1], written atomically (with `record` stored inside it)."""
+    """A square grid PNG of images in [0, 1], each shown at 56 px or more, written atomically (with `record`
+    stored inside it). Images that are not a finite (N, C, H, W) tensor are a BadValue, before anything is written."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not len(images):
+        shape = tuple(images.shape) if hasattr(images, 'shape') else type(images).__name__
+        raise BadValue(f'images of shape {shape} cannot be saved as a grid: give a tensor (N, C, H, W) in [0, 1]')
+    if not torch.isfinite(images).all():
+        raise BadValue('images hold NaN or infinite values; the model or sampler that made them is broken')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid_png(images, path, record)

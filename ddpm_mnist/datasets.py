@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import UserError
+from ddpm_mnist.utils import BadValue, UserError
 
 Split = tuple[np.ndarray, np.ndarray]  # images uint8 (N, H, W) or (N, H, W, 3), labels uint8 (N,)
 IDX_NAMES = {
@@ -249,7 +249,7 @@ def dataset_entry(name: str | None) -> DatasetEntry:
     """The entry of a dataset by name (None: MNIST, the default), or a one-line error listing the names."""
     name = name or 'mnist'
     if name not in DATASETS:
-        raise UserError(f'unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}')
+        raise BadValue(f'unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}')
     return DATASETS[name]
 
 

@@ -131,3 +131,20 @@ def test_evaluate_refuses_what_it_cannot_score_at_once(images, fragment):
     with pytest.raises(ValueError) as caught:
         ddpm_mnist.evaluate(images)
     assert fragment in str(caught.value) and time.perf_counter() - started < 30  # no minutes in sqrtm
+
+
+@pytest.mark.parametrize('images, fragment', [
+    (torch.full((4, 1, 28, 28), float('nan')), 'NaN or infinite'),
+    (torch.rand(28, 28), 'shape (28, 28)'),
+    (torch.rand(0, 1, 28, 28), 'shape (0, 1, 28, 28)'),
+    ('grid.png', 'str'),
+])
+def test_save_grid_refuses_what_is_not_a_batch_of_images(images, fragment, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        ddpm_mnist.save_grid(images, tmp_path / 'grid.png')
+    assert not (tmp_path / 'grid.png').exists()
+
+
+def test_evaluate_names_an_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of: mnist, fashion_mnist"):
+        ddpm_mnist.evaluate(torch.rand(4, 1, 28, 28), dataset='imagenet')
