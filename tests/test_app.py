@@ -135,7 +135,9 @@ def test_every_endpoint_through_gradio_client(served):
     assert 'SDEdit' in caption
     _, caption = client.predict(1, 2, 3, 5, False, api_name='/interpolate')
     assert '3 frames' in caption
-    with pytest.raises(Exception, match='steps must be a whole number'):
+    with pytest.raises(Exception, match='seed must be a whole number'):  # the action's own check
+        client.predict('unconditional', 'ddim', 5, 0, -1, 4, 'all', 1.25, api_name='/generate')
+    with pytest.raises(Exception, match='greater than maximum value 1000'):  # Gradio's own, for a slider
         client.predict('unconditional', 'ddim', 5000, 0, 0, 4, 'all', 1.25, api_name='/generate')
     with pytest.raises(Exception, match='the canvas is blank'):
         client.predict(None, None, 'bottom', None, 5, 2, 0, api_name='/complete')
@@ -167,6 +169,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         assert np.asarray(grid).max() > 128  # digits, not a blank picture
         page.screenshot(path=SCREENSHOT or str(tmp_path / 'app.png'))
         page.get_by_role('tab', name='Complete a digit').click()
+        page.locator('#canvas button[aria-label="Brush"]').first.click()  # the canvas waits for a tool
         canvas = page.locator('#canvas canvas').first
         box = canvas.bounding_box()
         x, top, height = box['x'] + box['width'] / 2, box['y'] + box['height'] * 0.2, box['height'] * 0.6

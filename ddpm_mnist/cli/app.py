@@ -247,7 +247,7 @@ def build_page() -> Any:
                 g_digit = gr.Dropdown(['all', *map(str, range(10))], value='all', label='digit (conditional)')
                 g_guidance = gr.Slider(0, 5, value=1.25, step=0.05, label='guidance scale (conditional)')
             g_button = gr.Button('Generate', variant='primary', elem_id='generate')
-            g_image = gr.Image(label='samples', elem_id='generated')
+            g_image = gr.Image(label='samples', elem_id='generated', format='png')
             g_caption = gr.Markdown(elem_id='generated_caption')
             g_button.click(shown_errors(generate), [g_model, g_sampler, g_steps, g_eta, g_seed, g_count, g_digit,
                                                     g_guidance], [g_image, g_caption], api_name='generate')
@@ -277,7 +277,7 @@ def build_page() -> Any:
                 k_button = gr.Button('Complete (RePaint)', variant='primary', elem_id='complete')
                 strength = gr.Slider(0.05, 1, value=0.6, step=0.05, label='SDEdit strength')
                 s_button = gr.Button('SDEdit the drawing', elem_id='sdedit')
-            k_image, k_caption = gr.Image(label='result', elem_id='completed'), gr.Markdown(elem_id='completed_caption')
+            k_image, k_caption = gr.Image(label='result', elem_id='completed', format='png'), gr.Markdown(elem_id='completed_caption')
             k_button.click(shown_errors(complete), [canvas, upload, region, mask_canvas, k_steps, k_resamples,
                                                     k_seed], [k_image, k_caption], api_name='complete')
             s_button.click(shown_errors(sdedit), [canvas, upload, strength, k_steps, k_seed], [k_image, k_caption],
