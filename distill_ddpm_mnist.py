@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.api import checkpoint_path, load_model
+    from ddpm_mnist.model.network import attention_of
     from ddpm_mnist.settings import DIFFUSION_KEYS
     from ddpm_mnist.training.command import train_model
     teacher = checkpoint_path(args.teacher, conditional=args.conditional)
@@ -67,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f'{teacher} is a student already; distil a diffusion model (the teacher)')
     training = dict(train_num_steps=args.train_num_steps, train_batch_size=args.train_batch_size,
                     train_lr=args.train_lr, ema_decay=args.ema_decay, save_and_sample_every=args.save_and_sample_every,
-                    num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant')
-    train_model(preset='shipped', model=config['model'],
+                    num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant',
+                    sampling_timesteps=min(50, config['diffusion']['timesteps']))  # (the student's grids: 2 steps)
+    model = {**config['model'], 'attention': attention_of(config['model'])}  # older configs leave the layout implied
+    train_model(preset='shipped', model=model,
                 diffusion={k: config['diffusion'][k] for k in DIFFUSION_KEYS if k in config['diffusion']},
                 training=training, data_folder=args.data_folder, init_from=teacher, max_minutes=args.max_minutes,
                 resume=args.resume, device=args.device, seed=args.seed, compile=args.compile,

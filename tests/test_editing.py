@@ -144,7 +144,7 @@ def test_conditional_edits_follow_digits(pngs, tmp_path, capsys):
             '--results_folder', str(tmp_path), '--precision', 'fp32', '--digits', '3', '8']
     code, stdout, err = run_main(edit_digits.main, argv, capsys)
     assert code == 0, err
-    record_path, = tmp_path.glob('inference_ddpm_mnist_conditional_*/edit/sdedit_ddim20_strength1.0_digits3-8.json')
+    record_path, = tmp_path.glob('*conditional*/edit/sdedit_ddim20_strength1.0_digits3-8.json')
     assert json.loads(record_path.read_text())['digits'] == [3, 8]
     grid = torch.from_numpy(np.asarray(Image.open(record_path.with_suffix('.png')).convert('L'), np.float32) / 255)
     cells = [grid[2:58, 2:58], grid[2:58, 60:116]]  # make_grid: 2 px padding around digits shown at 56 px

@@ -130,4 +130,5 @@ class LabelledDiffusion(library_cfg.GaussianDiffusion):
         from ddpm_mnist.sampling.loop import sample
         view = sampling_view(self)
         return sample(view, strategy='ddim', num_samples=batch_size, batch_size=batch_size,
-                      steps=min(self.sampling_steps, self.num_timesteps), labels=balanced_labels(batch_size))
+                      steps=min(self.sampling_steps, self.num_timesteps),
+                      labels=balanced_labels(batch_size, range(self.model.classes_emb.num_embeddings)))
