@@ -68,6 +68,14 @@ def test_the_command_writes_a_student_that_samples_in_one_or_two_steps(student_r
     config = json.loads((student_run / 'config.json').read_text())
     assert config['student']['boundaries'] == 5 and config['student']['teacher'].endswith('model-2.pt')
     assert config['init_from']['file'] == 'model-2.pt'  # the student started from the teacher's weights
+    from ddpm_mnist.model.checkpoints import export_ema
+    record = json.loads(export_ema(student_run / 'model-2.pt', student_run / 'student').with_suffix('.json')
+                        .read_text())
+    teacher = json.loads(export_ema(trained_run / 'model-2.pt', student_run / 'teacher').with_suffix('.json')
+                         .read_text())
+    segments = record['provenance']['segments']  # the teacher's segments, then the student's own
+    assert segments[:-1] == teacher['provenance']['segments'] and record['student']['boundaries'] == 5
+    assert record['provenance']['total_images_seen'] == teacher['provenance']['total_images_seen'] + 6 * 16
     student = load_model(student_run, precision='fp32')
     for steps in (1, 2):
         first = sample(student, strategy='consistency', steps=steps, n=4, seed=3)
