@@ -42,21 +42,18 @@ def reference_evaluator(*, image_size: int, raw_dir: PathLike | None = None, dat
     """An Evaluator against the dataset's test split (ReferenceEvaluator(evaluator, test images); MNIST by
     default). With no folder named and no MNIST found, against the shipped test-split statistics (reference None);
     a folder the user named that does not hold the dataset is an error, not a reason to fall back."""
-    if dataset not in (None, 'mnist'):
-        return ReferenceEvaluator(*digits_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root,
-                                                    seed=seed, dataset=dataset, with_reference=True))
     try:
-        reference, _ = load_split('test', raw_dir, data_root)
-        train, _ = load_split('train', raw_dir, data_root)
+        return dataset_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root, seed=seed,
+                                 dataset=dataset)
     except UserError as err:
-        stats = None if raw_dir is not None else load_reference_stats(image_size=image_size)
+        mnist = dataset in (None, 'mnist')
+        stats = load_reference_stats(image_size=image_size) if mnist and raw_dir is None else None
         if stats is None:
             raise
         warn(f'MNIST not found ({str(err).split(";")[0]}): FID, IS, confidence and class balance use the shipped '
              'test-split statistics; precision/recall, near-copies and most calibration rows need the digits and '
              f'are skipped. To get MNIST: {DOWNLOAD_HELP}')
         return ReferenceEvaluator(Evaluator(image_size=image_size, seed=seed, stats=stats), None)
-    return ReferenceEvaluator(Evaluator(reference, train, image_size=image_size, seed=seed), reference)
 
 
 def write_reference_stats(classifier: torch.nn.Module, reference: np.ndarray, train: np.ndarray,
@@ -90,17 +87,23 @@ def load_reference_stats(path: PathLike = REFERENCE_STATS, image_size: int = STA
     return ReferenceStats(tensors['mean'].numpy(), tensors['cov'].numpy(), info['count'], info['floor_fid_by_n'])
 
 
-def digits_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
-                     seed: int = 0, dataset: str | None = None,
-                     with_reference: bool = False) -> Evaluator | tuple[Evaluator, object]:
-    """An Evaluator against the dataset's test split (MNIST's by default) with its training images beside it (the
-    floor, near-copies), scored by that dataset's classifier: what the export gate, the training curve and the
-    report scripts score with. The data must be at hand. with_reference: (evaluator, test images)."""
+def dataset_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
+                      seed: int = 0, dataset: str | None = None) -> ReferenceEvaluator:
+    """ReferenceEvaluator(an Evaluator against the dataset's test split with its training images beside it, the
+    test images), scored by that dataset's classifier (MNIST's by default). The data must be at hand."""
     reference, _ = load_split('test', raw_dir, data_root, dataset)
     train, _ = load_split('train', raw_dir, data_root, dataset)
     evaluator = Evaluator(reference, train, image_size=image_size, seed=seed,
                           classifier=load_classifier(classifier_path(dataset)))
-    return (evaluator, reference) if with_reference else evaluator
+    return ReferenceEvaluator(evaluator, reference)
+
+
+def digits_evaluator(*, image_size: int, raw_dir: PathLike | None = None, data_root: PathLike = './data',
+                     seed: int = 0, dataset: str | None = None) -> Evaluator:
+    """The Evaluator of dataset_evaluator (the floor, near-copies): what the export gate, the training curve and the
+    report scripts score with."""
+    return dataset_evaluator(image_size=image_size, raw_dir=raw_dir, data_root=data_root, seed=seed,
+                             dataset=dataset).evaluator
 
 
 def floor_fid(evaluator: Evaluator, n: int) -> float:

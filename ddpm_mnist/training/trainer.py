@@ -179,10 +179,7 @@ class MnistTrainer(Trainer):
         """The library's milestone (num_samples EMA images with its own sampler, Inception FID if asked), with the
         checkpoint written before its grid: a grid on disk always has its model-N.pt."""
         started = time.time()
-        self.ema.ema_model.eval()
-        with torch.inference_mode():
-            images = torch.cat([self.ema.ema_model.sample(batch_size=n)
-                                for n in num_to_groups(self.num_samples, self.batch_size)])
+        images = self.ema_grid()
         if self.calculate_fid:
             self.accelerator.print(f'fid_score: {self.fid_scorer.fid_score()}')
         self.save(milestone, grid=images)
@@ -253,9 +250,14 @@ class MnistTrainer(Trainer):
         grid = self.results_folder / f'sample-{milestone}.png'
         if grid.exists() or not self.accelerator.is_main_process:
             return
-        self.ema.ema_model.eval()
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(milestone)
-            images = torch.cat([self.ema.ema_model.sample(batch_size=n)
-                                for n in num_to_groups(self.num_samples, self.batch_size)])
+            images = self.ema_grid()
         save_grid(images.cpu(), grid, record=dict(milestone=milestone, step=self.step, redrawn_on_resume=True))
+
+    @torch.inference_mode()
+    def ema_grid(self) -> torch.Tensor:
+        """num_samples images of the EMA weights, drawn with the model's own sampler: a milestone's grid."""
+        self.ema.ema_model.eval()
+        return torch.cat([self.ema.ema_model.sample(batch_size=n)
+                          for n in num_to_groups(self.num_samples, self.batch_size)])
