@@ -39,6 +39,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument('--min_snr_gamma', type=float, default=None,
                    help="min-SNR-gamma loss weighting (Hang et al. 2023; the library's min_snr_loss_weight), e.g. 5 "
                         '(default: off)')
+    g.add_argument('--snr_floor', type=float, default=None,
+                   help='lower bound on the loss weight of the x0 error, which the library\'s weighting lets vanish '
+                        'at high noise: 1 is the "truncated SNR" weighting of Salimans & Ho 2022 (default: off)')
     g.add_argument('--conditional', action='store_true',
                    help='train a class-conditional model (the library\'s conditional Unet, trained on labels.csv) for '
                         'classifier-free guidance: inference_comparison.py --digits, --guidance_scale')
@@ -85,7 +88,7 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
                 training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
                 calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path,
-                min_snr_gamma=args.min_snr_gamma)
+                min_snr_gamma=args.min_snr_gamma, snr_floor=args.snr_floor)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,6 +28,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--switch', action='store_true',
                    help='only the eta-switch rows for the first model: eta 1 for the first 10 or 25 of the 50 steps '
                         'then 0, and eta 0 for the first 25 or 40 then 1')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
+                   help="the Unet's precision when sampling (auto: bf16 on CPUs that have it, else fp32); fp32 checks "
+                        'whether bf16 rounding, which the ODE carries to the end, is part of the gap')
     args = p.parse_args(argv)
     from ddpm_mnist.settings import at_least, check_flags
     check_flags(vars(args), extra={'num_samples': at_least(10)})
@@ -68,11 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import initial_noise
+    print(f'precision: {args.precision}')
     print(f'| model | {"eta per step" if args.switch else "x0 clipping"} | DDIM-50 eta | FID [95 %] | FID / floor '
           '| class shares 0-9 (%) |')
     print('|---|---|---|---|---|---|')
     for index, name in enumerate(args.checkpoints):
-        model = load_model(None if name == 'SHIPPED' else name)
+        model = load_model(None if name == 'SHIPPED' else name, precision=args.precision)
         evaluator = digits_evaluator(image_size=model.image_size, raw_dir=args.raw_dir, data_root=args.data_root)
         floor = floor_fid(evaluator, args.num_samples)
         noise = initial_noise(args.num_samples, model.diffusion.channels, model.image_size, seed=0)

@@ -64,6 +64,23 @@ def diffusion_settings(config: Config, sampling_timesteps: int | None = None) ->
                 min_snr_gamma=gamma if gamma is not None else 5)
 
 
+def set_loss_weight(diffusion: nn.Module, diffusion_cfg: dict[str, Any]) -> None:
+    """The per-timestep loss weight, written as the weight w on the x0 error that the library's buffer implies for
+    each objective (|v - v'|^2 = (snr + 1) |x0 - x0'|^2, |eps - eps'|^2 = snr |x0 - x0'|^2). The library's w is
+    min(snr, gamma) (min-SNR, Hang et al. 2023) or snr: it vanishes as snr -> 0, so the high-noise predictions that
+    steer the deterministic sampler are barely trained. snr_floor f raises it to max(w, f): Salimans & Ho (2022,
+    section 4) "truncated SNR" weighting is f = 1."""
+    floor = diffusion_cfg.get('snr_floor')
+    if floor is None or not hasattr(diffusion, 'loss_weight'):
+        return
+    alphas_cumprod = diffusion.alphas_cumprod.double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    gamma = diffusion_cfg.get('min_snr_gamma')
+    x0_weight = (snr if gamma is None else snr.clamp(max=gamma)).clamp(min=floor)
+    per_objective = {'pred_noise': x0_weight / snr, 'pred_x0': x0_weight, 'pred_v': x0_weight / (snr + 1)}
+    diffusion.loss_weight.copy_(per_objective[diffusion.objective].float())
+
+
 def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_timesteps: int | None = None, *,
                     training: bool = False) -> GaussianDiffusion:
     """The library's GaussianDiffusion. A conditional model trains as the library's conditional diffusion
@@ -73,9 +90,11 @@ def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_time
         if training:
             labelled = LabelledDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
             labelled.settings = diffusion_settings(config)
+            set_loss_weight(labelled, config['diffusion'])
             return labelled
         unet = GuidedUnet(unet)
     diffusion = GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+    set_loss_weight(diffusion, config['diffusion'])
     diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
     return diffusion
 
