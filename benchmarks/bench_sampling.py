@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_common import gemm_peak
 from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize
 from ddpm_mnist.model.network import build_diffusion
-from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings
 from ddpm_mnist.sampling.samplers import ddim_times
 from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
 from ddpm_mnist.settings import ArgumentParser, PRESETS
@@ -82,10 +82,12 @@ def measure(device, arch, batch, precision, repeats, peaks, compiled=False):
 
 def end_to_end(diffusion, strategy, steps, num_images, batch=None):
     batch = batch or num_images
-    sample(diffusion, strategy='ddim', num_samples=batch, batch_size=batch, steps=2)
+    total = diffusion.num_timesteps
+    sample(diffusion, SamplerSettings.resolve('ddim', 2, total_timesteps=total), num_samples=batch, batch_size=batch)
     synchronize(diffusion.device)
     start = time.perf_counter()
-    sample(diffusion, strategy=strategy, num_samples=num_images, batch_size=batch, steps=steps)
+    sample(diffusion, SamplerSettings.resolve(strategy, steps, total_timesteps=total), num_samples=num_images,
+           batch_size=batch)
     synchronize(diffusion.device)
     return time.perf_counter() - start
 

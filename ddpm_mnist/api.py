@@ -22,6 +22,7 @@ from ddpm_mnist.training.run_folder import find_milestone, milestones
 from ddpm_mnist.model.checkpoints import check_fits_precision, load_model as load_checkpoint_model
 from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_precision, prepare_for_inference
 from ddpm_mnist.sampling.loop import sample as sample_diffusion
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.device import keep_freed_memory, pick_device
 from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, check_arguments
 from ddpm_mnist.sampling.images import save_grid as save_grid_png
@@ -121,8 +122,9 @@ def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta:
         raise BadValue(f'steps={steps} is not allowed: use 1 to the model\'s training timesteps T={model.timesteps}')
     batch = default_batch_size(model.device, n) if batch_size is None else batch_size
     labels, guidance = conditioning(model.diffusion, n, digits=digits, guidance_scale=guidance_scale)
-    return sample_diffusion(model.diffusion, strategy=strategy, num_samples=n, batch_size=batch, steps=steps,
-                            eta=eta, seed=seed, labels=labels, guidance=guidance)
+    settings = SamplerSettings.resolve(strategy, steps, eta, total_timesteps=model.timesteps)
+    return sample_diffusion(model.diffusion, settings, num_samples=n, batch_size=batch, seed=seed, labels=labels,
+                            guidance=guidance)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, *, record: dict | None = None) -> Path:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ddpm_mnist.evaluation.reference import digits_evaluator
-from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, config_label, sweep_configs,
+from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, sweep_configs,
                                          write_outputs)
 from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS
 from ddpm_mnist.settings import ArgumentParser, add_raw_dir_arg
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         row = json.loads(path.read_text())
         if 'config' in row:
             rows[row['config']] = row
-    order = [config_label(c) for c in sweep_configs(DIFFUSION_SAMPLERS, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
+    order = [c.label for c in sweep_configs(DIFFUSION_SAMPLERS, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
                                                     solver_steps=DEFAULT_SOLVER_STEPS, total_timesteps=1000)]
     n = {r['n'] for r in rows.values()}.pop()
     evaluator = digits_evaluator(image_size=32, raw_dir=args.raw_dir, seed=args.seed)  # the sweep it was written for

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.datasets import load_split
     from ddpm_mnist.device import keep_freed_memory
     from ddpm_mnist.evaluation.metrics import Evaluator
-    from ddpm_mnist.sampling.registry import resolve_steps
+    from ddpm_mnist.sampling.registry import SamplerSettings
     from ddpm_mnist.evaluation.sweep import cache_key
 
     keep_freed_memory()
@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return dict(steps=k, psnr_mean=float(inversion.psnr.mean()), psnr_median=float(inversion.psnr.median()))
 
     def sdedit_row(strength: float) -> dict[str, Any]:
-        steps = resolve_steps('ddim', None, diffusion.num_timesteps)  # DDIM-50, or every step of a shorter chain
-        images, nfe = editing.sdedit(diffusion, digits, strength=strength, steps=steps, seed=args.seed,
+        ddim = SamplerSettings.resolve('ddim', total_timesteps=diffusion.num_timesteps)  # DDIM-50, or all T if fewer
+        images, nfe = editing.sdedit(diffusion, digits, strength=strength, settings=ddim, seed=args.seed,
                                      batch_size=args.batch_size)
         return dict(strength=strength, nfe_per_image=nfe, label_kept=label_agreement(images))
 

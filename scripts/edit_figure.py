@@ -54,14 +54,15 @@ def edit_rows(model: Any, digits: Any, *, seed: int, inpaint_steps: int | None) 
 
     from ddpm_mnist.sampling.images import named_mask
     from ddpm_mnist.sampling.loop import initial_noise
-    from ddpm_mnist.sampling.registry import resolve_steps
+    from ddpm_mnist.sampling.registry import SamplerSettings
     diffusion, size = model.diffusion, model.image_size
-    steps = resolve_steps('ddim', None, model.timesteps)  # DDIM-50, or every step of a shorter chain
+    ddim = SamplerSettings.resolve('ddim', total_timesteps=model.timesteps)  # DDIM-50, or every step of a shorter chain
+    steps = ddim.steps
     mask = named_mask('bottom', size)
     inpainted, _ = editing.inpaint(diffusion, digits, mask, steps=inpaint_steps,
                                    eta=1.0 if inpaint_steps is None else 0.0, seed=seed, batch_size=len(digits))
     shown = digits * (1 - mask) + 0.5 * mask
-    sdedited, _ = editing.sdedit(diffusion, digits, strength=0.5, steps=steps, seed=seed, batch_size=len(digits))
+    sdedited, _ = editing.sdedit(diffusion, digits, strength=0.5, settings=ddim, seed=seed, batch_size=len(digits))
     inverted = editing.invert(diffusion, digits, steps=steps, batch_size=len(digits)).reconstruction
     ends = [initial_noise(1, diffusion.channels, size, s).to(diffusion.device) for s in (seed, seed + 1)]
     frames = editing.interpolate(diffusion, *ends, frames=2 * len(digits), steps=steps)

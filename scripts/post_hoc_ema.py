@@ -1,7 +1,8 @@
 """Choose the EMA length after training: synthesise EMA weights of several lengths from the PostHocEMA snapshots a
 run kept (train_ddpm_mnist.py --post_hoc_ema_every N; ema-pytorch's PostHocEMA, Karras et al. 2024, Algorithm 3),
-score each like the training curve (DDIM-50, eta 1, N images, seed 0), beside the run's own EMA (the library's
-EMA of --ema_decay) at its last milestone.
+score each like the training curve (DDIM-50 at eta 0 and at eta 1, N images, seed 0, the same x_T), beside the
+run's own EMA (the library's EMA of --ema_decay) at its last milestone. Both etas, because an EMA length can help
+the stochastic sampler and hurt the deterministic one (docs/training.md); the table shows each.
 
   python3 scripts/post_hoc_ema.py --results_folder runs/recipe/lean_phema --raw_dir ../shared/data/mnist-full
 Writes RESULTS/post_hoc_ema/synth-<sigma_rel>.{safetensors,json} and prints (and writes, with --output) a table.
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ddpm_mnist.model.checkpoints import images_seen, load_checkpoint
     from ddpm_mnist.evaluation.curve import CurveSettings, score_milestone
+    from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.device import pick_device
     from ddpm_mnist.evaluation.reference import digits_evaluator
     from ddpm_mnist.model.network import build_diffusion
@@ -58,10 +60,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     evaluator = digits_evaluator(image_size=config['diffusion']['image_size'], raw_dir=args.raw_dir,
                                  data_root=args.data_root)
     steps = resolve_steps('ddim', None, config['diffusion']['timesteps'])  # DDIM-50, or all T of a shorter chain
-    settings = CurveSettings(steps=steps, eta=1.0, num_samples=args.num_samples, seed=0, batch_size=100,
-                             precision=default_precision(pick_device('auto')))
-    rows = [dict(ema=f'library EMA, decay {config["training"]["ema_decay"]}',
-                 **score_milestone(last, evaluator, settings))]
+    precision = default_precision(pick_device('auto'))
+    curve = {eta: CurveSettings(steps=steps, eta=eta, num_samples=args.num_samples, seed=0, batch_size=100,
+                                precision=precision) for eta in (0.0, 1.0)}
+
+    def scored(name: str, path: Path) -> dict:
+        return dict(ema=name, **{eta: score_milestone(path, evaluator, settings) for eta, settings in curve.items()})
+
+    rows = [scored(f'library EMA, decay {config["training"]["ema_decay"]}', last)]
     for sigma_rel in map(float, args.sigma_rels.split(',')):
         synthesised = post_hoc.synthesize_ema_model(sigma_rel=sigma_rel)
         name = f'synth-{sigma_rel:.2f}'  # not with_suffix: it would cut at the decimal point
@@ -70,13 +76,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             save_file({k: v.contiguous() for k, v in synthesised.ema_model.model.state_dict().items()}, str(tmp))
         write_json(record, dict(copy.deepcopy(config), post_hoc_ema=dict(
             sigma_rel=sigma_rel, step=ckpt['step'], images_seen=images_seen(ckpt, config))))
-        rows.append(dict(ema=f'post-hoc, sigma_rel {sigma_rel:.2f}',
-                         **score_milestone(weights, evaluator, settings)))
-        print(f'{rows[-1]["ema"]}: FID {rows[-1]["fid"]:.2f}', flush=True)
-    lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-{steps}, eta 1, N = {args.num_samples}, seed 0', '',
-             '| EMA | FID [95 %] | IS | confidence | smallest class |', '|---|---|---|---|---|']
-    lines += [f'| {r["ema"]} | {r["fid"]:.2f} [{r["fid_low"]:.2f}, {r["fid_high"]:.2f}] | {r["inception_score"]:.2f} | '
-              f'{r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f} % |' for r in rows]
+        rows.append(scored(f'post-hoc, sigma_rel {sigma_rel:.2f}', weights))
+        print(f'{rows[-1]["ema"]}: FID eta 0 {rows[-1][0.0]["fid"]:.2f}, eta 1 {rows[-1][1.0]["fid"]:.2f}', flush=True)
+    lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-{steps}, N = {args.num_samples}, seed 0', '',
+             '| EMA | eta 0 FID [95 %] | eta 1 FID [95 %] | eta 0 / eta 1 | smallest class (eta 0, eta 1) |',
+             '|---|---|---|---|---|']
+    lines += [f'| {r["ema"]} | {interval_cell(r[0.0], "fid")} | {interval_cell(r[1.0], "fid")} | '
+              f'{r[0.0]["fid"] / r[1.0]["fid"]:.2f} | {100 * r[0.0]["min_class_share"]:.1f} %, '
+              f'{100 * r[1.0]["min_class_share"]:.1f} % |' for r in rows]
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.output:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe study of docs/training.md: each candidate trained from scratch on the 60,000 digits for the same wall
-# time (MINUTES, default 20, compiling included), then its last milestone scored like the training curve (DDIM-50,
-# eta 1, N = 500, seed 0). Run it alone: two jobs on 2 cores slow each other unevenly.
+# time (MINUTES, default 20, compiling included), then its last milestone scored like the training curve (DDIM-50
+# at eta 0 and at eta 1, N = 500, seed 0). Run it alone: two jobs on 2 cores slow each other unevenly.
 #
 #   bash scripts/recipe_study.sh                  # every candidate not yet done (finished ones are skipped)
 #   bash scripts/recipe_study.sh lean lean_x0     # only these

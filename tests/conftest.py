@@ -121,3 +121,11 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
+
+
+def sample_with(diffusion, strategy, steps=None, eta=0.0, **kwargs):
+    """sampling.loop.sample with the sampler configuration resolved as the command line resolves it."""
+    from ddpm_mnist.sampling.loop import sample
+    from ddpm_mnist.sampling.registry import SamplerSettings
+    settings = SamplerSettings.resolve(strategy, steps, eta, total_timesteps=diffusion.num_timesteps)
+    return sample(diffusion, settings, **kwargs)

@@ -9,12 +9,11 @@ from denoising_diffusion_pytorch import classifier_free_guidance as library_cfg
 
 import inference_comparison
 import train_ddpm_mnist
-from conftest import assert_one_line_error, run_main, run_twice, train_argv
+from conftest import assert_one_line_error, run_main, run_twice, sample_with, train_argv
 from ddpm_mnist.model.checkpoints import load_checkpoint, load_model
 from ddpm_mnist.model.conditional import (UNGUIDED, Guidance, GuidedUnet, LowestAttentionConditionalUnet,
                                           balanced_labels, guided)
 from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS
-from ddpm_mnist.sampling.loop import sample
 
 
 @pytest.fixture(scope='module')
@@ -72,7 +71,7 @@ def test_library_variant_removes_the_parallel_part():
 @pytest.mark.parametrize('strategy', DIFFUSION_SAMPLERS)
 def test_every_sampler_works_with_guidance(conditional_run, strategy):
     diffusion, _, _ = load_model(conditional_run / 'model-2.pt')
-    images = sample(diffusion, strategy=strategy, num_samples=4, batch_size=2, steps=3,
+    images = sample_with(diffusion, strategy=strategy, num_samples=4, batch_size=2, steps=3,
                     labels=torch.tensor([0, 1, 2, 3]), guidance=Guidance(2.0, False, 0.0))
     assert images.shape == (4, 1, 32, 32) and images.isfinite().all()
 

@@ -12,6 +12,7 @@ import edit_digits
 from conftest import assert_one_line_error, run_main
 from ddpm_mnist.sampling import editing
 from ddpm_mnist.sampling.images import named_mask
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.model.checkpoints import load_model
 
 
@@ -78,12 +79,14 @@ def test_inversion_then_generation_reconstructs_the_models_own_sample():
 
 def test_sdedit_strength_moves_from_the_input_to_a_sample(tiny):
     images = torch.rand(2, 1, 32, 32)
-    light, nfe_light = editing.sdedit(tiny, images, strength=0.1, steps=20, seed=0)
-    heavy, nfe_heavy = editing.sdedit(tiny, images, strength=1.0, steps=20, seed=0)
+    ddim20 = SamplerSettings.resolve('ddim', 20, total_timesteps=tiny.num_timesteps)
+    light, nfe_light = editing.sdedit(tiny, images, strength=0.1, settings=ddim20, seed=0)
+    heavy, nfe_heavy = editing.sdedit(tiny, images, strength=1.0, settings=ddim20, seed=0)
     assert nfe_light < nfe_heavy == 20
     assert (light - images).abs().mean() < (heavy - images).abs().mean()
     for strategy in ('ddpm', 'dpmpp_2m', 'euler_a'):
-        out, _ = editing.sdedit(tiny, images, strength=0.5, strategy=strategy, steps=10, seed=0)
+        settings = SamplerSettings.resolve(strategy, 10, total_timesteps=tiny.num_timesteps)
+        out, _ = editing.sdedit(tiny, images, strength=0.5, settings=settings, seed=0)
         assert out.shape == images.shape and out.isfinite().all()
 
 

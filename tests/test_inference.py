@@ -7,8 +7,9 @@ import torch
 from denoising_diffusion_pytorch import GaussianDiffusion, Trainer, Unet
 
 import inference_comparison
-from conftest import assert_one_line_error, run_main
+from conftest import assert_one_line_error, run_main, sample_with
 from ddpm_mnist.sampling import loop as sampling
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.cli.inference import resolve_checkpoint
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.model.config import detect_objective, detect_schedule
@@ -56,29 +57,29 @@ def test_ddpm_runs_all_steps_and_warns(trained_run, capsys):
 
 
 def test_num_samples_is_the_number_of_images():  # bug 5
-    images = sampling.sample(tiny_diffusion(), strategy='ddim', num_samples=7, batch_size=3, steps=2)
+    images = sample_with(tiny_diffusion(), strategy='ddim', num_samples=7, batch_size=3, steps=2)
     assert images.shape == (7, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
 
 
 def test_ddim_with_eta_1_and_all_steps_equals_ddpm():
     diffusion = tiny_diffusion()
-    ddpm = sampling.sample(diffusion, strategy='ddpm', num_samples=4, batch_size=4, seed=3)
-    ddim = sampling.sample(diffusion, strategy='ddim', num_samples=4, batch_size=4, steps=20, eta=1.0, seed=3)
+    ddpm = sample_with(diffusion, strategy='ddpm', num_samples=4, batch_size=4, seed=3)
+    ddim = sample_with(diffusion, strategy='ddim', num_samples=4, batch_size=4, steps=20, eta=1.0, seed=3)
     assert torch.allclose(ddpm, ddim, atol=1e-4)
 
 
 def test_ddim_with_all_steps_really_runs_ddim():  # bug 4
     diffusion = tiny_diffusion()
-    ddpm = sampling.sample(diffusion, strategy='ddpm', num_samples=4, seed=3)
-    ddim = sampling.sample(diffusion, strategy='ddim', num_samples=4, steps=20, eta=0.0, seed=3)
+    ddpm = sample_with(diffusion, strategy='ddpm', num_samples=4, seed=3)
+    ddim = sample_with(diffusion, strategy='ddim', num_samples=4, steps=20, eta=0.0, seed=3)
     assert not torch.allclose(ddpm, ddim, atol=1e-3)
 
 
 def test_ddim_eta0_is_deterministic_and_batching_does_not_matter():
     diffusion = tiny_diffusion()
-    a = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=1)
-    b = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=4, steps=5, seed=1)
-    c = sampling.sample(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=2)
+    a = sample_with(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=1)
+    b = sample_with(diffusion, strategy='ddim', num_samples=6, batch_size=4, steps=5, seed=1)
+    c = sample_with(diffusion, strategy='ddim', num_samples=6, batch_size=6, steps=5, seed=2)
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
 
 
@@ -88,9 +89,9 @@ def test_same_seed_same_initial_noise_for_both_strategies(monkeypatch):  # bug 6
     monkeypatch.setattr(sampling, 'run_batch', lambda d, sampler, x_T, *a: seen.append(x_T.clone())
                         or real(d, sampler, x_T, *a))
     diffusion = tiny_diffusion()
-    sampling.sample(diffusion, strategy='ddpm', num_samples=5, batch_size=2, seed=9)
+    sample_with(diffusion, strategy='ddpm', num_samples=5, batch_size=2, seed=9)
     for strategy in ('ddim', 'dpmpp_2m', 'euler_a'):
-        sampling.sample(diffusion, strategy=strategy, num_samples=5, batch_size=5, steps=3, seed=9)
+        sample_with(diffusion, strategy=strategy, num_samples=5, batch_size=5, steps=3, seed=9)
     assert torch.equal(torch.cat(seen[:3]), seen[3]) and all(torch.equal(seen[3], x) for x in seen[4:])
 
 
@@ -109,7 +110,7 @@ def test_timing_excludes_warm_up_and_synchronises(monkeypatch):  # bug 7
     monkeypatch.setattr(sampling, 'synchronize', lambda device: calls.append('sync'))
     real = sampling.sample
     monkeypatch.setattr(sampling, 'sample', lambda *a, **k: calls.append('sample') or real(*a, **k))
-    sampling.timed_sample(tiny_diffusion(), strategy='ddim', num_samples=2, steps=2)
+    sampling.timed_sample(tiny_diffusion(), SamplerSettings('ddim', 2, 0.0), num_samples=2)
     assert calls == ['warm', 'sample', 'sync']
 
 
@@ -240,10 +241,10 @@ def test_unavailable_device(capsys):
 def test_bf16_sampling_is_close_to_fp32_and_finite(strategy, steps, eta):
     from ddpm_mnist.sampling.loop import Bf16Unet, prepare_for_inference
     settings = dict(strategy=strategy, num_samples=4, steps=steps, eta=eta, seed=2)
-    fp32 = sampling.sample(tiny_diffusion(), **settings)
+    fp32 = sample_with(tiny_diffusion(), **settings)
     bf16_diffusion = prepare_for_inference(tiny_diffusion(), 'bf16')
     assert isinstance(bf16_diffusion.model, Bf16Unet)
-    bf16 = sampling.sample(bf16_diffusion, **settings)
+    bf16 = sample_with(bf16_diffusion, **settings)
     assert bf16.isfinite().all() and (bf16 - fp32).abs().mean() < 0.02
 
 
@@ -272,7 +273,7 @@ def test_shipped_model_makes_recognisable_digits():
     from ddpm_mnist.sampling.loop import prepare_for_inference
     diffusion, config, info = load_model(SHIPPED)
     assert info['weights'] == 'ema' and config['model']['dim'] == 32
-    images = sampling.sample(prepare_for_inference(diffusion, 'bf16'), strategy='ddim', num_samples=20,
+    images = sample_with(prepare_for_inference(diffusion, 'bf16'), strategy='ddim', num_samples=20,
                              batch_size=20, steps=10, seed=0)
     _, probs = classify(load_classifier(), images)
     noise_probs = classify(load_classifier(), torch.rand(20, 1, 32, 32))[1]

@@ -137,18 +137,18 @@ def test_tiny_sweep_writes_every_output(trained_run, idx_dir, monkeypatch, capsy
 
 
 def test_sweep_leaves_out_ddim_that_is_ddpm():
-    from ddpm_mnist.evaluation.sweep import config_label, sweep_configs
-    labels = [config_label(c) for c in sweep_configs(('ddpm', 'ddim'), steps=(10, 20), etas=(0.0, 1.0),
+    from ddpm_mnist.evaluation.sweep import sweep_configs
+    labels = [c.label for c in sweep_configs(('ddpm', 'ddim'), steps=(10, 20), etas=(0.0, 1.0),
                                                      solver_steps=(5,), total_timesteps=20)]
     assert labels == ['DDPM 20', 'DDIM 10, eta 0.0', 'DDIM 10, eta 1.0', 'DDIM 20, eta 0.0']
     # without the DDPM row there is nothing it would repeat
-    assert 'DDIM 20, eta 1.0' in [config_label(c) for c in sweep_configs(('ddim',), steps=(20,), etas=(1.0,),
+    assert 'DDIM 20, eta 1.0' in [c.label for c in sweep_configs(('ddim',), steps=(20,), etas=(1.0,),
                                                                           solver_steps=(5,), total_timesteps=20)]
 
 
 def test_sweep_runs_the_new_samplers_at_their_own_steps():
-    from ddpm_mnist.evaluation.sweep import config_label, sweep_configs
-    labels = [config_label(c) for c in sweep_configs(('ddim', 'dpmpp_2m', 'unipc'), steps=(10,), etas=(0.0,),
+    from ddpm_mnist.evaluation.sweep import sweep_configs
+    labels = [c.label for c in sweep_configs(('ddim', 'dpmpp_2m', 'unipc'), steps=(10,), etas=(0.0,),
                                                      solver_steps=(5, 10), total_timesteps=20)]
     assert labels == ['DDIM 10, eta 0.0', 'DPM-Solver++(2M) 5', 'DPM-Solver++(2M) 10', 'UniPC(2) 5', 'UniPC(2) 10']
 

@@ -90,6 +90,20 @@ def test_min_snr_gamma_sets_the_library_loss_weight(tmp_path, image_folder, caps
     assert torch.allclose(diffusion.loss_weight, snr.clamp(max=5) / (snr + 1))  # pred_v with min-SNR-5
 
 
+def test_snr_floor_keeps_the_high_noise_weight(tmp_path, image_folder, capsys):
+    """--snr_floor 1 (Salimans & Ho's truncated SNR, on top of min-SNR-5): the weight on the x0 error is
+    max(min(snr, 5), 1), so at high noise, where the library's weight vanishes, it stays 1."""
+    results = tmp_path / 'floor'
+    extra = ['--min_snr_gamma', '5', '--snr_floor', '1']
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=extra), capsys)[0] == 0
+    diffusion, config, _ = load_model(results / 'model-1.pt')  # sampling rebuilds the weight from the config
+    snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+    assert config['diffusion']['snr_floor'] == 1
+    x0_weight = diffusion.loss_weight * (snr + 1)  # pred_v: |v - v'|^2 = (snr + 1) |x0 - x0'|^2
+    assert torch.allclose(x0_weight, snr.clamp(max=5).clamp(min=1), rtol=1e-4)
+    assert x0_weight[-1] == pytest.approx(1, rel=1e-4) and x0_weight[0] == pytest.approx(5, rel=1e-4)
+
+
 def test_post_hoc_ema_keeps_snapshots_and_synthesises_lengths(tmp_path, image_folder, idx_dir, capsys):
     results = tmp_path / 'phema'
     argv = train_argv(image_folder, results, steps=40, every=20, extra=['--post_hoc_ema_every', '10'])
@@ -141,6 +155,27 @@ def test_init_from_continues_weights_and_carries_the_history(tmp_path, trained_r
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=4), capsys)
     assert code == 0, err
     assert load_checkpoint(results / 'model-2.pt')['config']['init_from']['file'] == exported.name
+
+
+def test_init_from_grows_attention_without_changing_the_function(tmp_path, image_folder, capsys):
+    """A lowest-attention parent continues as a Unet with attention at every level: the new layers start at zero,
+    so the child computes the parent's function; the other way round (dropping layers) is refused."""
+    parent_run, child_run = tmp_path / 'lowest', tmp_path / 'grown'
+    argv = train_argv(image_folder, parent_run, steps=2, extra=['--attention', 'lowest'])
+    assert run_main(train_ddpm_mnist.main, argv, capsys)[0] == 0
+    extra = ['--attention', 'library', '--init_from', str(parent_run / 'model-1.pt'), '--train_lr', '1e-12']
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, child_run, steps=2, extra=extra), capsys)
+    assert code == 0, err
+    assert load_checkpoint(child_run / 'model-1.pt')['config']['init_from']['grown'] == ['attention: lowest vs library']
+    parent, _, _ = load_model(parent_run / 'model-1.pt', use_ema=False)
+    child, _, _ = load_model(child_run / 'model-1.pt', use_ema=False)
+    assert sum(p.numel() for p in child.parameters()) > sum(p.numel() for p in parent.parameters())
+    x, t = torch.randn(3, 1, 32, 32), torch.tensor([0, 500, 999])
+    with torch.inference_mode():
+        assert torch.allclose(child.model(x, t), parent.model(x, t), atol=1e-5)
+    extra = ['--attention', 'lowest', '--init_from', str(child_run / 'model-1.pt')]
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, tmp_path / 'shrunk', extra=extra), capsys)
+    assert_one_line_error(code, err, 'another model than this run', 'attention: library vs lowest')
 
 
 def test_init_from_other_model_is_refused(tmp_path, trained_run, image_folder, capsys):

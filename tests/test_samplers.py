@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ddpm_mnist.model.network import build_diffusion
-from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, grid_name
+from conftest import sample_with
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, SamplerSettings, grid_name
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_times
-from ddpm_mnist.sampling.loop import denoise, initial_noise, sample
+from ddpm_mnist.sampling.loop import denoise, initial_noise
 
 diffusers = pytest.importorskip('diffusers')
 
@@ -29,8 +30,8 @@ def x_T(n=3):
 
 
 def ours(diffusion, name, steps, eta=0.0, clip_x0=True, seed=7):
-    sampler = build_sampler(name, diffusion, eta=eta)
-    sampler.set_timesteps(steps)
+    sampler = build_sampler(SamplerSettings.resolve(name, steps, eta, total_timesteps=diffusion.num_timesteps),
+                            diffusion)
     return denoise(diffusion, sampler, x_T(), torch.Generator().manual_seed(seed), clip_x0)
 
 
@@ -131,7 +132,8 @@ SOLVERS = [name for name in DIFFUSION_SAMPLERS if name not in ('ddpm', 'ddim')] 
 
 def reference_solver_loop(diffusion, name, steps, objective, seed=7):
     """The plain diffusers loop: same scheduler settings, fed the raw Unet output in the model's objective."""
-    ours_sampler = build_sampler(name, diffusion)
+    ours_sampler = build_sampler(SamplerSettings.resolve(name, steps, total_timesteps=diffusion.num_timesteps),
+                                 diffusion)
     config = dict(ours_sampler.scheduler.config, prediction_type=PREDICTION_TYPE[objective])
     scheduler = type(ours_sampler.scheduler).from_config(config)
     scheduler.set_timesteps(steps)
@@ -171,12 +173,12 @@ def test_every_sampler_clips_x0_and_ends_in_range(name):
 @pytest.mark.parametrize('name', [n for n in DIFFUSION_SAMPLERS if SAMPLERS[n].stochastic])
 def test_stochastic_samplers_are_seeded(name):
     diffusion = tiny()
-    first = sample(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3)
-    again = sample(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3)
-    other_noise = sample(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3,
+    first = sample_with(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3)
+    again = sample_with(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3)
+    other_noise = sample_with(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=3,
                          noise=initial_noise(4, 1, 16, seed=3) + 0)
     assert torch.equal(first, again) and torch.equal(first, other_noise)
-    other_seed = sample(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=4,
+    other_seed = sample_with(diffusion, strategy=name, num_samples=4, batch_size=2, steps=10, eta=1.0, seed=4,
                         noise=initial_noise(4, 1, 16, seed=3))
     assert not torch.equal(first, other_seed)  # same x_T, other per-step noise
 

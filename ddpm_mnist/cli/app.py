@@ -19,7 +19,7 @@ from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling import editing
 from ddpm_mnist.sampling.images import MASKS, named_mask, open_image, to_model_input
 from ddpm_mnist.sampling.loop import initial_noise
-from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, label
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, SamplerSettings, label
 from ddpm_mnist.utils import UserError
 
 MODELS = {'unconditional': False, 'conditional': True}  # the page's model choice -> load_model(conditional=...)
@@ -184,7 +184,8 @@ def sdedit(canvas: Any = None, upload: str | None = None, strength: Any = 0.6, s
     steps, seed = check_int('steps', steps, 1, MAX_STEPS), check_int('seed', seed, 0, 2 ** 32 - 1)
     digit = input_digit(canvas, upload, unconditional.image_size)
     started = time.perf_counter()
-    result, nfe = editing.sdedit(unconditional.diffusion, digit, strength=strength, steps=steps, seed=seed,
+    ddim = SamplerSettings.resolve('ddim', steps, total_timesteps=unconditional.timesteps)
+    result, nfe = editing.sdedit(unconditional.diffusion, digit, strength=strength, settings=ddim, seed=seed,
                                  batch_size=1)
     seconds = time.perf_counter() - started
     return strip(torch.cat([digit, result]), columns=2), (

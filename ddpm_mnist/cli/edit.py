@@ -13,6 +13,7 @@ from ddpm_mnist.sampling.images import load_inputs, load_mask, save_grid
 from ddpm_mnist.hints import Diffusion, PathLike
 from ddpm_mnist.cli.inference import open_model
 from ddpm_mnist.sampling.loop import initial_noise
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.utils import (FolderLock, UserError, atomic_path, ensure_writable_dir, remove_stale_temporaries,
                               shown_path, write_json)
 
@@ -120,8 +121,9 @@ def run_inpaint(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, ba
 def run_sdedit(diffusion: Diffusion, prepared: dict[str, Any], *, seed: int, batch_size: int, strength: float,
                strategy: str = 'ddim', steps: int = 50, eta: float = 0.0, **_: Any) -> dict[str, Any]:
     """SDEdit: the inputs noised to `strength` of the chain, then denoised by a sampler of the registry."""
-    images, nfe = editing.sdedit(diffusion, prepared['images'], strength=strength, strategy=strategy, steps=steps,
-                                 eta=eta, seed=seed, batch_size=batch_size, labels=prepared['labels'])
+    settings = SamplerSettings.resolve(strategy, steps, eta, total_timesteps=diffusion.num_timesteps)
+    images, nfe = editing.sdedit(diffusion, prepared['images'], strength=strength, settings=settings, seed=seed,
+                                 batch_size=batch_size, labels=prepared['labels'])
     return dict(images=images, side_by_side=interleave(prepared['images'], images), columns=2,
                 name=f'sdedit_{strategy}{steps}_strength{strength}', record=dict(nfe_per_image=nfe))
 

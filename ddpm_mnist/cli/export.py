@@ -68,6 +68,7 @@ def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import sample
+    from ddpm_mnist.sampling.registry import SamplerSettings
     from ddpm_mnist.model.config import trained_on
     model = load_model(path)
     diffusion, size = model.diffusion, model.image_size
@@ -76,7 +77,8 @@ def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike
     floor = floor_fid(evaluator, num_samples)
     gates = {}
     for eta in GATE_ETAS:
-        images = sample(diffusion, strategy='ddim', num_samples=num_samples, batch_size=100, eta=eta, seed=0)
+        ddim = SamplerSettings.resolve('ddim', eta=eta, total_timesteps=diffusion.num_timesteps)
+        images = sample(diffusion, ddim, num_samples=num_samples, batch_size=100, seed=0)
         scores = evaluator.score(images)
         gates[eta] = GateScore(scores['fid'], floor, size, evaluator.features(images), evaluator.reference_fit)
         log(f'{path}: DDIM-50, eta {eta:g}, N = {num_samples}, seed 0: FID {interval_cell(scores, "fid")} = '

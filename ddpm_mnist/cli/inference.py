@@ -18,8 +18,8 @@ from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model
 from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone
-from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, grid_name, resolve_steps
-from ddpm_mnist.sampling.loop import check_settings, conditioning, default_batch_size, timed_sample
+from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, SamplerSettings
+from ddpm_mnist.sampling.loop import check_batch, conditioning, default_batch_size, timed_sample
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
                                          sweep_configs)
@@ -103,27 +103,27 @@ def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim
     opened = open_model(**model)
     device, (diffusion, config, info), path = opened.device, opened.loaded, opened.path
     total, spec = diffusion.num_timesteps, SAMPLERS[strategy]
-    steps = resolve_steps(strategy, sample_steps, total)
     if spec.all_steps and sample_steps not in (None, total):
         warn(f'{spec.label} always runs all T={total} steps; --sample_steps {sample_steps} is ignored '
              '(use --strategy ddim or another sampler for fewer steps)')
     if not spec.uses_eta and ddim_eta:
         warn(f'--ddim_eta {ddim_eta} applies to DDIM only; {spec.label} ignores it')
-    eta = ddim_eta if spec.uses_eta else None
+    settings = SamplerSettings.resolve(strategy, sample_steps, ddim_eta, total_timesteps=total)
+    steps, eta = settings.steps, settings.eta
     num_samples = 25 if num_samples is None else num_samples
     batch_size = default_batch_size(device, num_samples) if batch_size is None else batch_size
-    check_settings(strategy, steps, eta or 0.0, num_samples, batch_size, total)  # before any folder is made
+    check_batch(num_samples, batch_size)  # before any folder is made
     labels, guidance = conditioning(diffusion, num_samples, digits=digits, guidance_scale=guidance_scale,
                                     remove_parallel=guidance_remove_parallel, rescaled_phi=guidance_rescaled_phi)
     conditional, digits = labels is not None, list(range(NUM_DIGITS)) if digits is None else digits
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name / strategy)
     remove_stale_temporaries(out_dir)
     with FolderLock(out_dir, 'sampling'):  # a second run into this folder is refused, naming this one
-        images, seconds = timed_sample(diffusion, strategy=strategy, num_samples=num_samples, batch_size=batch_size,
-                                       steps=steps, eta=eta or 0.0, seed=seed, labels=labels, guidance=guidance)
+        images, seconds = timed_sample(diffusion, settings, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                                       labels=labels, guidance=guidance)
         if not images.isfinite().all():
             raise UserError(f'{path}: sampling produced NaN values; the weights are broken')
-        name = grid_name(strategy, steps, eta)
+        name = settings.grid_name
         if conditional:
             name += f'_digits{"".join(map(str, digits))}_w{guidance_scale:g}'
         grid = out_dir / f'{name}.png'

@@ -18,6 +18,7 @@ from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.training.run_folder import milestone_path, milestones
 from ddpm_mnist.sampling.loop import sample
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
@@ -29,8 +30,9 @@ def score_milestone(path: PathLike, evaluator: Evaluator, settings: CurveSetting
     """One checkpoint's scores (DDIM with the curve's settings), with its step and images seen in all segments."""
     model = load_model(path, device=str(device), precision=settings.precision)
     config, info = model.config, model.info
-    images = sample(model.diffusion, strategy='ddim', num_samples=settings.num_samples, batch_size=settings.batch_size,
-                    steps=settings.steps, eta=settings.eta, seed=settings.seed)
+    ddim = SamplerSettings.resolve('ddim', settings.steps, settings.eta, total_timesteps=model.timesteps)
+    images = sample(model.diffusion, ddim, num_samples=settings.num_samples, batch_size=settings.batch_size,
+                    seed=settings.seed)
     scores = evaluator.score(images)
     earlier = segments_of((config.get('init_from') or {}).get('provenance'))
     before = sum(seg.get('images_seen') or 0 for seg in earlier)

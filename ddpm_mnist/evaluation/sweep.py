@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,7 +16,7 @@ from ddpm_mnist.device import machine_name
 from ddpm_mnist.hints import Diffusion, PathLike
 from ddpm_mnist.evaluation.intervals import differs, error_bars, interval_cell, number_cell, paired_fid_difference
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
-from ddpm_mnist.sampling.registry import SAMPLERS, grid_name, label
+from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
 from ddpm_mnist.sampling.images import save_grid
 from ddpm_mnist.progress import progress
@@ -36,26 +37,23 @@ COLUMNS = ('config', 'strategy', 'steps', 'eta', 'nfe', 'n', 'seconds_per_image'
 
 
 def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequence[float], solver_steps: Sequence[int],
-                  total_timesteps: int) -> list[dict[str, Any]]:
-    """Every (sampler, steps, eta) the sweep runs: DDPM at T, DDIM at every steps x eta, the other samplers at
-    every solver_steps. DDIM with S = T and eta = 1 is left out next to DDPM: it is the same update with the
-    same noise (tests/test_samplers.py checks they agree), so its row would only repeat DDPM's at the sweep's
-    highest cost."""
+                  total_timesteps: int) -> list[SamplerSettings]:
+    """Every configuration the sweep runs: DDPM at T, DDIM at every steps x eta, the other samplers at every
+    solver_steps. DDIM with S = T and eta = 1 is left out next to DDPM: it is the same update with the same noise
+    (tests/test_samplers.py checks they agree), so its row would only repeat DDPM's at the sweep's highest cost."""
     configs = []
     for name in samplers:
         spec = SAMPLERS[name]
         if spec.all_steps:
-            configs.append(dict(strategy=name, steps=total_timesteps, eta=None))
+            configs.append(SamplerSettings.resolve(name, total_timesteps=total_timesteps))
             continue
         for s in (steps if spec.uses_eta else solver_steps):
             if not 1 <= s <= total_timesteps:
                 flag = '--compare_steps' if spec.uses_eta else '--compare_solver_steps'
                 raise UserError(f'{flag} {s} is outside 1..T={total_timesteps}')
-            if not spec.uses_eta:
-                configs.append(dict(strategy=name, steps=s, eta=None))
-                continue
-            configs += [dict(strategy=name, steps=s, eta=float(e)) for e in etas
-                        if not ('ddpm' in samplers and s == total_timesteps and e == 1)]
+            configs += [SamplerSettings.resolve(name, s, e, total_timesteps=total_timesteps)
+                        for e in (etas if spec.uses_eta else (0.0,))
+                        if not ('ddpm' in samplers and spec.uses_eta and s == total_timesteps and e == 1)]
     return configs
 
 
@@ -65,11 +63,6 @@ def eta_pairs(steps: Sequence[int]) -> list[tuple[str, str]]:
     return [(f'DDIM {s}, eta 0.0', f'DDIM {s}, eta 1.0') for s in steps]
 
 
-def config_label(c: dict[str, Any]) -> str:
-    """The table label of one configuration, e.g. 'DDIM 50, eta 0.0'."""
-    return label(c['strategy'], c['steps'], c['eta'])
-
-
 def cache_key(**settings: Any) -> str:
     """Cache entries carry the metrics version, so results scored by an older set of metrics are recomputed."""
     settings = dict(settings, metrics=METRICS_VERSION)
@@ -77,7 +70,7 @@ def cache_key(**settings: Any) -> str:
 
 
 def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, checkpoint: PathLike,
-              configs: list[dict[str, Any]], *,
+              configs: list[SamplerSettings], *,
               num_samples: int = 1000, batch_size: int = 250, seed: int = 0, precision: str = 'fp32',
               grid_images: int = 64, extra_score: Callable[[torch.Tensor], dict[str, Any]] | None = None,
               pairs: Sequence[tuple[str, str]] = (), labels: torch.Tensor | None = None,
@@ -92,7 +85,7 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
     rows, features = [], {}
     for c in progress(configs, desc='sweep', unit='config'):
         key = cache_key(checkpoint=digest, n=num_samples, seed=seed, precision=precision, batch_size=batch_size,
-                        device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **c,
+                        device=str(device), extra=bool(extra_score), scorer=evaluator.identity, **asdict(c),
                         **({} if labels is None else dict(labels=labels.tolist(), guidance=list(guidance))))
         cached = out_dir / 'cache' / f'{key}.json'
         features_file = cached.with_suffix('.features.npy')
@@ -100,14 +93,13 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
             rows.append(scores_from_json(json.loads(cached.read_text())))
             features[rows[-1]['config']] = np.load(features_file).astype(np.float64)
             continue
-        images, seconds = timed_sample(diffusion, strategy=c['strategy'], steps=c['steps'], eta=c['eta'] or 0.0,
-                                       num_samples=num_samples, batch_size=batch_size, seed=seed, noise=noise,
-                                       **({} if labels is None else dict(labels=labels, guidance=guidance)))
+        images, seconds = timed_sample(diffusion, c, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                                       noise=noise, **({} if labels is None else dict(labels=labels, guidance=guidance)))
         if not images.isfinite().all():
-            raise UserError(f'{config_label(c)} produced NaN images; the checkpoint or precision is broken')
-        grid = out_dir / 'grids' / f'{grid_name(c["strategy"], c["steps"], c["eta"])}.png'
-        save_grid(images[:grid_images], grid, dict(c, checkpoint_sha256_16=digest, seed=seed))
-        row = dict(config=config_label(c), **c, nfe=c['steps'],  # one Unet call per step, every sampler
+            raise UserError(f'{c.label} produced NaN images; the checkpoint or precision is broken')
+        grid = out_dir / 'grids' / f'{c.grid_name}.png'
+        save_grid(images[:grid_images], grid, dict(asdict(c), checkpoint_sha256_16=digest, seed=seed))
+        row = dict(config=c.label, **asdict(c), nfe=c.steps,  # one Unet call per step, every sampler
                    seconds=seconds, seconds_per_image=seconds / num_samples, grid=str(grid.relative_to(out_dir)),
                    **evaluator.score(images), **(extra_score(images) if extra_score else {}))
         features[row['config']] = evaluator.features(images).astype(np.float32).astype(np.float64)  # as cached

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
 from ddpm_mnist.hints import Checkpoint, Config, PathLike
-from ddpm_mnist.model.network import arch_differences, build_diffusion, build_unet
+from ddpm_mnist.model.network import GROWABLE, arch_differences, build_diffusion, build_unet
 from ddpm_mnist.training.run_folder import milestone_path
 from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, strict, tensor_bytes, warn
 
@@ -135,6 +135,8 @@ def read_parent(path: PathLike, config: Config) -> Parent:
     diffs = arch_differences(parent_config, config) + [
         f'{key}: {value} in the weights vs {config["diffusion"].get(key)} in this run'
         for key, value in detected_from_buffers(ckpt).items() if value != config['diffusion'].get(key)]
+    grown = [d for d in diffs if tuple(part.strip() for part in d.replace(' vs ', ':').split(':')) in GROWABLE]
+    diffs = [d for d in diffs if d not in grown]
     if diffs:
         raise UserError(f'--init_from {path.name} holds another model than this run ({"; ".join(diffs)}); '
                         'train with its settings (see its .json or config) or start from scratch')
@@ -144,7 +146,7 @@ def read_parent(path: PathLike, config: Config) -> Parent:
                          else provenance(ckpt, parent_config) if 'training' in parent_config else None)
     record = dict(file=path.name, sha256_16=file_digest(path),
                   weights='ema only' if 'unet' in ckpt else 'online and ema',
-                  provenance=without_absolute_paths(parent_provenance))
+                  provenance=without_absolute_paths(parent_provenance), **(dict(grown=grown) if grown else {}))
     return Parent(online, ema, record)
 
 

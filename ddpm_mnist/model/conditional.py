@@ -128,7 +128,9 @@ class LabelledDiffusion(library_cfg.GaussianDiffusion):
     def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
         from ddpm_mnist.model.network import sampling_view
         from ddpm_mnist.sampling.loop import sample
+        from ddpm_mnist.sampling.registry import SamplerSettings
         view = sampling_view(self)
-        return sample(view, strategy='ddim', num_samples=batch_size, batch_size=batch_size,
-                      steps=min(self.sampling_steps, self.num_timesteps),
+        ddim = SamplerSettings.resolve('ddim', min(self.sampling_steps, self.num_timesteps),
+                                       total_timesteps=self.num_timesteps)
+        return sample(view, ddim, num_samples=batch_size, batch_size=batch_size,
                       labels=balanced_labels(batch_size, range(self.model.classes_emb.num_embeddings)))

@@ -41,6 +41,25 @@ class LowestAttentionUnet(Unet):
 UNET_CLASSES = {'library': Unet, 'lowest': LowestAttentionUnet}
 
 
+# --init_from may add attention: a 'lowest' parent's weights load into a 'library' Unet (grow_attention)
+GROWABLE = {('attention', 'lowest', 'library')}
+
+
+def grow_attention(unet: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the weights of a Unet with attention at the lowest level only into one with the library's linear
+    attention at every level. The new layers start with the gain of their output norm at 0, so the grown Unet
+    computes exactly the parent's function (a residual branch that adds nothing yet) and training learns how much
+    to use them. Returns the new layers' names; weights that are not that parent's are a ValueError."""
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    added = [name for name, module in unet.named_modules() if isinstance(module, LinearAttention)]
+    stray = [key for key in missing if not any(key.startswith(name + '.') for name in added)]
+    if unexpected or stray or not missing:
+        raise ValueError(f'not a lowest-attention parent of this Unet: {(unexpected + stray)[:3] or "nothing new"}')
+    for name in added:
+        nn.init.zeros_(unet.get_submodule(name).to_out[1].g)
+    return added
+
+
 def attention_of(model_cfg: dict[str, Any]) -> str:
     """The attention layout of a model section: 'library' (every level) or 'lowest'."""
     return model_cfg.get('attention', 'library')  # configs written before the lever existed: the library's layout

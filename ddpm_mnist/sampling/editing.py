@@ -13,9 +13,9 @@ import torch
 
 from ddpm_mnist.hints import Diffusion
 from ddpm_mnist.model.conditional import GuidedUnet
-from ddpm_mnist.sampling.registry import SAMPLERS, exists
+from ddpm_mnist.sampling.registry import SamplerSettings, exists
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
-from ddpm_mnist.sampling.loop import batch_generator, check_settings, initial_noise
+from ddpm_mnist.sampling.loop import batch_generator, check_batch, initial_noise
 from ddpm_mnist.progress import BatchCache, progress
 from ddpm_mnist.utils import UserError
 
@@ -165,25 +165,23 @@ def library_repaint(diffusion: Diffusion, images: torch.Tensor, mask: torch.Tens
 # ---------------------------------------------------------------- SDEdit (Meng et al. 2022)
 
 @torch.inference_mode()
-def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, strategy: str = 'ddim', steps: int = 50,
-           eta: float = 0.0, seed: int = 0, batch_size: int = 100,
-           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Noise the inputs to the level strength x T (0 < strength <= 1) and run a sampler of the registry from there:
-    the result keeps the input's layout and takes the model's style. Returns (images, NFE per image)."""
+def sdedit(diffusion: Diffusion, images: torch.Tensor, *, strength: float, settings: SamplerSettings, seed: int = 0,
+           batch_size: int = 100, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Noise the inputs to the level strength x T (0 < strength <= 1) and run the sampler configuration `settings`
+    (SamplerSettings.resolve) from there: the result keeps the input's layout and takes the model's style. Returns
+    (images, NFE per image)."""
     if not 0 < strength <= 1 or not math.isfinite(strength):
         raise UserError(f'--strength {strength} is not allowed: use a number in (0, 1]')
-    total = diffusion.num_timesteps
-    steps = total if SAMPLERS[strategy].all_steps else steps
-    check_settings(strategy, steps, eta, len(images), batch_size, total)
-    t_start = min(total - 1, max(0, round(strength * total) - 1))
-    sampler = build_sampler(strategy, diffusion, eta=eta)
+    check_batch(len(images), batch_size)
+    t_start = min(diffusion.num_timesteps - 1, max(0, round(strength * diffusion.num_timesteps) - 1))
+    sampler = build_sampler(settings, diffusion)
     out, nfe = [], 0
     for start in range(0, len(images), batch_size):
-        sampler.set_timesteps(steps)
+        sampler.set_timesteps(settings.steps)
         sampler.start_at(t_start)
         if not sampler.timesteps:
-            raise UserError(f'--strength {strength} is below the first of the sampler\'s {steps} steps; raise it or '
-                            '--steps')
+            raise UserError(f'--strength {strength} is below the first of the sampler\'s {settings.steps} steps; '
+                            'raise it or --steps')
         generator = batch_generator(seed, start, diffusion.device)
         x0 = to_model_range(images[start:start + batch_size].to(diffusion.device))
         condition_batch(diffusion, labels, start, len(x0))

@@ -1,4 +1,4 @@
-"""Sampling a library GaussianDiffusion with any sampler of samplers.SAMPLERS: device and precision set up
+"""Sampling a library GaussianDiffusion with any sampler of registry.SAMPLERS: device and precision set up
 in one place, paired seeds and honest timing.
 
 The library's own loops draw their noise from the global RNG, so DDPM and DDIM would start from
@@ -8,7 +8,6 @@ noise from a seeded generator, and runs on the library's own model predictions.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -18,7 +17,7 @@ from ddpm_mnist.model.attention import use_fast_attention
 from ddpm_mnist.model.conditional import UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from ddpm_mnist.device import cpu_has_bf16, synchronize
 from ddpm_mnist.hints import Diffusion
-from ddpm_mnist.sampling.registry import SAMPLERS, resolve_steps
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.sampling.samplers import build_sampler
 from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import UserError
@@ -101,20 +100,12 @@ def initial_noise(num_images: int, channels: int, image_size: int, seed: int) ->
     return torch.randn(num_images, channels, image_size, image_size, generator=generator)
 
 
-def check_settings(strategy: str, steps: int, eta: float, num_samples: int, batch_size: int,
-                   total_timesteps: int) -> None:
-    """The rules every sampling run obeys; sample() calls this once, before any work."""
-    if strategy not in SAMPLERS:
-        raise UserError(f'unknown strategy {strategy}; use one of {", ".join(SAMPLERS)}')
+def check_batch(num_samples: int, batch_size: int) -> None:
+    """The image counts every sampling run obeys (its sampler settings were checked when they were resolved)."""
     if num_samples < 1:
         raise UserError(f'--num_samples must be at least 1 (got {num_samples})')
     if batch_size < 1:
         raise UserError(f'--batch_size must be at least 1 (got {batch_size})')
-    if not 1 <= steps <= total_timesteps:
-        raise UserError(f'--sample_steps must be between 1 and the training timesteps T={total_timesteps} '
-                        f'(got {steps})')
-    if eta < 0 or not math.isfinite(eta):
-        raise UserError(f'--ddim_eta must be a number >= 0 (got {eta})')
 
 
 def batch_generator(seed: int, start: int, device: str | torch.device) -> torch.Generator:
@@ -146,27 +137,24 @@ def run_batch(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: 
     return diffusion.unnormalize(denoise(diffusion, sampler, x_T, generator, clip_x0, on_step)).clamp(0, 1)
 
 
-def sample(diffusion: Diffusion, strategy: str = 'ddim', num_samples: int = 25, batch_size: int = 25,
-           steps: int | None = None,
-           eta: float = 0.0, seed: int = 0, noise: torch.Tensor | None = None, clip_x0: bool = True,
+def sample(diffusion: Diffusion, settings: SamplerSettings, *, num_samples: int = 25, batch_size: int = 25,
+           seed: int = 0, noise: torch.Tensor | None = None, clip_x0: bool = True,
            labels: torch.Tensor | Sequence[int] | None = None, guidance: Guidance = UNGUIDED) -> torch.Tensor:
-    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU, with any sampler of
-    samplers.SAMPLERS. DDPM always runs all T steps; `steps` defaults to 50 for the others. Precision is
-    whatever prepare_for_inference() set on the diffusion's Unet. A conditional model draws image i as digit
-    labels[i] (default: balanced digits) with `guidance`; the samplers do not know."""
-    steps = resolve_steps(strategy, steps, diffusion.num_timesteps) if strategy in SAMPLERS else steps
-    check_settings(strategy, steps, eta, num_samples, batch_size, diffusion.num_timesteps)
+    """Generate `num_samples` images in [0, 1], shape (N, C, H, W), on the CPU, with the configuration `settings`
+    (SamplerSettings.resolve). Precision is whatever prepare_for_inference() set on the diffusion's Unet. A
+    conditional model draws image i as digit labels[i] (default: balanced digits) with `guidance`; the samplers do
+    not know."""
+    check_batch(num_samples, batch_size)
     labels = check_labels(diffusion, labels, num_samples)
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
-    sampler = build_sampler(strategy, diffusion, eta=eta)
-    sampler.set_timesteps(steps)
+    sampler = build_sampler(settings, diffusion)
     starts = range(0, num_samples, batch_size)
     out = []
-    with progress(total=len(starts) * len(sampler.timesteps), desc=f'{strategy} {len(sampler.timesteps)} steps, '
-                  f'{num_samples} images', unit='step', leave=False) as bar:
+    with progress(total=len(starts) * len(sampler.timesteps), desc=f'{settings.label}, {num_samples} images',
+                  unit='step', leave=False) as bar:
         for start in starts:
-            sampler.set_timesteps(steps)
+            sampler.set_timesteps(settings.steps)  # a multistep solver starts each batch without history
             generator = batch_generator(seed, start, diffusion.device)
             if labels is not None:
                 diffusion.model.condition(labels[start:start + batch_size], guidance)
@@ -207,10 +195,10 @@ def check_labels(diffusion: Diffusion, labels: torch.Tensor | Sequence[int] | No
     return labels
 
 
-def warm_up(diffusion: Diffusion, batch_size: int, strategy: str = 'ddim') -> None:
+def warm_up(diffusion: Diffusion, batch_size: int, settings: SamplerSettings) -> None:
     """One Unet forward at the sampling batch size, and the sampler built once (diffusers' import), so timing
     excludes one-off start-up costs."""
-    build_sampler(strategy, diffusion)
+    build_sampler(settings, diffusion)
     device = diffusion.device
     x = torch.zeros(batch_size, diffusion.channels, *diffusion.image_size, device=device)
     t = torch.full((batch_size,), diffusion.num_timesteps - 1, device=device, dtype=torch.long)
@@ -221,10 +209,10 @@ def warm_up(diffusion: Diffusion, batch_size: int, strategy: str = 'ddim') -> No
     synchronize(device)
 
 
-def timed_sample(diffusion: Diffusion, **kwargs: Any) -> tuple[torch.Tensor, float]:
+def timed_sample(diffusion: Diffusion, settings: SamplerSettings, **kwargs: Any) -> tuple[torch.Tensor, float]:
     """sample() after a warm-up, with the device synchronised; returns (images, seconds)."""
-    warm_up(diffusion, min(kwargs.get('batch_size', 25), kwargs.get('num_samples', 25)), kwargs.get('strategy', 'ddim'))
+    warm_up(diffusion, min(kwargs.get('batch_size', 25), kwargs.get('num_samples', 25)), settings)
     start = time.perf_counter()
-    images = sample(diffusion, **kwargs)
+    images = sample(diffusion, settings, **kwargs)
     synchronize(diffusion.device)
     return images, time.perf_counter() - start

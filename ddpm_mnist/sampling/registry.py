@@ -7,7 +7,9 @@ here, and add it to tests/test_samplers.py, which checks it against a reference 
 """
 from __future__ import annotations
 
+import math
 from collections import namedtuple
+from dataclasses import dataclass
 from typing import Any
 
 # builder: a class of samplers.py; options: what it is built with (for DiffusersSolver, the scheduler and its
@@ -56,6 +58,44 @@ def resolve_steps(name: str, steps: int | None, total_timesteps: int) -> int:
     """Steps S a sampler runs: all T for DDPM, else `steps` (default: the sampler's own, else 50; at most T)."""
     return total_timesteps if SAMPLERS[name].all_steps else default(
         steps, min(default(SAMPLERS[name].default_steps, 50), total_timesteps))
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """One sampling configuration, resolved once where it enters (command line, API, page, sweep, gate): the
+    sampler, the steps it runs (capped at T) and its eta (None where the sampler has none). The layers below
+    take it as it is: they neither default nor re-check it."""
+    strategy: str
+    steps: int
+    eta: float | None = None
+
+    @classmethod
+    def resolve(cls, strategy: str, steps: int | None = None, eta: float = 0.0, *,
+                total_timesteps: int) -> SamplerSettings:
+        """The configuration `strategy` runs with these settings on a model of T timesteps; a sampler that is not
+        in the registry, steps outside 1..T or a negative eta is a one-line UserError."""
+        from ddpm_mnist.utils import UserError
+        if strategy not in SAMPLERS:
+            raise UserError(f'unknown strategy {strategy}; use one of {", ".join(SAMPLERS)}')
+        steps = resolve_steps(strategy, steps, total_timesteps)
+        if not 1 <= steps <= total_timesteps:
+            raise UserError(f'--sample_steps must be between 1 and the training timesteps T={total_timesteps} '
+                            f'(got {steps})')
+        if eta is None or eta < 0 or not math.isfinite(eta):
+            raise UserError(f'--ddim_eta must be a number >= 0 (got {eta})')
+        return cls(strategy, steps, float(eta) if SAMPLERS[strategy].uses_eta else None)
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return SAMPLERS[self.strategy]
+
+    @property
+    def label(self) -> str:
+        return label(self.strategy, self.steps, self.eta)
+
+    @property
+    def grid_name(self) -> str:
+        return grid_name(self.strategy, self.steps, self.eta)
 
 
 def label(name: str, steps: int, eta: float | None = None) -> str:

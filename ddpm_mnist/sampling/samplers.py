@@ -1,5 +1,5 @@
 """Every sampler's class, in the diffusers style: `set_timesteps(S)` then `step(...)` once per timestep. The
-registry that names them (labels, steps, eta) is sampler_table.SAMPLERS.
+registry that names them (labels, steps, eta) is registry.SAMPLERS.
 
 A step receives the library's own model prediction, `GaussianDiffusion.model_predictions` with x0 clipped to
 [-1, 1] and the noise re-derived from the clipped x0 (what the library's DDIM does), so every sampler clips the
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ddpm_mnist.hints import Diffusion, ModelPrediction
-from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.registry import SamplerSettings
 
 
 def full_times(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,9 @@ class DiffusersSolver:
 BUILDERS = {'Ddpm': Ddpm, 'Ddim': Ddim, 'DiffusersSolver': DiffusersSolver, 'Consistency': Consistency}
 
 
-def build_sampler(name: str, diffusion: Diffusion, *, eta: float = 0.0) -> Ddpm | Ddim | DiffusersSolver | Consistency:
-    """The sampler a registry entry names, for one model; call set_timesteps(S) before stepping."""
-    spec = SAMPLERS[name]
-    return BUILDERS[spec.builder](diffusion, eta=eta, **spec.options)
+def build_sampler(settings: SamplerSettings, diffusion: Diffusion) -> Ddpm | Ddim | DiffusersSolver | Consistency:
+    """The sampler of a configuration, for one model, with its timesteps set."""
+    spec = settings.spec
+    sampler = BUILDERS[spec.builder](diffusion, eta=settings.eta or 0.0, **spec.options)
+    sampler.set_timesteps(settings.steps)
+    return sampler

@@ -105,7 +105,9 @@ class ConsistencyDistillation(GaussianDiffusion):
     def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
         """The milestone grid: two-step consistency sampling."""
         from ddpm_mnist.sampling.loop import sample
-        return sample(self, strategy='consistency', num_samples=batch_size, batch_size=batch_size, steps=2)
+        from ddpm_mnist.sampling.registry import SamplerSettings
+        two_steps = SamplerSettings.resolve('consistency', 2, total_timesteps=self.num_timesteps)
+        return sample(self, two_steps, num_samples=batch_size, batch_size=batch_size)
 
 
 def student_diffusion(config: dict[str, Any]) -> ConsistencyDistillation:
