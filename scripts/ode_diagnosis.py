@@ -2,10 +2,13 @@
 same x_T, scored with the project metrics; for the first model also the x0-clipping variants (no clipping, and the
 clipped x0 with the model's own noise, diffusers' default) and the class shares of each row. --switch adds, for
 the first model, DDIM-50 with eta 1 on the first K steps and 0 after (and the reverse), which locates the part of
-the chain where the deterministic sampler loses its quality.
+the chain where the deterministic sampler loses its quality. --denoiser_bias measures, for each model, how far the
+mean of its x0 prediction (clipped, as the samplers use it) on noised test digits is from the digits' own mean at
+several timesteps: a calibrated denoiser has none, and a bias at high noise is what the ODE carries to the end.
 
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.safetensors
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.safetensors --switch
+  python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.pt --denoiser_bias
 """
 import argparse
 from typing import Sequence
@@ -28,6 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--switch', action='store_true',
                    help='only the eta-switch rows for the first model: eta 1 for the first 10 or 25 of the 50 steps '
                         'then 0, and eta 0 for the first 25 or 40 then 1')
+    p.add_argument('--denoiser_bias', action='store_true',
+                   help='only the x0-prediction bias of each model on 2,000 noised test digits at T-1 and a few lower '
+                        'timesteps (no sampling; seconds per model)')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
                    help="the Unet's precision when sampling (auto: bf16 on CPUs that have it, else fp32); fp32 checks "
                         'whether bf16 rounding, which the ODE carries to the end, is part of the gap')
@@ -65,8 +71,49 @@ def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100):
     return torch.cat(out)
 
 
+BIAS_TIMES = (999, 979, 950, 850, 700, 500)
+
+
+def denoiser_bias(diffusion, digits, *, seed=0):
+    """{t: (mean of the clipped x0 prediction minus the digits' mean, its MSE)} on `digits` in [-1, 1], each noised
+    to t with noise from `seed`; a calibrated denoiser's mean prediction equals the data mean at every t."""
+    import torch
+
+    from ddpm_mnist.sampling.samplers import full_times
+    generator, out = torch.Generator().manual_seed(seed), {}
+    for t in BIAS_TIMES:
+        if t >= diffusion.num_timesteps:
+            continue
+        times = full_times(t, digits)
+        x_t = diffusion.q_sample(digits, times, torch.randn(digits.shape, generator=generator))
+        with torch.inference_mode():
+            x0 = diffusion.model_predictions(x_t.contiguous(memory_format=torch.channels_last), times,
+                                             clip_x_start=True, rederive_pred_noise=True).pred_x_start.float()
+        out[t] = (float(x0.mean() - digits.mean()), float(((x0 - digits) ** 2).mean()))
+    return out
+
+
+def print_denoiser_bias(args) -> None:
+    import torch
+
+    from ddpm_mnist.api import load_model
+    from ddpm_mnist.datasets import load_split
+    from ddpm_mnist.evaluation.classifier import as_training_resolution
+    print(f'precision: {args.precision}; 2,000 test digits; x0 mean bias (and MSE) in [-1, 1] units')
+    print('| model | ' + ' | '.join(f't = {t}' for t in BIAS_TIMES) + ' |')
+    print('|---|' + '---|' * len(BIAS_TIMES))
+    images = torch.tensor(load_split('test', raw_dir=args.raw_dir, root=args.data_root)[0][:2000])
+    for name in args.checkpoints:
+        model = load_model(None if name == 'SHIPPED' else name, precision=args.precision)
+        digits = as_training_resolution(images[:, None].float() / 255, model.image_size) * 2 - 1
+        bias = denoiser_bias(model.diffusion, digits.to(model.diffusion.device))
+        print(f'| {name} | ' + ' | '.join(f'{b:+.4f} ({mse:.3f})' for b, mse in bias.values()) + ' |', flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.denoiser_bias:
+        return print_denoiser_bias(args)
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
