@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 precision=precision) for eta in (0.0, 1.0)}
 
     def scored(name: str, path: Path) -> dict:
-        return dict(ema=name, **{eta: score_milestone(path, evaluator, settings) for eta, settings in curve.items()})
+        return dict(ema=name, scores={eta: score_milestone(path, evaluator, settings) for eta, settings in curve.items()})
 
     rows = [scored(f'library EMA, decay {config["training"]["ema_decay"]}', last)]
     for sigma_rel in map(float, args.sigma_rels.split(',')):
@@ -77,13 +77,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_json(record, dict(copy.deepcopy(config), post_hoc_ema=dict(
             sigma_rel=sigma_rel, step=ckpt['step'], images_seen=images_seen(ckpt, config))))
         rows.append(scored(f'post-hoc, sigma_rel {sigma_rel:.2f}', weights))
-        print(f'{rows[-1]["ema"]}: FID eta 0 {rows[-1][0.0]["fid"]:.2f}, eta 1 {rows[-1][1.0]["fid"]:.2f}', flush=True)
+        eta0, eta1 = rows[-1]['scores'][0.0], rows[-1]['scores'][1.0]
+        print(f'{rows[-1]["ema"]}: FID eta 0 {eta0["fid"]:.2f}, eta 1 {eta1["fid"]:.2f}', flush=True)
     lines = [f'{folder.name}, step {ckpt["step"]}: DDIM-{steps}, N = {args.num_samples}, seed 0', '',
              '| EMA | eta 0 FID [95 %] | eta 1 FID [95 %] | eta 0 / eta 1 | smallest class (eta 0, eta 1) |',
              '|---|---|---|---|---|']
-    lines += [f'| {r["ema"]} | {interval_cell(r[0.0], "fid")} | {interval_cell(r[1.0], "fid")} | '
-              f'{r[0.0]["fid"] / r[1.0]["fid"]:.2f} | {100 * r[0.0]["min_class_share"]:.1f} %, '
-              f'{100 * r[1.0]["min_class_share"]:.1f} % |' for r in rows]
+    for r in rows:
+        eta0, eta1 = r['scores'][0.0], r['scores'][1.0]
+        lines.append(f'| {r["ema"]} | {interval_cell(eta0, "fid")} | {interval_cell(eta1, "fid")} | '
+                     f'{eta0["fid"] / eta1["fid"]:.2f} | {100 * eta0["min_class_share"]:.1f} %, '
+                     f'{100 * eta1["min_class_share"]:.1f} % |')
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.output:
