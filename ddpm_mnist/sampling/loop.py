@@ -151,8 +151,8 @@ def sample(diffusion: Diffusion, settings: SamplerSettings, *, num_samples: int 
     sampler = build_sampler(settings, diffusion)
     starts = range(0, num_samples, batch_size)
     out = []
-    with progress(total=len(starts) * len(sampler.timesteps), desc=f'{settings.label}, {num_samples} images',
-                  unit='step', leave=False) as bar:
+    with progress(total=len(starts) * len(sampler.timesteps), unit='step', leave=False,
+                  desc=f'{settings.strategy} {len(sampler.timesteps)} steps, {num_samples} images') as bar:
         for start in starts:
             sampler.set_timesteps(settings.steps)  # a multistep solver starts each batch without history
             generator = batch_generator(seed, start, diffusion.device)
