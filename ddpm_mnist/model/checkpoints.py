@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
 from ddpm_mnist.hints import Checkpoint, Config, PathLike
-from ddpm_mnist.model.network import GROWABLE, arch_differences, build_diffusion, build_unet
+from ddpm_mnist.model.network import GROWABLE, arch_differences, arch_of, build_diffusion, build_unet
 from ddpm_mnist.training.run_folder import milestone_path
 from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, strict, tensor_bytes, warn
 
@@ -135,8 +135,9 @@ def read_parent(path: PathLike, config: Config) -> Parent:
     diffs = arch_differences(parent_config, config) + [
         f'{key}: {value} in the weights vs {config["diffusion"].get(key)} in this run'
         for key, value in detected_from_buffers(ckpt).items() if value != config['diffusion'].get(key)]
-    grown = [d for d in diffs if tuple(part.strip() for part in d.replace(' vs ', ':').split(':')) in GROWABLE]
-    diffs = [d for d in diffs if d not in grown]
+    ours, theirs = arch_of(config), arch_of(parent_config)
+    grown = [f'{key}: {old} vs {new}' for key, (old, new) in GROWABLE.items() if (theirs[key], ours[key]) == (old, new)]
+    diffs = [d for d in diffs if d not in grown]  # the same wording as arch_differences
     if diffs:
         raise UserError(f'--init_from {path.name} holds another model than this run ({"; ".join(diffs)}); '
                         'train with its settings (see its .json or config) or start from scratch')

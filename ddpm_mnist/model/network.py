@@ -42,7 +42,7 @@ UNET_CLASSES = {'library': Unet, 'lowest': LowestAttentionUnet}
 
 
 # --init_from may add attention: a 'lowest' parent's weights load into a 'library' Unet (grow_attention)
-GROWABLE = {('attention', 'lowest', 'library')}
+GROWABLE = {'attention': ('lowest', 'library')}  # setting: (the parent's, the run's)
 # The output gain a grown attention layer starts with (the library's: 1). At 0 the grown Unet would be exactly its
 # parent, but the layer's other weights get no gradient while the gain is 0 and the layer stays unused (a
 # 5,600-step fine-tune moved such gains to 0.002 at most); at 0.1 it starts as a small perturbation of the parent.
