@@ -85,10 +85,12 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                                   else args.cond_drop_prob)
     elif args.cond_drop_prob is not None:
         raise UserError('--cond_drop_prob applies to --conditional training only; add --conditional or drop it')
+    for loss_weighting in ('min_snr_gamma', 'snr_floor'):  # diffusion settings that change training only
+        if values[loss_weighting] is not None:
+            overrides['diffusion'][loss_weighting] = values[loss_weighting]
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
                 training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
-                calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path,
-                min_snr_gamma=args.min_snr_gamma, snr_floor=args.snr_floor)
+                calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

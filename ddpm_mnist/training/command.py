@@ -55,9 +55,10 @@ def training_device(name: str) -> str:
 
 def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, diffusion: dict[str, Any] | None = None,
                  training: dict[str, Any] | None = None, amp: bool | None = None, calculate_fid: bool = False,
-                 seed: int | None = None, fast_path: bool = True, min_snr_gamma: float | None = None,
-                 snr_floor: float | None = None) -> Config:
-    """The run's config: the preset, with the model, diffusion and training settings given explicitly on top."""
+                 seed: int | None = None, fast_path: bool = True) -> Config:
+    """The run's config: the preset, with the model, diffusion and training settings given explicitly on top (the
+    diffusion section includes the loss weighting, min_snr_gamma and snr_floor: they change training, not what the
+    weights mean)."""
     config = copy.deepcopy(PRESETS[preset])
     config['model'].update(model or {})
     config['diffusion'].update(diffusion or {})
@@ -66,10 +67,6 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
     if amp is not None:
         t['amp'] = amp
     t.update(preset=preset, calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
-    if min_snr_gamma is not None:  # a loss weighting: changes training, not what the weights mean
-        config['diffusion']['min_snr_gamma'] = min_snr_gamma
-    if snr_floor is not None:
-        config['diffusion']['snr_floor'] = snr_floor
     check_training_settings(t)
     check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
                     timesteps=config['diffusion']['timesteps'], sampling_timesteps=t['sampling_timesteps'])
@@ -147,8 +144,7 @@ def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str,
                 diffusion: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
                 amp: bool | None = None,
                 mixed_precision_type: str = 'auto', calculate_fid: bool = False, num_fid_samples: int = 50000,
-                min_snr_gamma: float | None = None, snr_floor: float | None = None, fast_path: bool = True,
-                compile: bool | None = None,
+                fast_path: bool = True, compile: bool | None = None,
                 num_workers: int = 2, resume: str = 'auto', init_from: PathLike | None = None,
                 max_minutes: float | None = None, device: str = 'auto', seed: int | None = None,
                 command: str | None = None, student: dict[str, Any] | None = None) -> None:
@@ -157,8 +153,7 @@ def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str,
     model `init_from` (the teacher) instead (training.distill)."""
     model, diffusion = fit_to_dataset(folder_info(data_folder), model=model, diffusion=diffusion)
     config = build_config(preset=preset, model=model, diffusion=diffusion, training=training, amp=amp,
-                          calculate_fid=calculate_fid, seed=seed, fast_path=fast_path, min_snr_gamma=min_snr_gamma,
-                          snr_floor=snr_floor)
+                          calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
     config['command'] = command or shlex.join(['python3', 'train_ddpm_mnist.py', *sys.argv[1:]])
     if student is not None:
         config['student'] = dict(student, teacher=str(init_from))
