@@ -42,6 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument('--snr_floor', type=float, default=None,
                    help='lower bound on the loss weight of the x0 error, which the library\'s weighting lets vanish '
                         'at high noise: 1 is the "truncated SNR" weighting of Salimans & Ho 2022 (default: off)')
+    g.add_argument('--input_perturbation', type=float, default=None,
+                   help='train on inputs noised with eps + gamma * xi while the target keeps eps (DDPM-IP, Ning et '
+                        'al. 2023: the network learns to correct the drift a sampler\'s own errors cause); the '
+                        'paper uses 0.1 (default: off)')
     g.add_argument('--conditional', action='store_true',
                    help='train a class-conditional model (the library\'s conditional Unet, trained on labels.csv) for '
                         'classifier-free guidance: inference_comparison.py --digits, --guidance_scale')
@@ -85,7 +89,7 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                                   else args.cond_drop_prob)
     elif args.cond_drop_prob is not None:
         raise UserError('--cond_drop_prob applies to --conditional training only; add --conditional or drop it')
-    for loss_weighting in ('min_snr_gamma', 'snr_floor'):  # diffusion settings that change training only
+    for loss_weighting in ('min_snr_gamma', 'snr_floor', 'input_perturbation'):  # diffusion settings that change training only
         if values[loss_weighting] is not None:
             overrides['diffusion'][loss_weighting] = values[loss_weighting]
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],

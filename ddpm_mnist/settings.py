@@ -231,7 +231,7 @@ RULES = {
     'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
     'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False),
     'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER, 'min_snr_gamma': POSITIVE_NUMBER,
-    'snr_floor': POSITIVE_NUMBER,
+    'snr_floor': POSITIVE_NUMBER, 'input_perturbation': POSITIVE_NUMBER,
     'lr_schedule': Rule(lambda v: v in LR_SCHEDULES, ' or '.join(LR_SCHEDULES)), 'num_fid_samples': at_least(2),
     'num_workers': at_least(0),
     'seed': Rule(lambda v: is_integer(v) and 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),

@@ -104,19 +104,54 @@ def set_loss_weight(diffusion: nn.Module, diffusion_cfg: dict[str, Any]) -> None
     diffusion.loss_weight.copy_(per_objective[diffusion.objective].float())
 
 
+class InputPerturbation:
+    """DDPM-IP (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models", Eq. 8): the
+    network is trained on y_t = sqrt(a_t) x0 + sqrt(1 - a_t) (eps + gamma xi), xi ~ N(0, I), against the target of
+    the unperturbed eps, so it learns to correct inputs that drifted off q(x_t) -- what a sampler's own earlier
+    errors produce, and what the deterministic sampler, unlike the stochastic one, never washes out. Only the
+    training loss changes (the perturbation lives inside p_losses); sampling and q_sample elsewhere are as before."""
+
+    input_perturbation = 0.0
+    perturbing = False
+
+    def p_losses(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.perturbing = True
+        try:
+            return super().p_losses(*args, **kwargs)
+        finally:
+            self.perturbing = False
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if self.perturbing:  # the library's p_losses always passes the noise its target is computed from
+            noise = noise + self.input_perturbation * torch.randn_like(noise)
+        return super().q_sample(x_start, t, noise)
+
+
+class PerturbedDiffusion(InputPerturbation, GaussianDiffusion):
+    """GaussianDiffusion trained with input perturbation (same state dict)."""
+
+
+class PerturbedLabelledDiffusion(InputPerturbation, LabelledDiffusion):
+    """LabelledDiffusion trained with input perturbation (same state dict)."""
+
+
 def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_timesteps: int | None = None, *,
                     training: bool = False) -> GaussianDiffusion:
     """The library's GaussianDiffusion. A conditional model trains as the library's conditional diffusion
     (LabelledDiffusion) and samples through GuidedUnet inside the unconditional one, so every sampler works on it."""
     unet = unet or build_unet(config['model'])
+    gamma = config['diffusion'].get('input_perturbation') if training else None
     if is_conditional(config['model']):
         if training:
-            labelled = LabelledDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+            labelled = (PerturbedLabelledDiffusion if gamma else LabelledDiffusion)(
+                unet, **diffusion_settings(config, sampling_timesteps))
+            labelled.input_perturbation = gamma or 0.0
             labelled.settings = diffusion_settings(config)
             set_loss_weight(labelled, config['diffusion'])
             return labelled
         unet = GuidedUnet(unet)
-    diffusion = GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+    diffusion = (PerturbedDiffusion if gamma else GaussianDiffusion)(unet, **diffusion_settings(config, sampling_timesteps))
+    diffusion.input_perturbation = gamma or 0.0
     set_loss_weight(diffusion, config['diffusion'])
     diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
     return diffusion

@@ -57,7 +57,7 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
                  training: dict[str, Any] | None = None, amp: bool | None = None, calculate_fid: bool = False,
                  seed: int | None = None, fast_path: bool = True) -> Config:
     """The run's config: the preset, with the model, diffusion and training settings given explicitly on top (the
-    diffusion section includes the loss weighting, min_snr_gamma and snr_floor: they change training, not what the
+    diffusion section includes min_snr_gamma, snr_floor and input_perturbation: they change training, not what the
     weights mean)."""
     config = copy.deepcopy(PRESETS[preset])
     config['model'].update(model or {})
