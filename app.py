@@ -9,7 +9,8 @@ import argparse
 import os
 from typing import Sequence
 
-from ddpm_mnist.settings import ArgumentParser, Rule, check_flags
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting
+from ddpm_mnist.settings import Rule
 from ddpm_mnist.utils import UserError, run_cli
 
 
@@ -17,10 +18,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--host', default=os.environ.get('GRADIO_SERVER_NAME', '127.0.0.1'),
                    help='address to serve on (default: %(default)s, this machine only)')
-    p.add_argument('--port', type=int, default=int(os.environ.get('GRADIO_SERVER_PORT', 7860)),
-                   help='port to serve on (default: %(default)s)')
+    add_setting(p, 'port', rule=Rule(lambda v: 1 <= v <= 65535, 'a port number from 1 to 65535'), type=int,
+                default=int(os.environ.get('GRADIO_SERVER_PORT', 7860)), help='port to serve on (default: %(default)s)')
     args = p.parse_args(argv)
-    check_flags(vars(args), extra={'port': Rule(lambda v: 1 <= v <= 65535, 'a port number from 1 to 65535')})
     return args
 
 

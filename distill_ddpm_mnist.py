@@ -12,7 +12,8 @@ import shlex
 import sys
 from typing import Sequence
 
-from ddpm_mnist.settings import ArgumentParser, Rule, at_least, check_flags, fraction
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting
+from ddpm_mnist.settings import at_least, fraction
 from ddpm_mnist.utils import run_cli
 
 
@@ -23,35 +24,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--conditional', action='store_true', help='distil the shipped class-conditional model')
     p.add_argument('--data_folder', default='./data/mnist_image_folder',
                    help='training images (get_mnist_data.py): where the teacher\'s path starts (default: %(default)s)')
-    p.add_argument('--results_folder', default='./runs/distill',
-                   help='run folder: milestones model-N.pt, grids, config.json (default: %(default)s)')
+    add_setting(p, 'results_folder', default='./runs/distill',
+                help='run folder: milestones model-N.pt, grids, config.json (default: %(default)s)')
     g = p.add_argument_group('distillation')
-    g.add_argument('--boundaries', type=int, default=50,
-                   help='the teacher\'s DDIM steps the student learns to join, one teacher step apart (default: '
-                        '%(default)s, as LCM\'s skipping step of 20 over T = 1000)')
-    g.add_argument('--target_decay', type=float, default=0.95,
-                   help='EMA decay of the target network (Song et al. 2023: 0.95) (default: %(default)s)')
+    add_setting(g, 'boundaries', rule=at_least(2), type=int, default=50,
+                help='the teacher\'s DDIM steps the student learns to join, one teacher step apart (default: '
+                     '%(default)s, as LCM\'s skipping step of 20 over T = 1000)')
+    add_setting(g, 'target_decay', rule=fraction(closed_top=False), type=float, default=0.95,
+                help='EMA decay of the target network (Song et al. 2023: 0.95) (default: %(default)s)')
     g.add_argument('--loss', choices=['huber', 'l2'], default='huber',
                    help='pseudo-Huber (Song & Dhariwal 2023) or squared error (default: %(default)s)')
     g = p.add_argument_group('training')
-    g.add_argument('--train_num_steps', type=int, default=20000, help='optimiser steps (default: %(default)s)')
-    g.add_argument('--train_batch_size', type=int, default=32, help='images per step (default: %(default)s)')
-    g.add_argument('--train_lr', type=float, default=2e-5, help='Adam learning rate (default: %(default)s)')
-    g.add_argument('--ema_decay', type=float, default=0.999,
-                   help='EMA decay of the weights that are sampled and exported (default: %(default)s)')
-    g.add_argument('--save_and_sample_every', type=int, default=500,
-                   help='steps between milestones (default: %(default)s)')
-    g.add_argument('--num_samples', type=int, default=16, help='digits in each milestone grid (default: %(default)s)')
-    g.add_argument('--max_minutes', type=float, default=None,
-                   help='stop at the first milestone after this many minutes (a rerun resumes) (default: none)')
+    add_setting(g, 'train_num_steps', default=20000, help='optimiser steps (default: %(default)s)')
+    add_setting(g, 'train_batch_size', default=32, help='images per step (default: %(default)s)')
+    add_setting(g, 'train_lr', default=2e-5, help='Adam learning rate (default: %(default)s)')
+    add_setting(g, 'ema_decay', default=0.999,
+                help='EMA decay of the weights that are sampled and exported (default: %(default)s)')
+    add_setting(g, 'save_and_sample_every', default=500,
+                help='steps between milestones (default: %(default)s)')
+    add_setting(g, 'num_samples', default=16, help='digits in each milestone grid (default: %(default)s)')
+    add_setting(g, 'max_minutes', default=None,
+                help='stop at the first milestone after this many minutes (a rerun resumes) (default: none)')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                    help='torch.compile the student (default: on for CPU training)')
     p.add_argument('--resume', default='auto', help='auto, N or none, as train_ddpm_mnist.py (default: auto)')
     p.add_argument('--device', choices=['auto', 'cuda', 'mps', 'cpu'], default='auto', help='(default: auto)')
-    p.add_argument('--seed', type=int, default=None, help='random seed')
+    add_setting(p, 'seed', default=None, help='random seed')
     args = p.parse_args(argv)
-    check_flags(vars(args), extra={'boundaries': at_least(2), 'target_decay': fraction(closed_top=False),
-                                   'max_minutes': Rule(lambda v: v > 0, 'a number of minutes > 0')})
     return args
 
 

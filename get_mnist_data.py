@@ -4,7 +4,7 @@ import argparse
 from typing import Sequence
 from pathlib import Path
 
-from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_dataset_arg, add_raw_dir_arg, check_flags
+from ddpm_mnist.cli.arguments import ArgumentParser, add_data_root_arg, add_dataset_arg, add_raw_dir_arg, add_setting
 from ddpm_mnist.utils import run_cli
 
 
@@ -21,13 +21,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_raw_dir_arg(p, 'work offline: read the raw files from this folder instead of downloading: the four IDX '
                        'files (.gz or not; e.g. ../shared/data/mnist-full), the CIFAR-10 binary batches or their '
                        'archive, or the images of --dataset folder')
-    p.add_argument('--image_size', type=int, default=None,
-                   help='side of the square images written for --dataset folder (centre crop, then resize) '
-                        '(default: 32)')
+    add_setting(p, 'image_size', default=None,
+                help='side of the square images written for --dataset folder (centre crop, then resize) '
+                     '(default: 32)')
     p.add_argument('--force', action='store_true',
                    help='rebuild the output folder even if it is already complete')
     args = p.parse_args(argv)
-    check_flags(vars(args))
     if args.dataset == 'folder' and not args.raw_dir:
         p.error('--dataset folder reads the images of --raw_dir FOLDER; give it')
     if args.image_size is not None and args.dataset != 'folder':

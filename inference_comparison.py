@@ -12,36 +12,27 @@ Without --milestone or --checkpoint the shipped pretrained model is used.
 import argparse
 from typing import Sequence
 
-from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import (ArgumentParser, add_data_root_arg, add_model_args, add_raw_dir_arg, check_flags,
-                                 comma_floats, comma_ints, parse_digits)
+from ddpm_mnist.cli.arguments import ArgumentParser, add_data_root_arg, add_model_args, add_raw_dir_arg, add_setting
+from ddpm_mnist.settings import SETTINGS, parse_digits
 from ddpm_mnist.utils import run_cli
-
-STRATEGY_HELP = ', '.join(f'{name} = {spec.label}' for name, spec in SAMPLERS.items())
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--strategy', choices=list(SAMPLERS), default='ddpm',
-                   help=f'sampler: {STRATEGY_HELP}. DDPM always runs all T steps; the others S = --sample_steps '
-                        '(default: %(default)s)')
-    p.add_argument('--milestone', type=int, help='load model-N.pt from --results_folder')
+    add_setting(p, 'strategy', default='ddpm',
+                help=f'{SETTINGS["strategy"].help}. DDPM always runs all T steps; the others S = --sample_steps')
+    add_setting(p, 'milestone')
     p.add_argument('--checkpoint', help='load this file instead (model-N.pt of any denoising-diffusion-pytorch '
                                         'Trainer, or a .safetensors export)')
-    p.add_argument('--results_folder',
-                   help='training results folder; grids go to RESULTS_FOLDER/inference_milestone_N/STRATEGY/ '
-                        '(default: ./results_mnist_ddpm, as the original; ./runs for the shipped model)')
-    p.add_argument('--sample_steps', type=int,
-                   help='sampling steps S = Unet evaluations per image (default: T for ddpm, 50 otherwise; 1..T)')
-    p.add_argument('--ddim_eta', type=float, default=0.0,
-                   help='DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like; DDIM only (default: %(default)s)')
-    p.add_argument('--num_samples', type=int,
-                   help='number of images to generate (default: 25; with --compare 1000 per config, --quick 300)')
-    p.add_argument('--batch_size', type=int,
-                   help='images per forward pass (default: 100 on a CPU, 500 on a GPU)')
-    p.add_argument('--seed', type=int, default=0,
-                   help='seed for the initial noise and per-step noise; the same seed gives every sampler the '
-                        'same starting noise x_T per image (default: %(default)s)')
+    add_setting(p, 'results_folder', help='training results folder; grids go to '
+                                          'RESULTS_FOLDER/inference_milestone_N/STRATEGY/ (default: '
+                                          './results_mnist_ddpm, as the original; ./runs for the shipped model)')
+    add_setting(p, 'sample_steps')
+    add_setting(p, 'ddim_eta', default=0.0)
+    add_setting(p, 'num_samples', help='number of images to generate (default: 25; with --compare 1000 per config, '
+                                       '--quick 300)')
+    add_setting(p, 'batch_size', help='images per forward pass (default: 100 on a CPU, 500 on a GPU)')
+    add_setting(p, 'seed', default=0, help='seed for the initial noise and per-step noise; the same seed gives every '
+                                           'sampler the same starting noise x_T per image')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cuda, mps or cpu')
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'], default='auto',
                    help='precision of the Unet: bf16 runs it with bf16 weights, fp16 under autocast (CUDA only); '
@@ -58,15 +49,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--digits',
                    help='conditional models only: the digits to draw, e.g. 7 or 0,3,9, in equal numbers, one digit per '
                         'grid row (default on a conditional model: all ten)')
-    p.add_argument('--guidance_scale', type=float, default=1.0,
-                   help='classifier-free guidance scale W, applied as eps_u + W * (eps_c - eps_u) (Ho & Salimans '
-                        '2022): 1 = the conditional model unguided, 0 = unconditional, >1 = stronger guidance '
-                        '(default: %(default)s)')
+    add_setting(p, 'guidance_scale', default=1.0)
     p.add_argument('--guidance_remove_parallel', action='store_true',
                    help="the library's guidance variant: remove the part of (eps_c - eps_u) parallel to eps_c")
-    p.add_argument('--guidance_rescaled_phi', type=float, default=0.0,
-                   help="the library's rescaling of the guided output to the conditional one's spread, mixed in "
-                        'with this weight (0: off; the library uses 0.7) (default: %(default)s)')
+    add_setting(p, 'guidance_rescaled_phi', default=0.0)
     p.add_argument('--use_online_weights', action='store_true',
                    help='sample the raw online weights instead of the EMA weights (worse; for debugging)')
     add_model_args(p)
@@ -78,14 +64,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument('--quick', action='store_true',
                    help='a CPU-sized --compare: DDIM at 10 and 50 steps (eta 0), DPM-Solver++(2M) and UniPC at 10, '
                         '300 images each from the same x_T; says whether DDIM-10 and DDIM-50 differ at that N')
-    c.add_argument('--compare_samplers', type=lambda s: s.split(','),
-                   help=f'comma-separated samplers to sweep, from: {",".join(SAMPLERS)} (default: all)')
-    c.add_argument('--compare_steps', type=comma_ints,
-                   help='comma-separated DDIM step counts (default: 10,20,50,100,200,1000)')
-    c.add_argument('--compare_etas', type=comma_floats,
-                   help='comma-separated DDIM eta values (default: 0,0.5,1)')
-    c.add_argument('--compare_solver_steps', type=comma_ints,
-                   help='comma-separated step counts for the samplers other than DDPM and DDIM (default: 5,10,20,50)')
+    add_setting(c, 'compare_samplers')
+    add_setting(c, 'compare_steps')
+    add_setting(c, 'compare_etas')
+    add_setting(c, 'compare_solver_steps')
     c.add_argument('--compare_ddpm', action=argparse.BooleanOptionalAction, default=True,
                    help='include the DDPM (T steps) row; --no-compare_ddpm drops it from --compare_samplers '
                         '(default: on)')
@@ -104,7 +86,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'file '
                         '(default: %(default)s)')
     args = p.parse_args(argv)
-    check_flags(vars(args))
     if args.digits is not None:
         args.digits = parse_digits(args.digits)
     if args.quick:

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import shlex
 import sys
 
-from ddpm_mnist.settings import (PRESETS, SQUARE, TRAINING_FLAGS, ArgumentParser, add_model_args, check_flags,
-                                 model_overrides)
+from ddpm_mnist.cli.arguments import ArgumentParser, add_model_args, add_setting
+from ddpm_mnist.settings import PRESETS, SQUARE, TRAINING_FLAGS, model_overrides
 from ddpm_mnist.utils import UserError, run_cli
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -22,8 +22,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='folder of training PNGs made by get_mnist_data.py (default: %(default)s)')
     add_model_args(p)
     g = p.add_argument_group('training (default: from the preset)')
-    for name, (kind, help_text) in TRAINING_FLAGS.items():
-        g.add_argument(f'--{name}', type=kind, help=help_text)
+    for name in TRAINING_FLAGS:
+        add_setting(g, name, **({'help': 'images in each sample-N.png (a square number)', 'rule': SQUARE}
+                          if name == 'num_samples' else {}))
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                    help='mixed precision (original: on); fp16 on CUDA, bf16 on CPU')
     g.add_argument('--mixed_precision_type', choices=['auto', 'fp16', 'bf16', 'bf16_compute'], default='auto',
@@ -33,26 +34,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument('--calculate_fid', action='store_true',
                    help="compute the library's Inception FID at each milestone (downloads Inception weights; "
                         'slow; off by default)')
-    g.add_argument('--max_minutes', type=float, default=None,
-                   help='stop at the first milestone after this many minutes of training in this session (a rerun '
-                        'resumes); for runs compared at equal wall time, and segments of a long run (default: none)')
-    g.add_argument('--min_snr_gamma', type=float, default=None,
-                   help="min-SNR-gamma loss weighting (Hang et al. 2023; the library's min_snr_loss_weight), e.g. 5 "
-                        '(default: off)')
-    g.add_argument('--snr_floor', type=float, default=None,
-                   help='lower bound on the loss weight of the x0 error, which the library\'s weighting lets vanish '
-                        'at high noise: 1 is the "truncated SNR" weighting of Salimans & Ho 2022 (default: off)')
-    g.add_argument('--input_perturbation', type=float, default=None,
-                   help='train on inputs noised with eps + gamma * xi while the target keeps eps (DDPM-IP, Ning et '
-                        'al. 2023: the network learns to correct the drift a sampler\'s own errors cause); the '
-                        'paper uses 0.1 (default: off)')
+    add_setting(g, 'max_minutes')
+    add_setting(g, 'min_snr_gamma')
+    add_setting(g, 'snr_floor')
+    add_setting(g, 'input_perturbation')
     g.add_argument('--conditional', action='store_true',
                    help='train a class-conditional model (the library\'s conditional Unet, trained on labels.csv) for '
                         'classifier-free guidance: inference_comparison.py --digits, --guidance_scale')
-    g.add_argument('--cond_drop_prob', type=float, default=None,
-                   help='share of training images whose label is replaced by the null label, so one model also '
-                        'learns the unconditional score guidance needs (default: 0.1 with --conditional)')
-    g.add_argument('--num_fid_samples', type=int, default=50000, help='samples per FID computation')
+    add_setting(g, 'cond_drop_prob')
+    add_setting(g, 'num_fid_samples', default=50000)
     p.add_argument('--fast_path', action=argparse.BooleanOptionalAction, default=True,
                    help='the training-speed levers of benchmarks/bench_training.py: training images decoded '
                         'once into memory, channels_last with layout-aware linear attention, fused Adam, foreach '
@@ -61,8 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                    help='torch.compile the Unet for training (fast path only; the first steps compile it). '
                         'Default: on for CPU training, off on GPUs (docs/speed.md says why)')
-    p.add_argument('--num_workers', type=int, default=2,
-                   help='DataLoader worker processes, used with --no-fast_path only (default: %(default)s)')
+    add_setting(p, 'num_workers', default=2)
     p.add_argument('--init_from', default=None,
                    help='start from these weights (online and EMA): the shipped '
                         'ddpm_mnist/pretrained/ddpm_mnist_small.safetensors, '
@@ -74,9 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         '(must be the latest); none: start fresh (refused if milestones exist) (default: auto)')
     p.add_argument('--device', choices=['auto', 'cuda', 'mps', 'cpu'], default='auto',
                    help='auto picks CUDA, then MPS, then CPU (under accelerate launch, accelerate decides)')
-    p.add_argument('--seed', type=int, default=None, help='random seed for reproducible training')
+    add_setting(p, 'seed', help='random seed for reproducible training')
     args = p.parse_args(argv)
-    check_flags(vars(args), extra={'num_samples': SQUARE})
     return args
 
 
@@ -89,9 +77,9 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                                   else args.cond_drop_prob)
     elif args.cond_drop_prob is not None:
         raise UserError('--cond_drop_prob applies to --conditional training only; add --conditional or drop it')
-    for loss_weighting in ('min_snr_gamma', 'snr_floor', 'input_perturbation'):  # diffusion settings that change training only
-        if values[loss_weighting] is not None:
-            overrides['diffusion'][loss_weighting] = values[loss_weighting]
+    for training_only in ('min_snr_gamma', 'snr_floor', 'input_perturbation'):  # diffusion settings of the loss
+        if values[training_only] is not None:
+            overrides['diffusion'][training_only] = values[training_only]
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],
                 training={name: values[name] for name in TRAINING_FLAGS if values[name] is not None}, amp=args.amp,
                 calculate_fid=args.calculate_fid, seed=args.seed, fast_path=args.fast_path)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ddpm_mnist.settings import ArgumentParser
+from ddpm_mnist.cli.arguments import ArgumentParser
 
 
 def drawn_bar() -> dict:

@@ -21,7 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from ddpm_mnist.settings import ArgumentParser, PRESETS
+from ddpm_mnist.cli.arguments import ArgumentParser
+from ddpm_mnist.settings import PRESETS
 from ddpm_mnist.training.command import (BYTES_PER_ACTIVATION_UNIT, FIXED_STEP_BYTES, activation_units, step_bytes)
 from ddpm_mnist.utils import write_json
 

@@ -26,7 +26,8 @@ from ddpm_mnist.model.network import build_diffusion
 from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings
 from ddpm_mnist.sampling.samplers import ddim_times
 from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
-from ddpm_mnist.settings import ArgumentParser, PRESETS
+from ddpm_mnist.cli.arguments import ArgumentParser
+from ddpm_mnist.settings import PRESETS
 from ddpm_mnist.utils import write_json
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from bench_common import StepTimer, gemm_peak
-from ddpm_mnist.settings import ArgumentParser
+from ddpm_mnist.cli.arguments import ArgumentParser
 from ddpm_mnist.training.step import BASELINE, DEFAULT_LEVERS
 from ddpm_mnist.utils import write_json
 

@@ -7,7 +7,7 @@ print each run's mean loss over step windows, so a speed change can be shown not
 """
 import argparse
 
-from ddpm_mnist.settings import ArgumentParser
+from ddpm_mnist.cli.arguments import ArgumentParser
 from typing import Sequence
 import sys
 from pathlib import Path

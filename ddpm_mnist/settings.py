@@ -1,14 +1,16 @@
-"""Model, diffusion, training and sampling settings: the presets, the flags that name them and the rule each flag's
-value obeys (checked right after parsing, before torch is imported or anything is written, so a bad value is one
-line naming the flag, the value and what is allowed). Imports no torch, so `--help` and flag errors are instant."""
+"""Model, diffusion, training and sampling settings: the presets, and SETTINGS, where each setting is declared once
+-- its flag's type, help and the rule its value obeys. `add_setting` turns a declaration into a flag; the project's
+ArgumentParser checks every flag's rule right after parsing, before torch is imported or anything is written, so a
+bad value is one line naming the flag, the value and what is allowed; the API checks its arguments by the same
+rules (check_arguments). Imports no torch, so `--help` and flag errors are instant."""
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 from collections import namedtuple
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ddpm_mnist.sampling.registry import SAMPLERS
 from ddpm_mnist.utils import BadValue, UserError
@@ -70,34 +72,6 @@ MODEL_FLAGS = {
 FLAG_OF = {key: flag for flag, (_, key) in MODEL_FLAGS.items()}
 
 
-def comma_ints(text: str) -> list[int]:
-    """'1,2,2' -> [1, 2, 2] (an argparse type)."""
-    return [int(x) for x in text.split(',')]
-
-
-def comma_floats(text: str) -> list[float]:
-    """'0,0.5,1' -> [0.0, 0.5, 1.0] (an argparse type)."""
-    return [float(x) for x in text.split(',')]
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by training and inference; None means 'from the preset, config or checkpoint'."""
-    g = parser.add_argument_group('model and diffusion (default: from the preset, config.json or checkpoint)')
-    g.add_argument('--unet_dim', type=int, help='base channel width of the Unet (original: 64)')
-    g.add_argument('--dim_mults', type=comma_ints,
-                   help='comma-separated channel multipliers per Unet level (original: 1,2,4,8)')
-    g.add_argument('--channels', type=int, help="image channels (default: the data folder's dataset; MNIST: 1)")
-    g.add_argument('--image_size', type=int, help='side of the square images the model works on (original: 32)')
-    g.add_argument('--train_timesteps', type=int, help='diffusion steps T used in training (original: 1000)')
-    g.add_argument('--beta_schedule', choices=SCHEDULES, help='noise schedule (original: cosine)')
-    g.add_argument('--attention', choices=ATTENTION_LAYOUTS,
-                   help="where the Unet attends: library (linear attention at every level, full attention at the "
-                        "lowest; the original) or lowest (only the lowest level's full attention and the middle "
-                        "block's)")
-    g.add_argument('--objective', choices=OBJECTIVES,
-                   help='what the Unet predicts (original: pred_v, the library default it trained with)')
-
-
 def model_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The model/diffusion settings given explicitly in `values` (flag name -> value, None for not given), as
     {'model': {...}, 'diffusion': {...}}."""
@@ -108,77 +82,7 @@ def model_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def add_raw_dir_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """--raw_dir (alias --raw-dir): a folder of MNIST IDX files, for offline use."""
-    parser.add_argument('--raw_dir', '--raw-dir', dest='raw_dir', help=help_text)
-
-
-def add_dataset_arg(parser: argparse.ArgumentParser) -> None:
-    """--dataset: which entry of datasets.DATASETS (default mnist)."""
-    from ddpm_mnist.datasets import DATASETS
-    parser.add_argument('--dataset', choices=list(DATASETS), default='mnist',
-                        help='mnist, fashion_mnist (the same IDX format), cifar10 (its binary archive) or folder (any '
-                             'folder of images, one subfolder per class for labels; needs --raw_dir) '
-                             '(default: %(default)s)')
-
-
-def add_data_root_arg(parser: argparse.ArgumentParser) -> None:
-    """--data_root (alias --root): where torchvision downloads and caches MNIST."""
-    parser.add_argument('--data_root', '--root', dest='data_root', default='./data',
-                        help='folder where torchvision downloads and caches MNIST (default: %(default)s)')
-
-
-RAW_DIR_HELP = 'MNIST IDX folder (offline), e.g. ../shared/data/mnist-full; default: torchvision download'
-
-
-def add_mnist_args(parser: argparse.ArgumentParser, raw_dir_help: str = RAW_DIR_HELP) -> None:
-    """--raw_dir and --data_root: where a script finds MNIST (offline IDX files, or torchvision's cache)."""
-    add_raw_dir_arg(parser, raw_dir_help)
-    add_data_root_arg(parser)
-
-
-# Training flags that map one-to-one onto config['training'] (type, help).
-TRAINING_FLAGS = {
-    'train_batch_size': (int, 'images per process per step'),
-    'train_lr': (float, 'Adam learning rate'),
-    'train_num_steps': (int, 'total optimiser steps (training stops there; resuming continues up to it)'),
-    'gradient_accumulate_every': (int, 'batches accumulated per optimiser step'),
-    'ema_decay': (float, 'EMA decay of the weights used for sampling'),
-    'ema_update_every': (int, 'update the EMA every this many steps'),
-    'save_and_sample_every': (int, 'steps between milestones (model-N.pt and sample-N.png)'),
-    'num_samples': (int, 'images in each sample-N.png (a square number)'),
-    'sampling_timesteps': (int, 'DDIM steps for the sample-N.png grids (default: T, i.e. DDPM as the original)'),
-    'results_folder': (str, 'where config.json, model-N.pt and sample-N.png go'),
-    'lr_warmup_steps': (int, 'optimiser steps of linear learning-rate warm-up from 0 (default: 0, none)'),
-    'post_hoc_ema_every': (int, "also keep ema-pytorch's PostHocEMA (sigma_rel 0.05 and 0.28), a snapshot every this "
-                                'many steps in RESULTS/post_hoc_ema/, so the EMA length can be chosen after training '
-                                'with scripts/post_hoc_ema.py (default: off)'),
-    'lr_schedule': (str, 'constant, or cosine: decay to 0 at --train_num_steps after the warm-up '
-                         '(default: constant, as the library)'),
-}
 LR_SCHEDULES = ('constant', 'cosine')
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors: a bad or unknown flag prints one line and a pointer to --help,
-    not the whole usage (exit status 2, as argparse's own). Every command also takes --quiet, applied here and
-    not passed on."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.add_argument('--quiet', action='store_true', default=argparse.SUPPRESS,
-                          help='no progress bars (results, warnings and errors still print)')
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        from ddpm_mnist.progress import set_quiet
-        set_quiet(False)  # each command line decides afresh (a sub-command's parser runs inside its parent's)
-        parsed, rest = super().parse_known_args(args, namespace)
-        if parsed.__dict__.pop('quiet', False):
-            set_quiet(True)
-        return parsed, rest
-
-    def error(self, message: str) -> None:
-        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
 # ---------------------------------------------------------------- the rules every flag obeys
@@ -220,32 +124,127 @@ SQUARE = Rule(lambda v: is_integer(v) and v >= 1 and math.isqrt(v) ** 2 == v,
 DIGITS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(is_integer(d) and 0 <= d <= 9 for d in v)
               and len(set(v)) == len(v), 'distinct digits 0-9, at least one (e.g. [7] or [0, 3, 9])')
 
-RULES = {
-    # model and diffusion
-    'unet_dim': at_least(1), 'dim_mults': each(at_least(1)), 'train_timesteps': at_least(1),
-    'channels': Rule(lambda v: v in (1, 3), '1 (greyscale, as MNIST) or 3 (colour, as CIFAR-10)'),
-    'image_size': at_least(8),
-    # training
-    'train_batch_size': at_least(1), 'train_lr': POSITIVE_NUMBER, 'train_num_steps': at_least(1),
-    'gradient_accumulate_every': at_least(1), 'ema_decay': fraction(closed_top=False),
-    'ema_update_every': at_least(1), 'save_and_sample_every': at_least(1), 'num_samples': at_least(1),
-    'sampling_timesteps': at_least(1), 'lr_warmup_steps': at_least(0), 'cond_drop_prob': fraction(closed_top=False),
-    'post_hoc_ema_every': at_least(1), 'max_minutes': POSITIVE_NUMBER, 'min_snr_gamma': POSITIVE_NUMBER,
-    'snr_floor': POSITIVE_NUMBER, 'input_perturbation': POSITIVE_NUMBER,
-    'lr_schedule': Rule(lambda v: v in LR_SCHEDULES, ' or '.join(LR_SCHEDULES)), 'num_fid_samples': at_least(2),
-    'num_workers': at_least(0),
-    'seed': Rule(lambda v: is_integer(v) and 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}'),
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's declaration: its flag's help, type (or choices) and the rule its value obeys."""
+    help: str
+    type: Callable[[str], Any] | None = None
+    rule: Rule | None = None
+    choices: Sequence[str] | None = None
+
+
+def comma_ints(text: str) -> list[int]:
+    """'1,2,2' -> [1, 2, 2] (an argparse type)."""
+    return [int(x) for x in text.split(',')]
+
+
+def comma_floats(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0] (an argparse type)."""
+    return [float(x) for x in text.split(',')]
+
+
+def comma_words(text: str) -> list[str]:
+    """'ddim,unipc' -> ['ddim', 'unipc'] (an argparse type)."""
+    return text.split(',')
+
+
+def setting_in(values: Sequence[str], help_text: str) -> Setting:
+    """A setting whose value is one of `values` (argparse's choices: a wrong one is its one-line error)."""
+    return Setting(help_text, choices=tuple(values), rule=Rule(lambda v: v in values, f'one of {", ".join(values)}'))
+
+
+SETTINGS: dict[str, Setting] = {
+    # model and diffusion (MODEL_FLAGS: where each lands in config.json)
+    'unet_dim': Setting('base channel width of the Unet (original: 64)', int, at_least(1)),
+    'dim_mults': Setting('comma-separated channel multipliers per Unet level (original: 1,2,4,8)', comma_ints,
+                         each(at_least(1))),
+    'channels': Setting("image channels (default: the data folder's dataset; MNIST: 1)", int,
+                        Rule(lambda v: v in (1, 3), '1 (greyscale, as MNIST) or 3 (colour, as CIFAR-10)')),
+    'image_size': Setting('side of the square images the model works on (original: 32)', int, at_least(8)),
+    'train_timesteps': Setting('diffusion steps T used in training (original: 1000)', int, at_least(1)),
+    'beta_schedule': setting_in(SCHEDULES, 'noise schedule (original: cosine)'),
+    'attention': setting_in(ATTENTION_LAYOUTS, "where the Unet attends: library (linear attention at every level, "
+                            "full attention at the lowest; the original) or lowest (only the lowest level's full "
+                            "attention and the middle block's)"),
+    'objective': setting_in(OBJECTIVES, 'what the Unet predicts (original: pred_v, the library default it trained '
+                                        'with)'),
+    # training (TRAINING_FLAGS: one-to-one onto config['training'])
+    'train_batch_size': Setting('images per process per step', int, at_least(1)),
+    'train_lr': Setting('Adam learning rate', float, POSITIVE_NUMBER),
+    'train_num_steps': Setting('total optimiser steps (training stops there; resuming continues up to it)', int,
+                               at_least(1)),
+    'gradient_accumulate_every': Setting('batches accumulated per optimiser step', int, at_least(1)),
+    'ema_decay': Setting('EMA decay of the weights used for sampling', float, fraction(closed_top=False)),
+    'ema_update_every': Setting('update the EMA every this many steps', int, at_least(1)),
+    'save_and_sample_every': Setting('steps between milestones (model-N.pt and sample-N.png)', int, at_least(1)),
+    'num_samples': Setting('number of images to generate', int, at_least(1)),
+    'sampling_timesteps': Setting('DDIM steps for the sample-N.png grids (default: T, i.e. DDPM as the original)',
+                                  int, at_least(1)),
+    'results_folder': Setting('where config.json, model-N.pt and sample-N.png go', str),
+    'lr_warmup_steps': Setting('optimiser steps of linear learning-rate warm-up from 0 (default: 0, none)', int,
+                               at_least(0)),
+    'post_hoc_ema_every': Setting("also keep ema-pytorch's PostHocEMA (sigma_rel 0.05 and 0.28), a snapshot every "
+                                  'this many steps in RESULTS/post_hoc_ema/, so the EMA length can be chosen after '
+                                  'training with scripts/post_hoc_ema.py (default: off)', int, at_least(1)),
+    'lr_schedule': Setting('constant, or cosine: decay to 0 at --train_num_steps after the warm-up (default: '
+                           'constant, as the library)', str,
+                           Rule(lambda v: v in LR_SCHEDULES, ' or '.join(LR_SCHEDULES))),
+    'max_minutes': Setting('stop at the first milestone after this many minutes of training in this session (a '
+                           'rerun resumes); for runs compared at equal wall time, and segments of a long run '
+                           '(default: none)', float, POSITIVE_NUMBER),
+    'min_snr_gamma': Setting("min-SNR-gamma loss weighting (Hang et al. 2023; the library's min_snr_loss_weight), "
+                             'e.g. 5 (default: off)', float, POSITIVE_NUMBER),
+    'snr_floor': Setting('lower bound on the loss weight of the x0 error, which the library\'s weighting lets '
+                         'vanish at high noise: 1 is the "truncated SNR" weighting of Salimans & Ho 2022 (default: '
+                         'off)', float, POSITIVE_NUMBER),
+    'input_perturbation': Setting('train on inputs noised with eps + gamma * xi while the target keeps eps '
+                                  '(DDPM-IP, Ning et al. 2023: the network learns to correct the drift a sampler\'s '
+                                  'own errors cause); the paper uses 0.1 (default: off)', float, POSITIVE_NUMBER),
+    'cond_drop_prob': Setting('share of training images whose label is replaced by the null label, so one model also '
+                              'learns the unconditional score guidance needs (default: 0.1 with --conditional)',
+                              float, fraction(closed_top=False)),
+    'num_fid_samples': Setting('samples per FID computation', int, at_least(2)),
+    'num_workers': Setting('DataLoader worker processes, used with --no-fast_path only', int, at_least(0)),
+    'seed': Setting('random seed', int,
+                    Rule(lambda v: is_integer(v) and 0 <= v <= MAX_SEED, f'an integer from 0 to {MAX_SEED}')),
     # sampling
-    'milestone': at_least(1), 'sample_steps': at_least(1), 'batch_size': at_least(1),
-    'ddim_eta': fraction(closed_top=True),  # eta > 1 adds more noise than DDPM's posterior: not a DDIM sampler
-    'compare_steps': each(at_least(1)), 'compare_etas': each(fraction(closed_top=True)),
-    'compare_solver_steps': each(at_least(1)), 'guidance_scale': Rule(lambda v: is_number(v) and 0 <= v <= 100,
-                                                                      'a finite number from 0 to 100 (1: unguided)'),
-    'strategy': Rule(lambda v: v in SAMPLERS, f'one of {", ".join(SAMPLERS)}'),
-    'guidance_rescaled_phi': fraction(closed_top=True),
-    'compare_samplers': Rule(lambda names: all(n in SAMPLERS for n in names),
-                             f'a comma-separated list from {",".join(SAMPLERS)}'),
+    'strategy': setting_in(tuple(SAMPLERS), 'sampler: ' + ', '.join(f'{name} = {spec.label}'
+                                                                     for name, spec in SAMPLERS.items())),
+    'milestone': Setting('load model-N.pt from --results_folder', int, at_least(1)),
+    'sample_steps': Setting('sampling steps S = Unet evaluations per image (default: T for ddpm, 50 otherwise; 1..T)',
+                            int, at_least(1)),
+    'batch_size': Setting('images per forward pass', int, at_least(1)),
+    'ddim_eta': Setting('DDIM noise: 0 = deterministic DDIM, 1 = DDPM-like; DDIM only', float,
+                        fraction(closed_top=True)),  # eta > 1 adds more noise than DDPM's posterior: not DDIM
+    'compare_steps': Setting('comma-separated DDIM step counts (default: 10,20,50,100,200,1000)', comma_ints,
+                             each(at_least(1))),
+    'compare_etas': Setting('comma-separated DDIM eta values (default: 0,0.5,1)', comma_floats,
+                            each(fraction(closed_top=True))),
+    'compare_solver_steps': Setting('comma-separated step counts for the samplers other than DDPM and DDIM '
+                                    '(default: 5,10,20,50)', comma_ints, each(at_least(1))),
+    'compare_samplers': Setting(f'comma-separated samplers to sweep, from: {",".join(SAMPLERS)} (default: all)',
+                                comma_words, Rule(lambda names: all(n in SAMPLERS for n in names),
+                                                  f'a comma-separated list from {",".join(SAMPLERS)}')),
+    'guidance_scale': Setting('classifier-free guidance scale W, applied as eps_u + W * (eps_c - eps_u) (Ho & '
+                              'Salimans 2022): 1 = the conditional model unguided, 0 = unconditional, >1 = stronger '
+                              'guidance', float, Rule(lambda v: is_number(v) and 0 <= v <= 100,
+                                                      'a finite number from 0 to 100 (1: unguided)')),
+    'guidance_rescaled_phi': Setting("the library's rescaling of the guided output to the conditional one's spread, "
+                                     'mixed in with this weight (0: off; the library uses 0.7)', float,
+                                     fraction(closed_top=True)),
 }
+TRAINING_FLAGS = ('train_batch_size', 'train_lr', 'train_num_steps', 'gradient_accumulate_every', 'ema_decay',
+                  'ema_update_every', 'save_and_sample_every', 'num_samples', 'sampling_timesteps', 'results_folder',
+                  'lr_warmup_steps', 'post_hoc_ema_every', 'lr_schedule')
+RULES = {name: setting.rule for name, setting in SETTINGS.items() if setting.rule is not None}
+
+
+def check_value(flag: str, value: Any, rule: Rule | None) -> None:
+    """A one-line BadValue if `value` (not None) breaks `rule`."""
+    if rule is not None and value is not None and not rule.ok(value):
+        shown = ','.join(map(str, value)) if isinstance(value, list) else value
+        raise BadValue(f'{flag} {shown} is not allowed: use {rule.allowed}')
 
 
 def parse_digits(text: str) -> list[int]:
@@ -257,16 +256,6 @@ def parse_digits(text: str) -> list[int]:
     if not DIGITS.ok(digits):
         raise BadValue(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
     return digits
-
-
-def check_flags(values: dict[str, Any], rules: dict[str, Rule] = RULES, extra: dict[str, Rule] | None = None) -> None:
-    """Raise a one-line BadValue for the first flag in `values` (flag name -> value) that breaks its rule."""
-    rules = {**rules, **(extra or {})}
-    for name, value in values.items():
-        rule = rules.get(name)
-        if rule is not None and value is not None and not rule.ok(value):
-            shown = ','.join(map(str, value)) if isinstance(value, list) else value
-            raise BadValue(f'--{name} {shown} is not allowed: use {rule.allowed}')
 
 
 def check_arguments(values: dict[str, Any], rule_of: dict[str, str]) -> None:

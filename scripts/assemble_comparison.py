@@ -18,7 +18,7 @@ from ddpm_mnist.evaluation.reference import digits_evaluator
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, sweep_configs,
                                          write_outputs)
 from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS
-from ddpm_mnist.settings import ArgumentParser, add_raw_dir_arg
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_raw_dir_arg
 from ddpm_mnist.utils import file_digest, run_cli
 
 
@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument('--machine', required=True, help='the machine the sweep ran on, as it should be named')
     p.add_argument('--device', default='cuda', help='device the sweep ran on')
     p.add_argument('--precision', default='bf16', help='precision the sweep ran with')
-    p.add_argument('--batch_size', type=int, default=1000, help='batch size the sweep ran with')
-    p.add_argument('--seed', type=int, default=0, help='seed the sweep ran with')
+    add_setting(p, 'batch_size', default=1000, help='batch size the sweep ran with')
+    add_setting(p, 'seed', default=0, help='seed the sweep ran with')
     args = p.parse_args(argv)
     folder = Path(args.folder)
     rows = {}

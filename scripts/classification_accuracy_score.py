@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 from ddpm_mnist.progress import BatchCache, SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
@@ -25,19 +25,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--checkpoint', default=None,
                    help='conditional model (default: ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors)')
     add_mnist_args(p)
-    p.add_argument('--per_class', type=int, default=6000, help='generated digits per class (default: %(default)s)')
-    p.add_argument('--guidance_scale', type=float, default=1.0, help='guidance scale W (default: %(default)s)')
-    p.add_argument('--strategy', choices=list(SAMPLERS), default='unipc', help='sampler (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=10, help='sampler steps (default: %(default)s)')
-    p.add_argument('--epochs', type=int, default=4, help='classifier epochs, both classifiers (default: 4)')
-    p.add_argument('--seed', type=int, default=0, help='seed of x_T and of both classifiers (default: 0)')
+    add_setting(p, 'per_class', rule=at_least(10), type=int, default=6000, help='generated digits per class')
+    add_setting(p, 'guidance_scale', default=1.0, help='guidance scale W')
+    add_setting(p, 'strategy', default='unipc', help='sampler')
+    add_setting(p, 'steps', rule=at_least(1), type=int, default=10, help='sampler steps')
+    add_setting(p, 'epochs', rule=at_least(1), type=int, default=4, help='classifier epochs, both classifiers')
+    add_setting(p, 'seed', default=0, help='seed of x_T and of both classifiers')
     p.add_argument('--output', default='assets/classification_accuracy_score', help='output stem')
     p.add_argument('--cache_dir', default='runs/classification_accuracy_score_cache',
                    help='where the generated digits are kept, one file per digit, so a killed run resumes '
                         '(default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'per_class': at_least(10), 'steps': at_least(1), 'epochs': at_least(1)})
     return args
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 from ddpm_mnist.progress import BatchCache, SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
@@ -29,23 +30,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
     add_mnist_args(p)
-    p.add_argument('--num_digits', type=int, default=1000, help='test digits per measurement (default: %(default)s)')
+    add_setting(p, 'num_digits', rule=at_least(10), type=int, default=1000, help='test digits per measurement')
     p.add_argument('--methods', default=','.join(METHODS),
                    help=f'inpainting methods, from {",".join(METHODS)} (default: all)')
-    p.add_argument('--ddim_steps', type=int, default=100,
-                   help='DDIM steps of the fast RePaint variant (default: %(default)s)')
+    add_setting(p, 'ddim_steps', rule=at_least(1), type=int, default=100,
+                help='DDIM steps of the fast RePaint variant (default: %(default)s)')
     p.add_argument('--inversion_steps', default='10,20,50,100,200', help='K of the inversion round trips')
     p.add_argument('--strengths', default='0.2,0.4,0.6,0.8,1.0', help='SDEdit strengths')
     p.add_argument('--skip', default='', help='comma-separated parts to skip: inpaint, invert, sdedit')
-    p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')
+    add_setting(p, 'batch_size', default=100, help='images per forward pass (default: %(default)s)')
+    add_setting(p, 'seed', default=0, help='seed of every noise draw (default: %(default)s)')
     p.add_argument('--output', default='assets/editing', help='output stem (default: %(default)s)')
     p.add_argument('--cache_dir', default='runs/edit_benchmark_cache',
                    help='where finished batches of the inpainting methods are kept, so a killed run resumes batch by '
                         'batch (default: %(default)s; safe to delete)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_digits': at_least(10), 'ddim_steps': at_least(1)})
     unknown = set(args.methods.split(',')) - set(METHODS)
     if unknown:
         p.error(f'unknown --methods {sorted(unknown)}; choose from {",".join(METHODS)}')

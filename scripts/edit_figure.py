@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 
 ROWS = ('inpaint', 'sdedit', 'invert', 'interpolate')
 
@@ -24,13 +25,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', default=None, help='model to edit with (default: the shipped model)')
     add_mnist_args(p)
-    p.add_argument('--inpaint_steps', type=int, default=None,
-                   help='DDIM steps of the fast RePaint variant (default: the DDPM chain, RePaint as published)')
-    p.add_argument('--seed', type=int, default=0, help='seed of every noise draw (default: %(default)s)')
+    add_setting(p, 'inpaint_steps', rule=at_least(1), type=int, default=None,
+                help='DDIM steps of the fast RePaint variant (default: the DDPM chain, RePaint as published)')
+    add_setting(p, 'seed', default=0, help='seed of every noise draw (default: %(default)s)')
     p.add_argument('--output', default='assets/editing.png', help='figure to write (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'inpaint_steps': at_least(1)})
     return args
 
 

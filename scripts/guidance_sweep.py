@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 from ddpm_mnist.progress import SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
@@ -24,16 +24,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='conditional model (default: ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors)')
     add_mnist_args(p)
     p.add_argument('--scales', default='0,1,1.25,1.5,2,3,4', help='guidance scales W (default: %(default)s)')
-    p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=50, help='sampler steps (default: %(default)s)')
-    p.add_argument('--ddim_eta', type=float, default=0.0,
-                   help='DDIM eta in [0, 1], for --strategy ddim (default: %(default)s)')
-    p.add_argument('--num_samples', type=int, default=1000, help='images per scale (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='seed of x_T, the same for every scale (default: 0)')
+    add_setting(p, 'strategy', default='ddim', help='sampler (default: %(default)s)')
+    add_setting(p, 'steps', rule=at_least(1), type=int, default=50, help='sampler steps (default: %(default)s)')
+    add_setting(p, 'ddim_eta', default=0.0,
+                help='DDIM eta in [0, 1], for --strategy ddim (default: %(default)s)')
+    add_setting(p, 'num_samples', rule=at_least(10), default=1000, help='images per scale (default: %(default)s)')
+    add_setting(p, 'seed', default=0, help='seed of x_T, the same for every scale (default: 0)')
     p.add_argument('--output', default='assets/guidance', help='output stem (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10), 'steps': at_least(1)})
     return args
 
 

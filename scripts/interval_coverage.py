@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 
-from ddpm_mnist.sampling.registry import SAMPLERS
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 from ddpm_mnist.utils import shown_path, write_json
 
 
@@ -23,14 +23,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--source', choices=['real', 'model'], default='real',
                    help='real: sets of real training digits (no sampling); model: sets sampled from --checkpoint')
     p.add_argument('--checkpoint', default=None, help='model for --source model (default: the shipped model)')
-    p.add_argument('--strategy', choices=list(SAMPLERS), default='ddim', help='sampler (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=10, help='sampler steps (default: %(default)s)')
-    p.add_argument('--num_samples', type=int, default=500, help='N per set (default: %(default)s)')
-    p.add_argument('--draws', type=int, default=20, help='fresh sets (seeds 0..draws-1) (default: %(default)s)')
+    add_setting(p, 'strategy', default='ddim', help='sampler (default: %(default)s)')
+    add_setting(p, 'steps', rule=at_least(1), type=int, default=10, help='sampler steps')
+    add_setting(p, 'num_samples', rule=at_least(10), default=500, help='N per set')
+    add_setting(p, 'draws', rule=at_least(3), type=int, default=20, help='fresh sets (seeds 0..draws-1)')
     p.add_argument('--output', default='assets/interval_coverage', help='output stem (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10), 'draws': at_least(3), 'steps': at_least(1)})
     return args
 
 

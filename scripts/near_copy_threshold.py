@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.cli.arguments import ArgumentParser, add_mnist_args
 from ddpm_mnist.utils import write_json
 
 QUANTILES = (0.001, 0.005, 0.01, 0.05, 0.5)

@@ -5,15 +5,21 @@ the first model, DDIM-50 with eta 1 on the first K steps and 0 after (and the re
 the chain where the deterministic sampler loses its quality. --denoiser_bias measures, for each model, how far the
 mean of its x0 prediction (clipped, as the samplers use it) on noised test digits is from the digits' own mean at
 several timesteps: a calibrated denoiser has none, and a bias at high noise is what the ODE carries to the end.
+--eps_scales divides the noise prediction of every DDIM step by each factor lambda (epsilon scaling, Ning et al.
+2024, constant in t): how sensitive each sampler is to the scale of the noise it predicts. --guide GUIDE samples
+the first model autoguided by a weaker model of the same task, D_guide + w (D - D_guide) (Karras et al. 2024).
 
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.safetensors
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.safetensors --switch
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.pt --denoiser_bias
+  python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.pt --eps_scales 1.005,1.01
+  python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL --guide WEAKER
 """
 import argparse
 from typing import Sequence
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
+from ddpm_mnist.settings import POSITIVE_NUMBER, at_least, comma_floats, each
 
 # (label, eta, clip x0, re-derive the noise from the clipped x0): the library's DDIM clips and re-derives
 CLIPPING = (('clip + re-derive (the library)', 0.0, True, True), ('clip + re-derive (the library)', 1.0, True, True),
@@ -27,19 +33,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='models to score (SHIPPED: the shipped one; or files, run folders); the clipping variants '
                         'run on the first (default: SHIPPED)')
     add_mnist_args(p)
-    p.add_argument('--num_samples', type=int, default=1000, help='images per row (default: %(default)s)')
+    add_setting(p, 'num_samples', rule=at_least(10), default=1000, help='images per row (default: %(default)s)')
     p.add_argument('--switch', action='store_true',
                    help='only the eta-switch rows for the first model: eta 1 for the first 10 or 25 of the 50 steps '
                         'then 0, and eta 0 for the first 25 or 40 then 1')
     p.add_argument('--denoiser_bias', action='store_true',
                    help='only the x0-prediction bias of each model on 2,000 noised test digits at T-1 and a few lower '
                         'timesteps (no sampling; seconds per model)')
+    add_setting(p, 'eps_scales', rule=each(POSITIVE_NUMBER), type=comma_floats,
+                help='only DDIM-50 at eta 0 and 1 on the first model with its noise prediction divided by each of '
+                     'these factors (e.g. 0.995,1.005,1.01; 1 is the plain sampler)')
+    p.add_argument('--guide', help='only DDIM-50 at eta 0 and 1 on the first model autoguided by this weaker model '
+                                   '(same architecture and task), at each --guide_weights')
+    add_setting(p, 'guide_weights', rule=each(POSITIVE_NUMBER), type=comma_floats, default=[1.5, 2.0],
+                help='autoguidance weights w (1: the model alone) (default: 1.5,2)')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
                    help="the Unet's precision when sampling (auto: bf16 on CPUs that have it, else fp32); fp32 checks "
                         'whether bf16 rounding, which the ODE carries to the end, is part of the gap')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10)})
     return args
 
 
@@ -50,9 +61,9 @@ SWITCHES = (('eta 1 for steps 1-10, then 0', [1.0] * 10 + [0.0] * 40),
             ('eta 0 for steps 1-40, then 1', [0.0] * 40 + [1.0] * 10))
 
 
-def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100):
+def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100, eps_scale=1.0):
     """DDIM-50 from `noise` with the chosen x0 clipping, per-step noise seeded as sampling.loop.sample does; `eta`
-    is one number, or one per step."""
+    is one number, or one per step; the noise prediction is divided by `eps_scale` in every step's update."""
     import torch
 
     from ddpm_mnist.sampling.loop import batch_generator
@@ -66,6 +77,7 @@ def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100):
             for (t, t_next), step_eta in zip(pairs, etas):
                 prediction = diffusion.model_predictions(x, full_times(t, x), clip_x_start=clip,
                                                          rederive_pred_noise=rederive)
+                prediction = prediction._replace(pred_noise=prediction.pred_noise / eps_scale)
                 x = ddim_step(diffusion, prediction, t, t_next, step_eta, generator)
         out.append(diffusion.unnormalize(x.float()).clamp(0, 1).cpu())
     return torch.cat(out)
@@ -110,10 +122,59 @@ def print_denoiser_bias(args) -> None:
         print(f'| {name} | ' + ' | '.join(f'{b:+.4f} ({mse:.3f})' for b, mse in bias.values()) + ' |', flush=True)
 
 
+def autoguided(net, guide, weight):
+    """The network as D_guide + w (D - D_guide) on its output (Karras et al. 2024, Eq. 2): the objective's
+    prediction is affine in the output at fixed x_t and t, so guiding the output guides the denoiser."""
+    from torch import nn
+
+    class Autoguided(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.guide = net, guide
+
+        def forward(self, x, time, x_self_cond=None):
+            guided = self.guide(x, time, x_self_cond)
+            return guided + weight * (self.net(x, time, x_self_cond) - guided)
+
+    return Autoguided()
+
+
+def variant_rows(args):
+    """(label, eta, model wrapper weight or eps scale) rows of --eps_scales or --guide, eta 0 and 1 each."""
+    if args.eps_scales:
+        return [(f'noise prediction / {lam:g}', eta, dict(eps_scale=lam)) for lam in args.eps_scales for eta in (0, 1)]
+    return [(f'autoguided, w = {w:g}', eta, dict(guide_weight=w)) for w in args.guide_weights for eta in (0, 1)]
+
+
+def print_variants(args) -> None:
+    from ddpm_mnist.api import load_model
+    from ddpm_mnist.evaluation.intervals import interval_cell
+    from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
+    from ddpm_mnist.sampling.loop import initial_noise
+    name = args.checkpoints[0]
+    model = load_model(None if name == 'SHIPPED' else name, precision=args.precision)
+    net = model.diffusion.model
+    guide = load_model(args.guide, precision=args.precision).diffusion.model if args.guide else None
+    evaluator = digits_evaluator(image_size=model.image_size, raw_dir=args.raw_dir, data_root=args.data_root)
+    floor = floor_fid(evaluator, args.num_samples)
+    noise = initial_noise(args.num_samples, model.diffusion.channels, model.image_size, seed=0)
+    print(f'precision: {args.precision}; {name}' + (f' guided by {args.guide}' if guide else ''))
+    print('| variant | DDIM-50 eta | FID [95 %] | FID / floor | mean ink |')
+    print('|---|---|---|---|---|')
+    for label, eta, option in variant_rows(args):
+        model.diffusion.model = autoguided(net, guide, option['guide_weight']) if guide else net
+        images = ddim50(model.diffusion, noise, eta=eta, eps_scale=option.get('eps_scale', 1.0))
+        scores = evaluator.score(images)
+        print(f'| {label} | {eta} | {interval_cell(scores, "fid")} | {scores["fid"] / floor:.2f}x '
+              f'| {float(images.mean()):.4f} |', flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.denoiser_bias:
         return print_denoiser_bias(args)
+    if args.eps_scales or args.guide:
+        return print_variants(args)
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid

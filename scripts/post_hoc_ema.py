@@ -12,20 +12,19 @@ from typing import Sequence
 from pathlib import Path
 
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
+    add_setting(p, 'results_folder', required=True, help='run folder with post_hoc_ema/ snapshots and milestones')
     add_mnist_args(p)
     p.add_argument('--sigma_rels', default='0.05,0.10,0.15,0.20,0.28',
                    help='EMA lengths to synthesise, as sigma_rel (the EMA profile width relative to training time)')
-    p.add_argument('--num_samples', type=int, default=500, help='images per model (default: %(default)s)')
+    add_setting(p, 'num_samples', rule=at_least(10), default=500, help='images per model (default: %(default)s)')
     p.add_argument('--output', default=None, help='also write the table to this markdown file')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10)})
     return args
 
 

@@ -8,7 +8,7 @@ scored shows "–" there). Candidates are ordered by the mean of the two etas' F
 """
 import argparse
 
-from ddpm_mnist.settings import ArgumentParser
+from ddpm_mnist.cli.arguments import ArgumentParser
 from typing import Any, Sequence
 import json
 import sys

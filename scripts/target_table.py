@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddpm_mnist.settings import ArgumentParser
+from ddpm_mnist.cli.arguments import ArgumentParser
 import json
 from pathlib import Path
 from typing import Any, Sequence

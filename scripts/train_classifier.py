@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 
-from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_dataset_arg, add_raw_dir_arg
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_data_root_arg, add_dataset_arg, add_raw_dir_arg
 from ddpm_mnist.utils import run_cli
 
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_raw_dir_arg(p, 'folder with the dataset\'s raw files (offline; MNIST: its IDX files); default: download')
     add_data_root_arg(p)
     p.add_argument('--epochs', type=int, default=4, help='training epochs (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
+    add_setting(p, 'seed', default=0, help='random seed (default: %(default)s)')
     p.add_argument('--arch', choices=['lenet', 'wide'], default='lenet',
                    help='lenet: the metrics\' feature network; wide: the second, independent one that scores the sweep '
                         'too (--second_classifier), trained e.g. with --seed 1 (default: %(default)s)')

@@ -12,19 +12,20 @@ from typing import Sequence
 from pathlib import Path
 
 
-from ddpm_mnist.settings import ArgumentParser, add_mnist_args, comma_floats
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
+from ddpm_mnist.settings import RULES, at_least, comma_floats
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--results_folder', required=True, help='training run folder holding model-N.pt milestones')
+    add_setting(p, 'results_folder', required=True, help='training run folder holding model-N.pt milestones')
     add_mnist_args(p)
-    p.add_argument('--num_samples', type=int, default=500, help='images per milestone (default: %(default)s)')
-    p.add_argument('--sample_steps', type=int, default=50, help='DDIM steps (default: %(default)s)')
-    p.add_argument('--ddim_eta', type=comma_floats, default=[0.0, 1.0],
-                   help='comma-separated DDIM etas, each scored at every milestone (default: 0,1)')
-    p.add_argument('--seed', type=int, default=0, help='seed of x_T and the per-step noise (default: %(default)s)')
-    p.add_argument('--batch_size', type=int, default=100, help='images per forward pass (default: %(default)s)')
+    add_setting(p, 'num_samples', rule=at_least(10), default=500, help='images per milestone (default: %(default)s)')
+    add_setting(p, 'sample_steps', default=50, help='DDIM steps (default: %(default)s)')
+    add_setting(p, 'ddim_eta', rule=RULES['compare_etas'], type=comma_floats, default=[0.0, 1.0],
+                help='comma-separated DDIM etas, each scored at every milestone (default: 0,1)')
+    add_setting(p, 'seed', default=0, help='seed of x_T and the per-step noise (default: %(default)s)')
+    add_setting(p, 'batch_size', default=100, help='images per forward pass (default: %(default)s)')
     p.add_argument('--reference_size', type=int, default=None,
                    help='score against the test digits resampled as for a model trained at this size (28: the raw '
                         'digits) instead of the run\'s own image size, to compare runs of different sizes on one '
@@ -35,8 +36,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--output', default='assets/training_curve',
                    help='output stem: writes STEM.png, STEM.csv, STEM.md and STEM.json (default: %(default)s)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import RULES, at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10), 'ddim_eta': RULES['compare_etas']})
     return args
 
 

@@ -14,7 +14,8 @@ TRAIN_BAD = [
     ('--sampling_timesteps', '0'), ('--num_fid_samples', '1'), ('--num_workers', '-1'), ('--seed', '-1'),
     ('--seed', str(2 ** 32)), ('--unet_dim', '0'), ('--dim_mults', '1,0'), ('--train_timesteps', '0'),
     ('--channels', '2'), ('--image_size', '7'), ('--max_minutes', '0'), ('--max_minutes', 'nan'),
-    ('--lr_warmup_steps', '-1'), ('--lr_schedule', 'linear'), ('--min_snr_gamma', '-5'),
+    ('--lr_warmup_steps', '-1'), ('--lr_schedule', 'linear'), ('--min_snr_gamma', '-5'), ('--snr_floor', '0'),
+    ('--input_perturbation', '-0.1'), ('--cond_drop_prob', '1'),
 ]
 INFERENCE_BAD = [
     ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
@@ -117,3 +118,42 @@ def test_a_bad_flag_is_one_line_with_a_pointer_to_help(script, argv, fragment, c
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count('\n') == 1 and 'usage:' not in err, err
     assert err.startswith('error: ') and fragment in err and '--help' in err
+
+
+SOURCES = ['*.py', 'scripts/*.py', 'benchmarks/*.py', 'ddpm_mnist/**/*.py']
+
+
+def test_a_declared_setting_is_made_only_from_its_declaration():
+    """A setting declared in settings.SETTINGS is never declared again by hand: every command makes its flag with
+    add_setting, so the flag's type, help and rule come from the one declaration."""
+    import re
+    from pathlib import Path
+
+    from ddpm_mnist.settings import SETTINGS
+    root = Path(__file__).resolve().parent.parent
+    by_hand = [f'{path.relative_to(root)}: --{name}' for pattern in SOURCES for path in root.glob(pattern)
+               for name in re.findall(r"add_argument\(\s*'--(\w+)'", path.read_text()) if name in SETTINGS]
+    assert by_hand == []
+
+
+def test_add_setting_yields_the_flag_its_help_and_its_check(capsys):
+    """One declaration gives the flag's type and help (with the command's default) and the parser checks its rule
+    after parsing; the API refuses the same value by the same rule."""
+    import ddpm_mnist
+    from ddpm_mnist.cli.arguments import ArgumentParser, add_setting
+    from ddpm_mnist.settings import SETTINGS, at_least
+    from ddpm_mnist.utils import BadValue
+    parser = ArgumentParser(prog='demo')
+    add_setting(parser, 'sample_steps', default=50)
+    add_setting(parser, 'ddim_eta', default=0.5)
+    add_setting(parser, 'rows', type=int, default=3, help='grid rows', rule=at_least(2))
+    assert parser.parse_args(['--sample_steps', '7']).sample_steps == 7
+    shown = ' '.join(parser.format_help().split())
+    assert SETTINGS['sample_steps'].help in shown and f'{SETTINGS["ddim_eta"].help} (default: 0.5)' in shown
+    assert 'grid rows (default: 3)' in shown
+    with pytest.raises(BadValue, match=r'^--sample_steps 0 is not allowed: use an integer >= 1$'):
+        parser.parse_args(['--sample_steps', '0'])
+    with pytest.raises(BadValue, match=r'^--rows 1 is not allowed: use an integer >= 2$'):
+        parser.parse_args(['--rows', '1'])
+    with pytest.raises(BadValue, match=r'steps=0 is not allowed: use an integer >= 1'):
+        ddpm_mnist.sample(ddpm_mnist.load_model(), steps=0)

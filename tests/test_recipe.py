@@ -104,6 +104,30 @@ def test_snr_floor_keeps_the_high_noise_weight(tmp_path, image_folder, capsys):
     assert x0_weight[-1] == pytest.approx(1, rel=1e-4) and x0_weight[0] == pytest.approx(5, rel=1e-4)
 
 
+def test_input_perturbation_noises_the_input_but_not_the_target(tmp_path, image_folder, capsys):
+    """--input_perturbation 0.1 (DDPM-IP, Ning et al. 2023): the network sees q_sample(x0, t, eps + 0.1 xi) and is
+    scored against the v of the unperturbed eps; q_sample outside the loss (SDEdit, sampling) is unchanged. The
+    run records it in the config, and its checkpoint loads and samples as any other."""
+    from ddpm_mnist.model.network import build_diffusion
+    results = tmp_path / 'ip'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, results, extra=['--input_perturbation', '0.1']),
+                    capsys)[0] == 0
+    diffusion, config, _ = load_model(results / 'model-1.pt')
+    assert config['diffusion']['input_perturbation'] == 0.1 and type(diffusion).__name__ == 'GaussianDiffusion'
+    trained = build_diffusion(config, training=True)
+    trained.model.load_state_dict(diffusion.model.state_dict())
+    x0, t = torch.rand(4, 1, 32, 32) * 2 - 1, torch.tensor([0, 5, 10, trained.num_timesteps - 1])
+    noise = torch.randn_like(x0)
+    torch.manual_seed(0)
+    loss = trained.p_losses(x0, t, noise=noise)
+    torch.manual_seed(0)
+    x_t = trained.q_sample(x0, t, noise + 0.1 * torch.randn_like(noise))  # the perturbed input, same xi
+    with torch.no_grad():
+        error = (trained.model(x_t, t) - trained.predict_v(x0, t, noise)) ** 2
+    assert loss.item() == pytest.approx((error.mean((1, 2, 3)) * trained.loss_weight[t]).mean().item(), rel=1e-5)
+    assert torch.equal(trained.q_sample(x0, t, noise), diffusion.q_sample(x0, t, noise))
+
+
 def test_post_hoc_ema_keeps_snapshots_and_synthesises_lengths(tmp_path, image_folder, idx_dir, capsys):
     results = tmp_path / 'phema'
     argv = train_argv(image_folder, results, steps=40, every=20, extra=['--post_hoc_ema_every', '10'])

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ddpm_mnist.hints import PathLike
-from ddpm_mnist.settings import ArgumentParser, add_data_root_arg, add_raw_dir_arg
+from ddpm_mnist.settings import at_least
+from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_data_root_arg, add_raw_dir_arg
 from ddpm_mnist.utils import BadValue, UserError, run_cli
 
 
@@ -32,16 +33,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_raw_dir_arg(p, 'MNIST IDX folder (offline) for the comparison with the current model, e.g. '
                        '../shared/data/mnist-full; default: torchvision download')
     add_data_root_arg(p)
-    p.add_argument('--num_samples', type=int, default=1000,
-                   help='images per model in the comparison (default: %(default)s)')
+    add_setting(p, 'num_samples', rule=at_least(10), default=1000,
+                help='images per model in the comparison (default: %(default)s)')
     p.add_argument('--force', action='store_true',
                    help='export even when the candidate scores worse than the model it replaces (say so in the '
                         'notes that go with it)')
     p.add_argument('--no-compare', dest='compare', action='store_false',
                    help='skip the comparison (an output that does not exist yet is never compared)')
     args = p.parse_args(argv)
-    from ddpm_mnist.settings import at_least, check_flags
-    check_flags(vars(args), extra={'num_samples': at_least(10)})
     return args
 
 

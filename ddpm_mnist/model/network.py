@@ -150,7 +150,8 @@ def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_time
             set_loss_weight(labelled, config['diffusion'])
             return labelled
         unet = GuidedUnet(unet)
-    diffusion = (PerturbedDiffusion if gamma else GaussianDiffusion)(unet, **diffusion_settings(config, sampling_timesteps))
+    library_class = PerturbedDiffusion if gamma else GaussianDiffusion
+    diffusion = library_class(unet, **diffusion_settings(config, sampling_timesteps))
     diffusion.input_perturbation = gamma or 0.0
     set_loss_weight(diffusion, config['diffusion'])
     diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
