@@ -22,6 +22,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--teacher', default=None,
                    help='the model to distil: a checkpoint, an export or a run folder (default: the shipped model)')
     p.add_argument('--conditional', action='store_true', help='distil the shipped class-conditional model')
+    add_setting(p, 'guidance_scale', help='a class-conditional teacher only: the classifier-free guidance scale W '
+                                          'of the ODE the student learns; the student then draws guided digits '
+                                          'with one network call per step (default: 1.25, the shipped scale, '
+                                          'docs/conditional.md)')
     p.add_argument('--data_folder', default='./data/mnist_image_folder',
                    help='training images (get_mnist_data.py): where the teacher\'s path starts (default: %(default)s)')
     add_setting(p, 'results_folder', default='./runs/distill',
@@ -58,13 +62,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.api import checkpoint_path, load_model
     from ddpm_mnist.model.network import attention_of
-    from ddpm_mnist.settings import DIFFUSION_KEYS
+    from ddpm_mnist.settings import DIFFUSION_KEYS, SHIPPED_GUIDANCE_SCALE
     from ddpm_mnist.training.command import train_model
     teacher = checkpoint_path(args.teacher, conditional=args.conditional)
     config = load_model(teacher, precision='fp32').config  # the student has the teacher's architecture
+    from ddpm_mnist.utils import UserError
     if config.get('student'):
-        from ddpm_mnist.utils import UserError
         raise UserError(f'{teacher} is a student already; distil a diffusion model (the teacher)')
+    conditional = bool(config['model'].get('num_classes'))
+    if args.guidance_scale is not None and not conditional:
+        raise UserError('--guidance_scale needs a class-conditional teacher (--conditional for the shipped one); '
+                        f'{teacher} is unconditional')
+    guidance = dict(guidance_scale=SHIPPED_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale)
     training = dict(train_num_steps=args.train_num_steps, train_batch_size=args.train_batch_size,
                     train_lr=args.train_lr, ema_decay=args.ema_decay, save_and_sample_every=args.save_and_sample_every,
                     num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant',
@@ -75,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 training=training, data_folder=args.data_folder, init_from=teacher, max_minutes=args.max_minutes,
                 resume=args.resume, device=args.device, seed=args.seed, compile=args.compile,
                 student=dict(method='consistency', boundaries=args.boundaries, target_decay=args.target_decay,
-                             loss=args.loss),
+                             loss=args.loss, **(guidance if conditional else {})),
                 command=shlex.join(['python3', 'distill_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)]))
 
 

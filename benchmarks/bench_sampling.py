@@ -9,7 +9,10 @@ of the registry at S steps against S x one Unet forward).
     python3 benchmarks/bench_sampling.py                 # CPU default, about 5 minutes on 2 cores
     python3 benchmarks/bench_sampling.py --device cuda   # GPU table (adds fp16)
     python3 benchmarks/bench_sampling.py --overhead_only # only the per-sampler overhead table (about a minute)
-Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>.* with --overhead_only).
+    python3 benchmarks/bench_sampling.py --student runs/distill   # a student at 1, 2, 4 steps vs its teacher's
+                                                                  # DDIM-50 and DDPM-1000, seconds per image
+Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>.* with --overhead_only,
+students_<device>.* with --student).
 """
 import argparse
 import statistics
@@ -169,6 +172,10 @@ def main() -> None:
     p.add_argument('--layout', action='store_true',
                    help='only DDPM-1000 and DDIM-50 end to end, seconds per image, for the small Unet before and '
                         'after the lean layout (28 px, attention at the lowest level only)')
+    p.add_argument('--student', nargs='?', const='SHIPPED', default=None,
+                   help='only a distilled student (a checkpoint, export or run folder; alone: the shipped student) '
+                        'with the consistency sampler at 1, 2 and 4 steps against its teacher (the file it was '
+                        'distilled from) with DDIM-50 and DDPM-1000, end to end, seconds per image, one run')
     p.add_argument('--out', default=str(Path(__file__).parent / 'results'), help='output folder')
     args = p.parse_args()
     device = torch.device(args.device)
@@ -189,6 +196,8 @@ def main() -> None:
         return
     if args.layout:
         return layout_comparison(device, out, args.end_to_end_batch or (1000 if cuda else 100))
+    if args.student:
+        return student_timings(device, out, args.student, args.end_to_end_batch or (1000 if cuda else 100))
     batches = args.batches or ([100, 1000] if cuda else [25, 100])
     repeats = args.repeats or (20 if cuda else 3)
     precisions = ['fp32', 'bf16', 'fp16'] if cuda else ['fp32', 'bf16']
@@ -231,6 +240,42 @@ def main() -> None:
     write_json(stem.with_suffix('.json'), result)
     stem.with_suffix('.md').write_text(markdown(result))
     print(markdown(result))
+
+
+STUDENT_ROWS = (('teacher', 'ddpm', 1000), ('teacher', 'ddim', 50), ('student', 'consistency', 4),
+                ('student', 'consistency', 2), ('student', 'consistency', 1))
+
+
+def student_timings(device, out, student_path, batch):
+    """Seconds per image, one batch end to end (after a warm-up batch), of a student at 1, 2 and 4 steps and its
+    teacher with DDIM-50 and DDPM-1000, in the default precision, same batch, one process."""
+    from ddpm_mnist.api import load_model
+    from ddpm_mnist.utils import UserError
+    precision = default_precision(device)
+    student = load_model(None if student_path == 'SHIPPED' else student_path, student=student_path == 'SHIPPED',
+                         device=device.type, precision=precision)
+    if not student.diffusion.student:
+        raise UserError(f'{student.path} is not a distilled student (distill_ddpm_mnist.py makes one)')
+    teacher = load_model(student.diffusion.student['teacher'], device=device.type, precision=precision)
+    models = dict(teacher=teacher.diffusion, student=student.diffusion)
+    rows = []
+    for role, strategy, steps in STUDENT_ROWS:
+        seconds = end_to_end(models[role], strategy, steps, batch)
+        label = SamplerSettings.resolve(strategy, steps, total_timesteps=models[role].num_timesteps).label
+        rows.append(dict(model=role, sampler=label, nfe=steps, seconds_per_image=seconds / batch))
+        print(f'{role} {label}: {seconds / batch:.4f} s per image', flush=True)
+    base = {row['sampler']: row['seconds_per_image'] for row in rows}
+    lines = [f'{machine_name(device)}, {precision}, batch {batch}, one batch end to end after a warm-up; student '
+             f'{student.path}, teacher {teacher.path}.', '',
+             '| model | sampler | NFE | s/image | faster than DDIM-50 | faster than DDPM-1000 |', '|---|---|---|---|---|---|']
+    lines += [f'| {r["model"]} | {r["sampler"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | '
+              f'{base["DDIM 50, eta 0.0"] / r["seconds_per_image"]:.1f}x | '
+              f'{base["DDPM 1000"] / r["seconds_per_image"]:.0f}x |' for r in rows]
+    stem = out / f'students_{device.type}'
+    write_json(stem.with_suffix('.json'), dict(machine=machine_name(device), precision=precision, batch=batch,
+                                               student=str(student.path), teacher=str(teacher.path), rows=rows))
+    stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
 
 
 def layout_comparison(device, out, batch):

@@ -24,7 +24,7 @@ from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_p
 from ddpm_mnist.sampling.loop import sample as sample_diffusion
 from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.device import keep_freed_memory, pick_device
-from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, check_arguments
+from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, SHIPPED_STUDENTS, check_arguments
 from ddpm_mnist.sampling.images import save_grid as save_grid_png
 from ddpm_mnist.utils import BadValue, MissingFile, UserError
 
@@ -55,13 +55,19 @@ class Model:
         return self.diffusion.device
 
 
-def checkpoint_path(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False
-                    ) -> Path:
-    """The file a model is read from: none -> the shipped model (conditional: the shipped class-conditional one); a
-    run folder -> its latest (or given) milestone; a file -> itself."""
+def checkpoint_path(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False,
+                    student: bool = False) -> Path:
+    """The file a model is read from: none -> the shipped model (conditional: the shipped class-conditional one;
+    student: its distilled student); a run folder -> its latest (or given) milestone; a file -> itself."""
     if path is None:
         if milestone is not None:
             raise UserError('milestone needs the run folder it belongs to (path)')
+        if student:
+            shipped = SHIPPED_STUDENTS[conditional]
+            if not shipped.is_file():
+                raise UserError(f'no distilled student is shipped yet ({shipped}): distil one with '
+                                'distill_ddpm_mnist.py and pass its run folder or export as the checkpoint')
+            return shipped
         shipped = SHIPPED_CONDITIONAL if conditional else SHIPPED
         if not shipped.is_file():
             raise UserError(f'the shipped model {shipped} is missing; pass a checkpoint or a run folder')
@@ -91,15 +97,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def load_model(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False,
-               device: str = 'auto', precision: str = 'auto', use_ema: bool = True, overrides: dict | None = None,
+               student: bool = False, device: str = 'auto', precision: str = 'auto', use_ema: bool = True, overrides: dict | None = None,
                channels_last: bool = True, compile: bool = False) -> Model:
     """The one way in to a model, for the API, the commands and the scripts: the shipped model (no path; conditional:
-    the class-conditional one), a run folder's latest or given milestone, or a checkpoint or export file, on `device`
+    the class-conditional one; student: the shipped model's distilled student), a run folder's latest or given milestone, or a checkpoint or export file, on `device`
     ('auto': CUDA, then MPS, then CPU) in `precision` ('auto': bf16 on CPUs that have it, else fp32), ready to
     sample. `overrides`: config settings the file does not record (a plain lucidrains checkpoint)."""
     torch_device = pick_device(device)
     chosen = resolve_precision(precision, torch_device)
-    file = checkpoint_path(path, milestone=milestone, conditional=conditional)
+    file = checkpoint_path(path, milestone=milestone, conditional=conditional, student=student)
     if torch_device.type == 'cpu':
         keep_freed_memory()
     diffusion, config, info = load_checkpoint_model(file, overrides or {}, use_ema=use_ema, device=torch_device)

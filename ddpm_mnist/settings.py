@@ -17,6 +17,9 @@ from ddpm_mnist.utils import BadValue, UserError
 
 SHIPPED = Path(__file__).resolve().parent / 'pretrained' / 'ddpm_mnist_small.safetensors'  # installed with the package
 SHIPPED_CONDITIONAL = SHIPPED.with_name('ddpm_mnist_conditional.safetensors')
+SHIPPED_STUDENTS = {False: SHIPPED.with_name('ddpm_mnist_small_student.safetensors'),  # distilled students of each
+                    True: SHIPPED.with_name('ddpm_mnist_conditional_student.safetensors')}  # (key: conditional)
+SHIPPED_GUIDANCE_SCALE = 1.25  # the smallest measured W meeting both conditional targets (docs/conditional.md)
 
 OBJECTIVES = ('pred_v', 'pred_noise', 'pred_x0')
 SCHEDULES = ('cosine', 'linear', 'sigmoid')

@@ -13,6 +13,7 @@ from ddpm_mnist.api import load_model, sample
 from ddpm_mnist.model.network import build_unet
 from ddpm_mnist.training.distill import ConsistencyDistillation, boundaries, consistency, scalings
 from ddpm_mnist.training.run_folder import milestones
+from ddpm_mnist.utils import UserError
 
 
 def distill_argv(teacher, data, results, steps=6, extra=()):
@@ -99,3 +100,96 @@ def test_another_teacher_or_a_student_as_teacher_is_refused(student_run, trained
     code, _, err = run_main(distill_ddpm_mnist.main, distill_argv(student_run / 'model-2.pt', image_folder,
                                                                   student_run.with_name('again')), capsys)
     assert_one_line_error(code, err, 'is a student already')
+    code, _, err = run_main(distill_ddpm_mnist.main, distill_argv(trained_run / 'model-2.pt', image_folder,
+                                                                  student_run.with_name('guided'),
+                                                                  extra=['--guidance_scale', '1.5']), capsys)
+    assert_one_line_error(code, err, '--guidance_scale needs a class-conditional teacher')
+
+
+def test_a_conditional_teacher_gives_a_student_of_its_guided_ode(tmp_path, image_folder, capsys):
+    """--guidance_scale W on a class-conditional teacher: the teacher steps along its guided ODE (eps_u + W (eps_c -
+    eps_u)), the student learns it at the same labels, is exported with W in its record, samples the requested
+    digits with the consistency sampler (one network call per step, no guidance of its own), and W on an
+    unconditional teacher is refused."""
+    import train_ddpm_mnist
+    from conftest import train_argv
+    from ddpm_mnist.model.conditional import GuidedUnet
+    teacher_run = tmp_path / 'teacher'
+    train_ddpm_mnist.main(train_argv(image_folder, teacher_run, extra=['--conditional', '--cond_drop_prob', '0.2']))
+    results = tmp_path / 'student'
+    code, _, err = run_main(distill_ddpm_mnist.main, distill_argv(teacher_run / 'model-2.pt', image_folder, results,
+                                                                  extra=['--guidance_scale', '2']), capsys)
+    assert code == 0, err
+    config = json.loads((results / 'config.json').read_text())
+    assert config['student']['guidance_scale'] == 2 and config['model']['num_classes'] == 10
+    student = load_model(results, precision='fp32')
+    assert isinstance(student.diffusion.model, GuidedUnet) and student.diffusion.student['guidance_scale'] == 2
+    sevens = sample(student, strategy='consistency', steps=2, n=4, seed=3, digits=[7])
+    assert sevens.shape == (4, 1, 32, 32) and torch.equal(
+        sevens, sample(student, strategy='consistency', steps=2, n=4, seed=3, digits=[7]))
+    assert not torch.equal(sevens, sample(student, strategy='consistency', steps=2, n=4, seed=3, digits=[1]))
+    with pytest.raises(UserError, match='learned its teacher guided at W = 2'):
+        sample(student, strategy='consistency', steps=2, n=4, digits=[7], guidance_scale=1.5)
+
+    # the teacher's step is the guided one: W = 0 and W = 2 move the same x_t to different places
+    teacher = load_model(teacher_run / 'model-2.pt', precision='fp32').diffusion
+    from ddpm_mnist.training.distill import student_diffusion
+    trained = student_diffusion(dict(config, student=dict(config['student'], guidance_scale=0.0)))
+    object.__setattr__(trained, 'teacher', teacher)
+    x_t, t, s = torch.randn(2, 1, 32, 32), torch.tensor([15, 15]), torch.tensor([10, 10])
+    labels = torch.tensor([3, 8])
+    unguided = trained.teacher_step(x_t, t, s, labels)
+    trained.student['guidance_scale'] = 2.0
+    assert not torch.allclose(unguided, trained.teacher_step(x_t, t, s, labels))
+
+
+def test_the_export_gate_scores_a_student_with_its_own_sampler(student_run, trained_run, idx_dir, tmp_path, capsys):
+    """A student is gated with the consistency sampler at 1, 2 and 4 steps (DDIM would score weights that are not a
+    denoiser any more), against a student; a student over a diffusion model's export is one line, nothing written."""
+    from ddpm_mnist.cli import export
+    from ddpm_mnist.model.checkpoints import export_ema
+    current = export_ema(student_run / 'model-1.pt', tmp_path / 'student')
+    lines = []
+    new, old = export.compare_with_current(student_run / 'model-2.pt', current, raw_dir=idx_dir, data_root=tmp_path,
+                                           num_samples=12, log=lines.append)
+    assert list(new) == list(old) == ['Consistency 1', 'Consistency 2', 'Consistency 4']
+    assert len(lines) == 6 and all('x the floor' in line for line in lines)
+    teacher = export_ema(trained_run / 'model-2.pt', tmp_path / 'teacher')
+    before = teacher.read_bytes()
+    code, _, err = run_main(export.main, [str(student_run / 'model-2.pt'), str(tmp_path / 'teacher'), '--raw_dir',
+                                          str(idx_dir), '--num_samples', '12'], capsys)
+    assert_one_line_error(code, err, 'not the same kind of model', 'a student replaces a student')
+    assert teacher.read_bytes() == before
+
+
+def test_the_consistency_sampler_without_a_checkpoint_opens_the_shipped_student(student_run, tmp_path, monkeypatch,
+                                                                                capsys):
+    """`--strategy consistency --sample_steps 2` with no other flag samples the shipped student (the conditional one
+    with --conditional); where none is shipped, one line says so and how to make one."""
+    import ddpm_mnist.api
+    from ddpm_mnist.model.checkpoints import export_ema
+    monkeypatch.setitem(ddpm_mnist.api.SHIPPED_STUDENTS, False, tmp_path / 'absent.safetensors')
+    argv = ['--strategy', 'consistency', '--sample_steps', '2', '--num_samples', '4', '--results_folder',
+            str(tmp_path / 'out'), '--device', 'cpu']
+    code, _, err = run_main(inference_comparison.main, argv, capsys)
+    assert_one_line_error(code, err, 'no distilled student is shipped yet', 'distill_ddpm_mnist.py')
+    shipped = export_ema(student_run / 'model-2.pt', tmp_path / 'ddpm_mnist_small_student')
+    monkeypatch.setitem(ddpm_mnist.api.SHIPPED_STUDENTS, False, shipped)
+    code, out, err = run_main(inference_comparison.main, argv, capsys)
+    assert code == 0, err
+    assert 'Consistency 2' in out or 'consistency' in out.lower()
+    assert list((tmp_path / 'out' / 'inference_pretrained_student').rglob('*.png'))
+
+
+def test_the_training_curve_of_a_student_scores_its_own_sampler(student_run, idx_dir, tmp_path, capsys):
+    """A student's run folder gets a curve of its consistency sampler at each --student_steps, one series each."""
+    from conftest import load_script
+    script = load_script('training_curve')
+    out = tmp_path / 'curve'
+    code, stdout, err = run_main(script.main, ['--results_folder', str(student_run), '--raw_dir', str(idx_dir),
+                                               '--num_samples', '10', '--student_steps', '1,2', '--output', str(out)],
+                                 capsys)
+    assert code == 0, err
+    rows = json.loads(out.with_suffix('.json').read_text())['rows']
+    assert sorted({row['series'] for row in rows}) == ['Consistency 1', 'Consistency 2'] and len(rows) == 4
+    assert '| Consistency 2 | ' in out.with_suffix('.md').read_text()

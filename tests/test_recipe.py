@@ -314,7 +314,7 @@ def gates(fid, floor, size, features=None):
     """A model's gate scores at both etas (the same numbers), as compare_with_current returns them."""
     from ddpm_mnist.cli import export
     fit = (np.zeros(4), np.eye(4))
-    return {eta: export.GateScore(fid, floor, size, features, fit) for eta in export.GATE_ETAS}
+    return {f'DDIM 50, eta {eta}': export.GateScore(fid, floor, size, features, fit) for eta in export.GATE_ETAS}
 
 
 def test_export_refusal_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch, capsys):
@@ -324,8 +324,8 @@ def test_export_refusal_is_one_line_and_changes_nothing(trained_run, tmp_path, m
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setattr(export, 'compare_with_current', lambda *a, **k: (gates(30.0, 10.0, 28), gates(20.0, 10.0, 32)))
     code, _, err = run_main(export.main, [str(trained_run / 'model-1.pt'), str(stem)], capsys)
-    assert_one_line_error(code, err, 'scores worse', 'mean FID over DDIM eta 0 and 1 is 3.00x its floor against 2.00x',
-                          '--force')
+    assert_one_line_error(code, err, 'scores worse', 'mean FID over DDIM 50, eta 0.0 and DDIM 50, eta 1.0 is 3.00x its '
+                          'floor against 2.00x', '--force')
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -346,9 +346,10 @@ def test_export_gate_refuses_a_candidate_clearly_worse_at_one_eta():
     real_like = rng.normal(size=(400, 4))
     old, new = gates(10.0, 5.0, 28, real_like), gates(8.0, 5.0, 28, real_like + 0.01 * rng.normal(size=(400, 4)))
     assert export.refusal(new, old) is None  # same samples, slightly moved: not clearly worse
-    new[0.0] = new[0.0]._replace(features=real_like + 1.5)  # eta 0 far from the reference, eta 1 as good as before
+    eta0 = 'DDIM 50, eta 0.0'
+    new[eta0] = new[eta0]._replace(features=real_like + 1.5)  # eta 0 far from the reference, eta 1 as good as before
     reason = export.refusal(new, old)
-    assert reason is not None and 'clearly worse with DDIM eta 0' in reason
+    assert reason is not None and 'clearly worse with DDIM 50, eta 0.0' in reason
 
 
 def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir, tmp_path):
@@ -360,12 +361,12 @@ def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir
     new, old = export.compare_with_current(trained_run / 'model-2.pt', current, raw_dir=idx_dir,
                                            data_root=tmp_path, num_samples=12, log=lines.append)
     for model in (new, old):
-        assert set(model) == {0.0, 1.0}
+        assert set(model) == {'DDIM 50, eta 0.0', 'DDIM 50, eta 1.0'}
         for gate in model.values():
             assert gate.image_size == 32 and gate.fid > 0 and gate.floor > 0 and math.isfinite(export.ratio(gate))
             assert gate.features.shape[0] == 12
     assert len(lines) == 4 and all('x the floor' in line and 'N = 12' in line for line in lines)
-    assert sum('eta 0,' in line for line in lines) == 2
+    assert sum('DDIM 50, eta 0.0,' in line for line in lines) == 2
 
 
 def sweep_row(config, strategy, nfe, fid, shares=(0.1,) * 10, copies=0.0):

@@ -4,12 +4,13 @@
         --raw_dir ../shared/data/mnist-full
 
 When OUTPUT.safetensors exists already (the shipped model), the candidate and it are first scored with the same
-command (DDIM-50 at eta 0, the deterministic ODE sampler, and at eta 1, the stochastic one; N = 1000, seed 0, the
-same x_T for both models; project metrics against the MNIST test split), and a worse candidate is refused unless
+command (DDIM-50 at eta 0, the deterministic ODE sampler, and at eta 1, the stochastic one; a distilled student with
+its own consistency sampler at 1, 2 and 4 steps instead; N = 1000, seed 0, the same x_T for both models; project
+metrics against the MNIST test split), and a worse candidate is refused unless
 --force is given: a worse model is never shipped by accident. The score is FID divided by the real-data floor (real
 training digits, same N, at the model's own image size): each model is scored at its own size, where the floors
-differ (28 px against 32 px), so the ratio is the common unit. What decides is the mean of the two samplers' ratios
-(the project compares both, so neither alone may choose the model); and a candidate clearly worse at either eta
+differ (28 px against 32 px), so the ratio is the common unit. What decides is the mean of the samplers' ratios
+(the project compares them all, so no one alone may choose the model); and a candidate clearly worse at any one
 (its paired FID difference above 0 with 95 % confidence, for models of one image size; else a ratio 10 % higher)
 is refused even when the mean improves.
 """
@@ -47,6 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # floor: FID of N real training digits at the same size; reference_fit: the test split's Gaussian the FID is taken to
 GateScore = namedtuple('GateScore', 'fid floor image_size features reference_fit')
 GATE_ETAS = (0.0, 1.0)  # DDIM's deterministic (ODE) and stochastic samplers: a model must serve both
+STUDENT_GATE_STEPS = (1, 2, 4)  # a distilled student's own sampler, at the step counts it is made for
 CLEARLY_WORSE_RATIO = 1.1  # models of different image sizes have no paired difference: 10 % further counts as worse
 
 
@@ -55,19 +57,29 @@ def ratio(score: GateScore) -> float:
     return score.fid / score.floor
 
 
-def mean_ratio(gates: dict[float, GateScore]) -> float:
+def gate_configs(diffusion) -> list:
+    """The samplers a model is gated with (SamplerSettings): DDIM-50 at each of GATE_ETAS for a diffusion model, the
+    consistency sampler at each of STUDENT_GATE_STEPS for a distilled student."""
+    from ddpm_mnist.sampling.registry import SamplerSettings
+    total = diffusion.num_timesteps
+    if getattr(diffusion, 'student', None):
+        return [SamplerSettings.resolve('consistency', steps, total_timesteps=total) for steps in STUDENT_GATE_STEPS]
+    return [SamplerSettings.resolve('ddim', eta=eta, total_timesteps=total) for eta in GATE_ETAS]
+
+
+def mean_ratio(gates: dict[str, GateScore]) -> float:
     """What decides: the mean over the gate's samplers of FID in floor units."""
     return sum(ratio(g) for g in gates.values()) / len(gates)
 
 
 def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike, num_samples: int,
-                log: Callable[[str], None] = print) -> dict[float, GateScore]:
-    """One model's gate: DDIM-50 at each of GATE_ETAS, N images from seed 0's x_T, at its own image size."""
+                log: Callable[[str], None] = print) -> dict[str, GateScore]:
+    """One model's gate, by sampler label: each of its gate_configs, N images from seed 0's x_T, at its own image
+    size."""
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import sample
-    from ddpm_mnist.sampling.registry import SamplerSettings
     from ddpm_mnist.model.config import trained_on
     model = load_model(path)
     diffusion, size = model.diffusion, model.image_size
@@ -75,13 +87,13 @@ def gate_scores(path: PathLike, *, raw_dir: PathLike | None, data_root: PathLike
                                  dataset=trained_on(model.config))
     floor = floor_fid(evaluator, num_samples)
     gates = {}
-    for eta in GATE_ETAS:
-        ddim = SamplerSettings.resolve('ddim', eta=eta, total_timesteps=diffusion.num_timesteps)
-        images = sample(diffusion, ddim, num_samples=num_samples, batch_size=100, seed=0)
+    for settings in gate_configs(diffusion):
+        images = sample(diffusion, settings, num_samples=num_samples, batch_size=100, seed=0)
         scores = evaluator.score(images)
-        gates[eta] = GateScore(scores['fid'], floor, size, evaluator.features(images), evaluator.reference_fit)
-        log(f'{path}: DDIM-50, eta {eta:g}, N = {num_samples}, seed 0: FID {interval_cell(scores, "fid")} = '
-            f'{ratio(gates[eta]):.2f}x the floor {floor:.2f} ({size} px), IS '
+        gate = gates[settings.label] = GateScore(scores['fid'], floor, size, evaluator.features(images),
+                                                 evaluator.reference_fit)
+        log(f'{path}: {settings.label}, N = {num_samples}, seed 0: FID {interval_cell(scores, "fid")} = '
+            f'{ratio(gate):.2f}x the floor {floor:.2f} ({size} px), IS '
             f'{interval_cell(scores, "inception_score")}, smallest class {scores["min_class_share"]:.3f}')
     return gates
 
@@ -100,23 +112,23 @@ def clearly_worse(new: GateScore, old: GateScore) -> str | None:
 
 def compare_with_current(candidate: PathLike, current: PathLike, *, raw_dir: PathLike | None, data_root: PathLike,
                          num_samples: int, log: Callable[[str], None] = print
-                         ) -> tuple[dict[float, GateScore], dict[float, GateScore]]:
+                         ) -> tuple[dict[str, GateScore], dict[str, GateScore]]:
     """(candidate, current) gate scores, both models scored with the same command."""
     new, old = (gate_scores(path, raw_dir=raw_dir, data_root=data_root, num_samples=num_samples, log=log)
                 for path in (candidate, current))
     return new, old
 
 
-def refusal(new: dict[float, GateScore], old: dict[float, GateScore]) -> str | None:
+def refusal(new: dict[str, GateScore], old: dict[str, GateScore]) -> str | None:
     """Why the candidate `new` may not replace `old`, or None: a worse mean ratio over the samplers, or clearly worse
     at any one of them."""
     mean_new, mean_old = mean_ratio(new), mean_ratio(old)
     if mean_new > mean_old:
-        return f'its mean FID over DDIM eta 0 and 1 is {mean_new:.2f}x its floor against {mean_old:.2f}x'
-    for eta in GATE_ETAS:
-        worse = clearly_worse(new[eta], old[eta])
+        return f'its mean FID over {" and ".join(new)} is {mean_new:.2f}x its floor against {mean_old:.2f}x'
+    for label in new:
+        worse = clearly_worse(new[label], old[label])
         if worse:
-            return f'it is clearly worse with DDIM eta {eta:g} ({worse})'
+            return f'it is clearly worse with {label} ({worse})'
     return None
 
 
@@ -142,8 +154,12 @@ def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | 
     if compare and current.is_file():
         new, old = compare_with_current(checkpoint, current, raw_dir=raw_dir, data_root=data_root,
                                         num_samples=num_samples)
+        if set(new) != set(old):
+            raise UserError(f'{checkpoint} and the current {current} are not the same kind of model (gated with '
+                            f'{", ".join(new)} against {", ".join(old)}): a student replaces a student, a diffusion '
+                            'model a diffusion model; choose another output')
         refused = refusal(new, old)
-        print(f'gate: mean FID / floor over DDIM eta 0 and 1: candidate {mean_ratio(new):.2f}x, current '
+        print(f'gate: mean FID / floor over {" and ".join(new)}: candidate {mean_ratio(new):.2f}x, current '
               f'{mean_ratio(old):.2f}x; ' + (f'refused: {refused}' if refused else 'the candidate is not worse'))
         if refused and not force:
             raise UserError(f'{checkpoint} scores worse than the current {current}: {refused} (same command); '

@@ -33,10 +33,11 @@ Opened = namedtuple('Opened', 'device precision path run_name results_folder loa
 
 
 def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | None = None,
-                       results_folder: PathLike | None = None, conditional: bool = False) -> tuple[Path, str, PathLike]:
+                       results_folder: PathLike | None = None, conditional: bool = False,
+                       student: bool = False) -> tuple[Path, str, PathLike]:
     """(path, output folder name, results folder) for the flags: --checkpoint, --milestone of --results_folder or the
-    shipped model (api.checkpoint_path finds the file); the results folder defaults to the original's for a training
-    run, ./runs for the shipped model."""
+    shipped model (api.checkpoint_path finds the file; `student`: a student's sampler was asked for, so its shipped
+    student); the results folder defaults to the original's for a training run, ./runs for the shipped model."""
     shipped = not checkpoint and milestone is None
     results_folder = results_folder or (SHIPPED_RESULTS if shipped else TRAINING_RESULTS)
     if checkpoint and milestone is not None:
@@ -52,10 +53,11 @@ def resolve_checkpoint(*, checkpoint: PathLike | None = None, milestone: int | N
         return path, f'inference_{path.stem}_{file_digest(path)[:8]}', results_folder
     if milestone is not None:
         return find_milestone(results_folder, milestone), f'inference_milestone_{milestone}', results_folder
-    if not conditional and not SHIPPED.is_file():
+    if not conditional and not student and not SHIPPED.is_file():
         raise UserError('no model given: pass --milestone N (with --results_folder) or --checkpoint PATH')
-    path = checkpoint_path(conditional=conditional)
-    return path, 'inference_pretrained_conditional' if conditional else 'inference_pretrained', results_folder
+    path = checkpoint_path(conditional=conditional, student=student)
+    name = 'inference_pretrained' + ('_conditional' if conditional else '') + ('_student' if student else '')
+    return path, name, results_folder
 
 
 def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int, seed: int,
@@ -80,10 +82,11 @@ def second_evaluator(choice: str, reference: np.ndarray | None, image_size: int,
 def open_model(*, checkpoint: PathLike | None = None, milestone: int | None = None,
                results_folder: PathLike | None = None, device: str = 'auto', precision: str = 'auto',
                channels_last: bool = True, compile: bool = False, use_online_weights: bool = False,
-               overrides: Config | None = None, conditional: bool = False) -> Opened:
+               overrides: Config | None = None, conditional: bool = False, student: bool = False) -> Opened:
     """Everything a command needs of the model the flags name (Opened), the model opened by api.load_model."""
     path, run_name, results_folder = resolve_checkpoint(checkpoint=checkpoint, milestone=milestone,
-                                                        results_folder=results_folder, conditional=conditional)
+                                                        results_folder=results_folder, conditional=conditional,
+                                                        student=student)
     model = load_model(path, device=device, precision=precision, use_ema=not use_online_weights,
                        overrides=overrides, channels_last=channels_last, compile=compile)
     for key, value in (model.info.get('detected') or {}).items():
@@ -99,8 +102,9 @@ def sample_grid(*, strategy: str = 'ddpm', sample_steps: int | None = None, ddim
                 **model: Any) -> dict[str, Any]:
     """Sample one grid with one sampler, timed; writes STRATEGY/<grid>.png with its record (and a JSON copy). On a
     conditional model, `digits` (default all ten) are drawn in equal numbers, one digit per grid row, with
-    classifier-free guidance of scale `guidance_scale` (1: none)."""
-    opened = open_model(**model)
+    classifier-free guidance of scale `guidance_scale` (1: none). A student's sampler (consistency) without a
+    checkpoint samples the shipped student."""
+    opened = open_model(**model, student=SAMPLERS[strategy].student)
     device, (diffusion, config, info), path = opened.device, opened.loaded, opened.path
     total, spec = diffusion.num_timesteps, SAMPLERS[strategy]
     if spec.all_steps and sample_steps not in (None, total):

@@ -1,6 +1,6 @@
 """Quality over training: score every milestone of a run with DDIM at one or more etas (the deterministic sampler,
-eta 0, and the stochastic one, eta 1, by default), paired seeds, and plot FID against images seen with the real-data
-floor. Scores are cached per milestone in the run folder, keyed by
+eta 0, and the stochastic one, eta 1, by default; a distilled student with its consistency sampler at 1, 2 and 4
+steps), paired seeds, and plot FID against images seen with the real-data floor, one series per sampler. Scores are cached per milestone in the run folder, keyed by
 everything that changes them, so rerunning after more milestones only scores the new ones."""
 from __future__ import annotations
 
@@ -22,21 +22,28 @@ from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
-CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision')
+CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision strategy',
+                           defaults=('ddim',))
+
+
+def sampler_of(settings: CurveSettings, total_timesteps: int) -> SamplerSettings:
+    """The sampler configuration a curve's settings name."""
+    eta = 0.0 if settings.eta is None else settings.eta  # a sampler without an eta ignores it
+    return SamplerSettings.resolve(settings.strategy, settings.steps, eta, total_timesteps=total_timesteps)
 
 
 def score_milestone(path: PathLike, evaluator: Evaluator, settings: CurveSettings,
                     device: str | torch.device = 'cpu') -> dict[str, Any]:
-    """One checkpoint's scores (DDIM with the curve's settings), with its step and images seen in all segments."""
+    """One checkpoint's scores (the curve's sampler), with its step and images seen in all segments."""
     model = load_model(path, device=str(device), precision=settings.precision)
     config, info = model.config, model.info
-    ddim = SamplerSettings.resolve('ddim', settings.steps, settings.eta, total_timesteps=model.timesteps)
-    images = sample(model.diffusion, ddim, num_samples=settings.num_samples, batch_size=settings.batch_size,
+    sampler = sampler_of(settings, model.timesteps)
+    images = sample(model.diffusion, sampler, num_samples=settings.num_samples, batch_size=settings.batch_size,
                     seed=settings.seed)
     scores = evaluator.score(images)
     earlier = segments_of((config.get('init_from') or {}).get('provenance'))
     before = sum(seg.get('images_seen') or 0 for seg in earlier)
-    return dict(eta=settings.eta, step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
+    return dict(eta=settings.eta, series=sampler.label, step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
                 segment=len(earlier) + 1, total_images_seen=before + (info['images_seen'] or 0), **scores)
 
 
@@ -81,7 +88,7 @@ def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *
     remove_stale_temporaries(folder)
     cache_path = folder / CACHE
     cache = read_json(cache_path) if cache_path.is_file() else {}
-    key = (f'ddim{settings.steps}-eta{settings.eta}-n{settings.num_samples}-seed{settings.seed}-'
+    key = (f'{settings.strategy}{settings.steps}-eta{settings.eta}-n{settings.num_samples}-seed{settings.seed}-'
            f'{settings.precision}-metrics{METRICS_VERSION}-clf{classifier_digest}-ref{evaluator.image_size}')
     rows = []
     for milestone in found:
@@ -91,7 +98,8 @@ def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *
             cache[entry_key] = dict(milestone=milestone, **score_milestone(path, evaluator, settings, device))
             write_json(cache_path, cache)
         row = scores_from_json(cache[entry_key])
-        log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, DDIM eta {settings.eta:g}: '
+        row.setdefault('series', f'DDIM {settings.steps}, eta {settings.eta}')  # cached before the curve named it
+        log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, {row["series"]}: '
             f'FID {row["fid"]:.2f}')
         rows.append(row)
     return rows
@@ -107,14 +115,15 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
 
     out_stem = Path(out_stem)
     nan = float('nan')
-    for row in rows:  # rows cached before segments, intervals or etas were recorded
+    for row in rows:  # rows cached before segments, intervals, etas or the sampler's name were recorded
         row.setdefault('eta', (settings or {}).get('eta', 1.0))
+        row.setdefault('series', f'DDIM {(settings or {}).get("steps", 50)}, eta {row["eta"]}')
         row.setdefault('segment', 1)
         row.setdefault('total_images_seen', row['images_seen'])
         for key in ('fid_low', 'fid_high', 'inception_score_low', 'inception_score_high'):
             row.setdefault(key, nan)
-    rows = sorted(rows, key=lambda r: (r['eta'], r['segment'], r['milestone']))  # one series per eta, in order
-    columns = ('eta', 'segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
+    rows = sorted(rows, key=lambda r: (r['series'], r['segment'], r['milestone']))  # one series per sampler
+    columns = ('series', 'eta', 'segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
                'inception_score', 'inception_score_low', 'inception_score_high', 'confidence', 'min_class_share',
                'near_copy_share')
     with atomic_path(out_stem.with_suffix('.csv')) as tmp:
@@ -122,9 +131,9 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
             writer = csv.writer(f)
             writer.writerow(columns)
             writer.writerows([[row[c] for c in columns] for row in rows])
-    lines = ['| DDIM eta | segment | milestone | step | images seen | FID [95 %] | FID / floor | IS [95 %] | '
+    lines = ['| sampler | segment | milestone | step | images seen | FID [95 %] | FID / floor | IS [95 %] | '
              'confidence | smallest class | near-copies |', '|---|---|---|---|---|---|---|---|---|---|---|']
-    lines += [f'| {r["eta"]:g} | {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
+    lines += [f'| {r["series"]} | {r["segment"]} | {r["milestone"]} | {r["step"]} | {r["total_images_seen"]:,} | '
               f'{interval_cell(r, "fid")} | {r["fid"] / floor:.2f}x | '
               f'{interval_cell(r, "inception_score")} | {r["confidence"]:.3f} | {100 * r["min_class_share"]:.1f}% | '
               f'{100 * r["near_copy_share"]:.1f}% |' for r in rows]
@@ -134,11 +143,11 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
         tmp.write_text(title + '\n\n' + '\n'.join(lines) + '\n')
     write_json(out_stem.with_suffix('.json'), dict(title=title, settings=settings, floor_fid=floor, rows=rows))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for eta in sorted({r['eta'] for r in rows}):
-        series = [r for r in rows if r['eta'] == eta]
+    for name in sorted({r['series'] for r in rows}):
+        series = [r for r in rows if r['series'] == name]
         ax.errorbar([r['total_images_seen'] for r in series], [r['fid'] for r in series], yerr=error_bars(series),
-                    fmt='o-', capsize=2, label=f'DDIM eta {eta:g} (EMA weights), 95 % interval')
-    rows = [r for r in rows if r['eta'] == rows[0]['eta']]  # segment boundaries from one series
+                    fmt='o-', capsize=2, label=f'{name} (EMA weights), 95 % interval')
+    rows = [r for r in rows if r['series'] == rows[0]['series']]  # segment boundaries from one series
     for before, after in zip(rows, rows[1:]):
         if after['segment'] != before['segment']:
             ax.axvline(before['total_images_seen'], color='tab:orange', linestyle=':', linewidth=1,

@@ -146,6 +146,11 @@ def sample(diffusion: Diffusion, settings: SamplerSettings, *, num_samples: int 
     not know."""
     check_batch(num_samples, batch_size)
     labels = check_labels(diffusion, labels, num_samples)
+    learned = (getattr(diffusion, 'student', None) or {}).get('guidance_scale')
+    if learned is not None and guidance.scale != 1:
+        raise UserError(f'this student learned its teacher guided at W = {learned:g} and draws guided digits as it '
+                        'is; leave the guidance scale at 1 (or distil another with distill_ddpm_mnist.py '
+                        '--guidance_scale)')
     if noise is None:
         noise = initial_noise(num_samples, diffusion.channels, diffusion.image_size[0], seed)
     sampler = build_sampler(settings, diffusion)

@@ -2,7 +2,9 @@
 Consistency Models do (Luo et al. 2023): a student initialised from the teacher learns to map any point of the
 teacher's probability-flow ODE straight to its end. The student is a GaussianDiffusion like any other (same Unet,
 same checkpoint format); its config's `student` section says how to read it (the boundaries, the scalings), which
-the 'consistency' sampler needs.
+the 'consistency' sampler needs. A class-conditional student learns its teacher's guided ODE: the teacher steps with
+eps_u + W (eps_c - eps_u) at the student's `guidance_scale` W, the student sees the same label without guidance, so
+one network call per step draws guided digits.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from denoising_diffusion_pytorch import GaussianDiffusion
 from ema_pytorch import EMA
 
 from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.model.conditional import Guidance, LabelledBatch, balanced_labels
 from ddpm_mnist.sampling.samplers import ddim_times
 
 TIMESTEP_SCALING, SIGMA_DATA = 10.0, 0.5  # LCM's boundary scalings in DDPM's integer time
@@ -36,9 +39,10 @@ def boundaries(total_timesteps: int, count: int) -> list[int]:
 
 
 def consistency(diffusion: Diffusion, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
-                clip: bool = False) -> torch.Tensor:
-    """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), x0 read from the Unet's output by the model's objective."""
-    out = unet(x, t)
+                clip: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), x0 read from the Unet's output by the model's objective; a
+    conditional Unet gets `labels` (never dropped)."""
+    out = unet(x, t) if labels is None else unet(x, t, labels, cond_drop_prob=0.)
     if diffusion.objective == 'pred_noise':
         x0 = diffusion.predict_start_from_noise(x, t, out)
     elif diffusion.objective == 'pred_x0':
@@ -77,49 +81,63 @@ class ConsistencyDistillation(GaussianDiffusion):
                                               beta=self.student['target_decay'], update_after_step=0,
                                               update_every=1))
 
-    def forward(self, img: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, img: torch.Tensor | LabelledBatch, *args: Any, **kwargs: Any) -> torch.Tensor:
         """One distillation loss: x_t on the forward process at a random boundary t, one teacher DDIM step (eta 0)
-        to the next boundary s, and the distance between the student at (x_t, t) and the target at (x_s, s)."""
+        to the next boundary s, and the distance between the student at (x_t, t) and the target at (x_s, s); a
+        conditional student, both at the batch's labels."""
         if not self.target.initted:  # the target starts as the student's weights (after --init_from or resume)
             self.target.copy_params_from_model_to_ema()
             self.target.initted.fill_(True)
-        x0 = self.normalize(img)
+        labels = img.labels if isinstance(img, LabelledBatch) else None
+        x0 = self.normalize(img.images if labels is not None else img)
         n = len(x0)
         pick = torch.randint(0, len(self.times) - 1, (n,), device=x0.device)
         times = torch.tensor(self.times, device=x0.device)
         t, s = times[pick], times[pick + 1]  # adjacent boundaries, t > s
         x_t = self.q_sample(x0, t, torch.randn_like(x0))  # Ho et al. 2020, Eq. 4
         with torch.no_grad():
-            x_s = self.teacher_step(x_t, t, s)
-            target = consistency(self, self.target.ema_model, x_s, s)
-        return pseudo_huber(consistency(self, self.model, x_t, t), target) if self.student['loss'] == 'huber' else (
-            (consistency(self, self.model, x_t, t) - target).pow(2).mean())
+            x_s = self.teacher_step(x_t, t, s, labels)
+            target = consistency(self, self.target.ema_model, x_s, s, labels=labels)
+        online = consistency(self, self.model, x_t, t, labels=labels)
+        return pseudo_huber(online, target) if self.student['loss'] == 'huber' else (online - target).pow(2).mean()
 
-    def teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """The teacher's DDIM step with eta 0 from t to s (Song et al. 2021, Eq. 12), its x0 clipped as in sampling."""
+    def teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's DDIM step with eta 0 from t to s (Song et al. 2021, Eq. 12), its x0 clipped as in sampling;
+        a conditional teacher guided at the student's scale W (Ho & Salimans 2022)."""
+        if labels is not None:
+            self.teacher.model.condition(labels, Guidance(self.student['guidance_scale'], False, 0.0))
         prediction = self.teacher.model_predictions(x_t, t, clip_x_start=True, rederive_pred_noise=True)
         alpha_s = self.alphas_cumprod[s][:, None, None, None]
         return alpha_s.sqrt() * prediction.pred_x_start + (1 - alpha_s).sqrt() * prediction.pred_noise
 
     @torch.inference_mode()
     def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
-        """The milestone grid: two-step consistency sampling."""
+        """The milestone grid: two-step consistency sampling (a conditional student: balanced digits, as it samples
+        once exported)."""
+        from denoising_diffusion_pytorch import GaussianDiffusion
+        from ddpm_mnist.model.conditional import GuidedUnet
         from ddpm_mnist.sampling.loop import sample
         from ddpm_mnist.sampling.registry import SamplerSettings
         two_steps = SamplerSettings.resolve('consistency', 2, total_timesteps=self.num_timesteps)
-        return sample(self, two_steps, num_samples=batch_size, batch_size=batch_size)
+        if self.student.get('guidance_scale') is None:
+            return sample(self, two_steps, num_samples=batch_size, batch_size=batch_size)
+        view = GaussianDiffusion(GuidedUnet(self.model), **self.settings).to(self.betas.device)
+        view.student = self.student
+        labels = balanced_labels(batch_size, range(self.model.classes_emb.num_embeddings))
+        return sample(view, two_steps, num_samples=batch_size, batch_size=batch_size, labels=labels)
 
 
 def student_diffusion(config: dict[str, Any]) -> ConsistencyDistillation:
     """The student as it trains: the config's Unet (initialised from the teacher by --init_from) in a
-    ConsistencyDistillation."""
-    from ddpm_mnist.model.conditional import is_conditional
+    ConsistencyDistillation; a conditional one is the library's conditional Unet itself (its weights keep the keys
+    of the conditional models' checkpoints)."""
     from ddpm_mnist.model.network import build_unet, diffusion_settings
-    from ddpm_mnist.utils import UserError
-    if is_conditional(config['model']):
-        raise UserError('distilling a class-conditional teacher is not written yet; distil the unconditional one')
-    return ConsistencyDistillation(build_unet(config['model']), **diffusion_settings(config),
-                                   student=config['student'])
+    unet = build_unet(config['model'])
+    unet.self_condition = getattr(unet, 'self_condition', False)  # the conditional Unet has none; the library asks
+    student = ConsistencyDistillation(unet, **diffusion_settings(config), student=config['student'])
+    student.settings = diffusion_settings(config)
+    return student
 
 
 def attach_teacher(trainer: Any, config: dict[str, Any], device: str) -> None:
