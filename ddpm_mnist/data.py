@@ -123,12 +123,14 @@ def check_training_folder(folder: PathLike) -> int:
 
 def folder_info(folder: PathLike) -> dict[str, Any]:
     """What dataset.json says about a folder made by get_mnist_data.py (empty dict otherwise); folders written
-    before datasets had entries are MNIST."""
+    before datasets had entries are MNIST, with its ten classes (their labels.csv has the digits)."""
     path = Path(folder) / INFO
     if not path.is_file():
         return {}
     info = read_json(path)
-    return {'dataset': 'mnist', 'channels': 1, **info}
+    if 'dataset' not in info:
+        info = {'dataset': 'mnist', 'channels': 1, 'classes': list(dataset_entry('mnist').classes), **info}
+    return info
 
 
 def labels_of(folder: PathLike, paths: Sequence[Path]) -> np.ndarray:

@@ -172,3 +172,15 @@ def test_classification_accuracy_score_trains_on_generated_and_on_real(condition
     assert code == 0 and 'generated 0 digits' in resumed, err
     assert json.loads(out.with_suffix('.json').read_text())['accuracy_trained_on_generated'] == \
         result['accuracy_trained_on_generated']  # the same digits, the same seed: the same classifier
+
+
+def test_a_folder_written_before_datasets_had_entries_is_mnist_with_its_classes(tmp_path):
+    """A data folder whose dataset.json predates the dataset entries (no dataset, channels or classes: the shipped
+    models' own folders) reads as MNIST with its ten digits, so a conditional run or student can train on it."""
+    from ddpm_mnist.data import fit_to_dataset, folder_info
+    (tmp_path / 'dataset.json').write_text(json.dumps({'num_images': 3, 'splits': {'train': 3},
+                                                       'image_size': [28, 28]}))
+    info = folder_info(tmp_path)
+    assert info['dataset'] == 'mnist' and info['channels'] == 1 and len(info['classes']) == 10
+    model, _ = fit_to_dataset(info, model={'num_classes': 10}, diffusion={})
+    assert model['num_classes'] == 10 and model['channels'] == 1
