@@ -249,14 +249,14 @@ STUDENT_ROWS = (('teacher', 'ddpm', 1000), ('teacher', 'ddim', 50), ('student', 
 def student_timings(device, out, student_path, batch):
     """Seconds per image, one batch end to end (after a warm-up batch), of a student at 1, 2 and 4 steps and its
     teacher with DDIM-50 and DDPM-1000, in the default precision, same batch, one process."""
-    from ddpm_mnist.api import load_model
+    from ddpm_mnist.api import load_model, teacher_path
     from ddpm_mnist.utils import UserError
     precision = default_precision(device)
     student = load_model(None if student_path == 'SHIPPED' else student_path, student=student_path == 'SHIPPED',
                          device=device.type, precision=precision)
     if not student.diffusion.student:
         raise UserError(f'{student.path} is not a distilled student (distill_ddpm_mnist.py makes one)')
-    teacher = load_model(student.diffusion.student['teacher'], device=device.type, precision=precision)
+    teacher = load_model(teacher_path(student), device=device.type, precision=precision)
     models = dict(teacher=teacher.diffusion, student=student.diffusion)
     rows = []
     for role, strategy, steps in STUDENT_ROWS:

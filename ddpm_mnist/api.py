@@ -114,6 +114,20 @@ def load_model(path: str | Path | None = None, *, milestone: int | None = None, 
     return Model(diffusion=diffusion, config=config, path=file, precision=chosen, info=info)
 
 
+def teacher_path(model: Model) -> Path:
+    """The file a distilled student learned from: the path its run recorded, else the shipped model with the digest
+    it recorded (a student shipped, or carried to another machine)."""
+    from ddpm_mnist.utils import file_digest
+    recorded = Path(model.diffusion.student['teacher'])
+    if recorded.is_file():
+        return recorded
+    digest = (model.config.get('init_from') or {}).get('sha256_16')
+    found = [path for path in (SHIPPED, SHIPPED_CONDITIONAL) if path.is_file() and file_digest(path) == digest]
+    if not found:
+        raise MissingFile(f'the teacher of {model.path} ({recorded}, digest {digest}) is not here; give its file')
+    return found[0]
+
+
 def sample(model: Model, *, strategy: str = 'ddim', steps: int | None = 50, eta: float = 0.0, n: int = 16,
            seed: int = 0, batch_size: int | None = None, digits: list[int] | None = None,
            guidance_scale: float = 1.0) -> torch.Tensor:

@@ -193,3 +193,21 @@ def test_the_training_curve_of_a_student_scores_its_own_sampler(student_run, idx
     rows = json.loads(out.with_suffix('.json').read_text())['rows']
     assert sorted({row['series'] for row in rows}) == ['Consistency 1', 'Consistency 2'] and len(rows) == 4
     assert '| Consistency 2 | ' in out.with_suffix('.md').read_text()
+
+
+def test_a_students_teacher_is_found_by_its_path_or_its_digest(student_run, trained_run, tmp_path, monkeypatch):
+    """The teacher a student recorded is its path; where that file is gone (a student shipped, or carried to another
+    machine), the shipped model with the recorded digest; else one clear error."""
+    import shutil
+    import ddpm_mnist.api
+    from ddpm_mnist.api import teacher_path
+    from ddpm_mnist.utils import MissingFile
+    student = load_model(student_run, precision='fp32')
+    assert teacher_path(student) == trained_run / 'model-2.pt'
+    student.diffusion.student['teacher'] = str(tmp_path / 'moved.pt')
+    with pytest.raises(MissingFile, match='is not here'):
+        teacher_path(student)
+    shipped = tmp_path / 'shipped.pt'
+    shutil.copy(trained_run / 'model-2.pt', shipped)
+    monkeypatch.setattr(ddpm_mnist.api, 'SHIPPED', shipped)
+    assert teacher_path(student) == shipped

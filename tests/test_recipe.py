@@ -361,12 +361,12 @@ def test_export_gate_scores_both_models_against_their_floor(trained_run, idx_dir
     new, old = export.compare_with_current(trained_run / 'model-2.pt', current, raw_dir=idx_dir,
                                            data_root=tmp_path, num_samples=12, log=lines.append)
     for model in (new, old):
-        assert set(model) == {'DDIM 50, eta 0.0', 'DDIM 50, eta 1.0'}
+        assert set(model) == {'DDIM 20, eta 0.0', 'DDIM 20, eta 1.0'}  # DDIM-50 capped at the tiny model's T = 20
         for gate in model.values():
             assert gate.image_size == 32 and gate.fid > 0 and gate.floor > 0 and math.isfinite(export.ratio(gate))
             assert gate.features.shape[0] == 12
     assert len(lines) == 4 and all('x the floor' in line and 'N = 12' in line for line in lines)
-    assert sum('DDIM 50, eta 0.0,' in line for line in lines) == 2
+    assert sum('DDIM 20, eta 0.0,' in line for line in lines) == 2
 
 
 def sweep_row(config, strategy, nfe, fid, shares=(0.1,) * 10, copies=0.0):
