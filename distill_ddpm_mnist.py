@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from ddpm_mnist.api import checkpoint_path, load_model
     from ddpm_mnist.model.network import attention_of
+    from ddpm_mnist.model.conditional import is_conditional
+    from ddpm_mnist.sampling.registry import default
     from ddpm_mnist.settings import DIFFUSION_KEYS, SHIPPED_GUIDANCE_SCALE
     from ddpm_mnist.training.command import train_model
     teacher = checkpoint_path(args.teacher, conditional=args.conditional)
@@ -69,11 +71,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.utils import UserError
     if config.get('student'):
         raise UserError(f'{teacher} is a student already; distil a diffusion model (the teacher)')
-    conditional = bool(config['model'].get('num_classes'))
+    conditional = is_conditional(config['model'])
     if args.guidance_scale is not None and not conditional:
         raise UserError('--guidance_scale needs a class-conditional teacher (--conditional for the shipped one); '
                         f'{teacher} is unconditional')
-    guidance = dict(guidance_scale=SHIPPED_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale)
+    guidance = dict(guidance_scale=default(args.guidance_scale, SHIPPED_GUIDANCE_SCALE)) if conditional else {}
     training = dict(train_num_steps=args.train_num_steps, train_batch_size=args.train_batch_size,
                     train_lr=args.train_lr, ema_decay=args.ema_decay, save_and_sample_every=args.save_and_sample_every,
                     num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant',
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 training=training, data_folder=args.data_folder, init_from=teacher, max_minutes=args.max_minutes,
                 resume=args.resume, device=args.device, seed=args.seed, compile=args.compile,
                 student=dict(method='consistency', boundaries=args.boundaries, target_decay=args.target_decay,
-                             loss=args.loss, **(guidance if conditional else {})),
+                             loss=args.loss, **guidance),
                 command=shlex.join(['python3', 'distill_ddpm_mnist.py', *(sys.argv[1:] if argv is None else argv)]))
 
 

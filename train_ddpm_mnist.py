@@ -22,9 +22,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help='folder of training PNGs made by get_mnist_data.py (default: %(default)s)')
     add_model_args(p)
     g = p.add_argument_group('training (default: from the preset)')
+    in_training_words = {'num_samples': dict(help='images in each sample-N.png (a square number)', rule=SQUARE)}
     for name in TRAINING_FLAGS:
-        add_setting(g, name, **({'help': 'images in each sample-N.png (a square number)', 'rule': SQUARE}
-                          if name == 'num_samples' else {}))
+        add_setting(g, name, **in_training_words.get(name, {}))
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                    help='mixed precision (original: on); fp16 on CUDA, bf16 on CPU')
     g.add_argument('--mixed_precision_type', choices=['auto', 'fp16', 'bf16', 'bf16_compute'], default='auto',

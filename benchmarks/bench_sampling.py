@@ -267,7 +267,8 @@ def student_timings(device, out, student_path, batch):
     base = {row['sampler']: row['seconds_per_image'] for row in rows}
     lines = [f'{machine_name(device)}, {precision}, batch {batch}, one batch end to end after a warm-up; student '
              f'{student.path}, teacher {teacher.path}.', '',
-             '| model | sampler | NFE | s/image | faster than DDIM-50 | faster than DDPM-1000 |', '|---|---|---|---|---|---|']
+             '| model | sampler | NFE | s/image | faster than DDIM-50 | faster than DDPM-1000 |',
+             '|---|---|---|---|---|---|']
     lines += [f'| {r["model"]} | {r["sampler"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | '
               f'{base["DDIM 50, eta 0.0"] / r["seconds_per_image"]:.1f}x | '
               f'{base["DDPM 1000"] / r["seconds_per_image"]:.0f}x |' for r in rows]

@@ -26,7 +26,7 @@ from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.device import keep_freed_memory, pick_device
 from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, SHIPPED_STUDENTS, check_arguments
 from ddpm_mnist.sampling.images import save_grid as save_grid_png
-from ddpm_mnist.utils import BadValue, MissingFile, UserError
+from ddpm_mnist.utils import BadValue, MissingFile, UserError, file_digest
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 # sample()'s arguments -> the flag of inference_comparison.py whose rule each obeys (settings.RULES)
@@ -97,12 +97,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def load_model(path: str | Path | None = None, *, milestone: int | None = None, conditional: bool = False,
-               student: bool = False, device: str = 'auto', precision: str = 'auto', use_ema: bool = True, overrides: dict | None = None,
-               channels_last: bool = True, compile: bool = False) -> Model:
+               student: bool = False, device: str = 'auto', precision: str = 'auto', use_ema: bool = True,
+               overrides: dict | None = None, channels_last: bool = True, compile: bool = False) -> Model:
     """The one way in to a model, for the API, the commands and the scripts: the shipped model (no path; conditional:
-    the class-conditional one; student: the shipped model's distilled student), a run folder's latest or given milestone, or a checkpoint or export file, on `device`
-    ('auto': CUDA, then MPS, then CPU) in `precision` ('auto': bf16 on CPUs that have it, else fp32), ready to
-    sample. `overrides`: config settings the file does not record (a plain lucidrains checkpoint)."""
+    the class-conditional one; student: the shipped model's distilled student), a run folder's latest or given
+    milestone, or a checkpoint or export file, on `device` ('auto': CUDA, then MPS, then CPU) in `precision`
+    ('auto': bf16 on CPUs that have it, else fp32), ready to sample. `overrides`: config settings the file does not
+    record (a plain lucidrains checkpoint)."""
     torch_device = pick_device(device)
     chosen = resolve_precision(precision, torch_device)
     file = checkpoint_path(path, milestone=milestone, conditional=conditional, student=student)
@@ -117,7 +118,6 @@ def load_model(path: str | Path | None = None, *, milestone: int | None = None, 
 def teacher_path(model: Model) -> Path:
     """The file a distilled student learned from: the path its run recorded, else the shipped model with the digest
     it recorded (a student shipped, or carried to another machine)."""
-    from ddpm_mnist.utils import file_digest
     recorded = Path(model.diffusion.student['teacher'])
     if recorded.is_file():
         return recorded

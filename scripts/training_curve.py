@@ -2,8 +2,9 @@
 
 Each milestone's EMA weights sample N images with DDIM-50 at each eta asked for (default 0 and 1: the
 deterministic sampler and the stochastic one, since a recipe can help one and hurt the other; a distilled student's
-run with its consistency sampler at each of --student_steps instead; same x_T for every milestone), scored with the project metrics against the MNIST test split; the real-data floor at the same N is
-drawn. Scores are cached in the run folder, so a rerun after more milestones only scores the new ones.
+run with its consistency sampler at each of --student_steps instead; same x_T for every milestone), scored with the
+project metrics against the MNIST test split; the real-data floor at the same N is drawn. Scores are cached in the
+run folder, so a rerun after more milestones only scores the new ones.
 
   python3 scripts/training_curve.py --results_folder runs/shipped60k --raw_dir ../shared/data/mnist-full
 """

@@ -18,7 +18,8 @@ TRAIN_BAD = [
     ('--input_perturbation', '-0.1'), ('--cond_drop_prob', '1'),
 ]
 INFERENCE_BAD = [
-    ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'), ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
+    ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'),
+    ('--sample_steps', '0'), ('--ddim_eta', '2'), ('--ddim_eta', 'nan'),
     ('--num_samples', '0'), ('--batch_size', '0'), ('--seed', '99999999999999'), ('--seed', '-3'),
     ('--compare_steps', '10,0'), ('--compare_etas', '0,1.5'), ('--unet_dim', '-4'), ('--dim_mults', '0,2'),
     ('--channels', '2'), ('--image_size', '4'), ('--train_timesteps', '0'),

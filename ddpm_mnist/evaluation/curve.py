@@ -1,7 +1,8 @@
 """Quality over training: score every milestone of a run with DDIM at one or more etas (the deterministic sampler,
 eta 0, and the stochastic one, eta 1, by default; a distilled student with its consistency sampler at 1, 2 and 4
-steps), paired seeds, and plot FID against images seen with the real-data floor, one series per sampler. Scores are cached per milestone in the run folder, keyed by
-everything that changes them, so rerunning after more milestones only scores the new ones."""
+steps), paired seeds, and plot FID against images seen with the real-data floor, one series per sampler. Scores
+are cached per milestone in the run folder, keyed by everything that changes them, so rerunning after more
+milestones only scores the new ones."""
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,7 @@ from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.training.run_folder import milestone_path, milestones
 from ddpm_mnist.sampling.loop import sample
-from ddpm_mnist.sampling.registry import SamplerSettings
+from ddpm_mnist.sampling.registry import SamplerSettings, label
 from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
 
 CACHE = 'milestone_scores.json'
@@ -43,8 +44,9 @@ def score_milestone(path: PathLike, evaluator: Evaluator, settings: CurveSetting
     scores = evaluator.score(images)
     earlier = segments_of((config.get('init_from') or {}).get('provenance'))
     before = sum(seg.get('images_seen') or 0 for seg in earlier)
-    return dict(eta=settings.eta, series=sampler.label, step=info['step'], images_seen=info['images_seen'], wall_seconds=info['wall_seconds'],
-                segment=len(earlier) + 1, total_images_seen=before + (info['images_seen'] or 0), **scores)
+    return dict(eta=settings.eta, series=sampler.label, step=info['step'], images_seen=info['images_seen'],
+                wall_seconds=info['wall_seconds'], segment=len(earlier) + 1,
+                total_images_seen=before + (info['images_seen'] or 0), **scores)
 
 
 def with_earlier_segments(rows: list[dict[str, Any]], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,7 +100,7 @@ def score_run(folder: PathLike, evaluator: Evaluator, settings: CurveSettings, *
             cache[entry_key] = dict(milestone=milestone, **score_milestone(path, evaluator, settings, device))
             write_json(cache_path, cache)
         row = scores_from_json(cache[entry_key])
-        row.setdefault('series', f'DDIM {settings.steps}, eta {settings.eta}')  # cached before the curve named it
+        row.setdefault('series', label(settings.strategy, settings.steps, settings.eta))  # cached before it was named
         log(f'milestone {milestone}: step {row["step"]}, {row["images_seen"]} images seen, {row["series"]}: '
             f'FID {row["fid"]:.2f}')
         rows.append(row)
@@ -117,15 +119,15 @@ def write_curve(rows: list[dict[str, Any]], floor: float, out_stem: PathLike, *,
     nan = float('nan')
     for row in rows:  # rows cached before segments, intervals, etas or the sampler's name were recorded
         row.setdefault('eta', (settings or {}).get('eta', 1.0))
-        row.setdefault('series', f'DDIM {(settings or {}).get("steps", 50)}, eta {row["eta"]}')
+        row.setdefault('series', label('ddim', (settings or {}).get('steps', 50), row['eta']))
         row.setdefault('segment', 1)
         row.setdefault('total_images_seen', row['images_seen'])
         for key in ('fid_low', 'fid_high', 'inception_score_low', 'inception_score_high'):
             row.setdefault(key, nan)
     rows = sorted(rows, key=lambda r: (r['series'], r['segment'], r['milestone']))  # one series per sampler
-    columns = ('series', 'eta', 'segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low', 'fid_high',
-               'inception_score', 'inception_score_low', 'inception_score_high', 'confidence', 'min_class_share',
-               'near_copy_share')
+    columns = ('series', 'eta', 'segment', 'milestone', 'step', 'images_seen', 'total_images_seen', 'fid', 'fid_low',
+               'fid_high', 'inception_score', 'inception_score_low', 'inception_score_high', 'confidence',
+               'min_class_share', 'near_copy_share')
     with atomic_path(out_stem.with_suffix('.csv')) as tmp:
         with open(tmp, 'w', newline='') as f:
             writer = csv.writer(f)

@@ -145,14 +145,16 @@ def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_time
         if training:
             labelled = (PerturbedLabelledDiffusion if gamma else LabelledDiffusion)(
                 unet, **diffusion_settings(config, sampling_timesteps))
-            labelled.input_perturbation = gamma or 0.0
+            if gamma:
+                labelled.input_perturbation = gamma
             labelled.settings = diffusion_settings(config)
             set_loss_weight(labelled, config['diffusion'])
             return labelled
         unet = GuidedUnet(unet)
     library_class = PerturbedDiffusion if gamma else GaussianDiffusion
     diffusion = library_class(unet, **diffusion_settings(config, sampling_timesteps))
-    diffusion.input_perturbation = gamma or 0.0
+    if gamma:
+        diffusion.input_perturbation = gamma
     set_loss_weight(diffusion, config['diffusion'])
     diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
     return diffusion
