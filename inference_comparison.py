@@ -7,6 +7,8 @@ Examples:
   python3 inference_comparison.py --strategy dpmpp_2m_sde --sample_steps 20
   python3 inference_comparison.py --strategy ddim --checkpoint path/to/model-3.pt --ddim_eta 0.5
   python3 inference_comparison.py --compare --num_samples 1000 --raw_dir ../shared/data/mnist-full
+  python3 inference_comparison.py --compare --num_samples 10000 --compare_ddpm_samples 1000 --compare_student \
+      --raw_dir ../shared/data/mnist-full      # the headline sweep: N = 10,000, DDPM on 1,000 of its x_T
 Without --milestone or --checkpoint the shipped pretrained model is used.
 """
 import argparse
@@ -71,6 +73,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument('--compare_ddpm', action=argparse.BooleanOptionalAction, default=True,
                    help='include the DDPM (T steps) row; --no-compare_ddpm drops it from --compare_samplers '
                         '(default: on)')
+    add_setting(c, 'compare_ddpm_samples')
+    c.add_argument('--compare_student', nargs='?', const='shipped', metavar='CHECKPOINT',
+                   help="add a distilled student's rows (its consistency sampler at --compare_student_steps, from "
+                        'the same x_T and digits): its run folder or export, or with no value the shipped student '
+                        'of the swept model; it must have been distilled from the swept model')
+    add_setting(c, 'compare_student_steps')
     add_raw_dir_arg(c, 'MNIST IDX folder for the reference (test split) and training digits, offline (e.g. '
                        '../shared/data/mnist-full; for a model trained on another dataset, its raw files); default: '
                        'torchvision download cached in --data_root, else the shipped test-split statistics (FID, IS, '
@@ -98,8 +106,9 @@ MODEL_FLAGS = ('checkpoint', 'milestone', 'results_folder', 'device', 'precision
 GRID_FLAGS = ('strategy', 'sample_steps', 'ddim_eta', 'num_samples', 'batch_size', 'seed', 'digits', 'guidance_scale',
               'guidance_remove_parallel', 'guidance_rescaled_phi')
 SWEEP_FLAGS = ('quick', 'compare_samplers', 'compare_ddpm', 'compare_steps', 'compare_etas', 'compare_solver_steps',
-               'num_samples', 'batch_size', 'seed', 'raw_dir', 'data_root', 'inception_weights', 'second_classifier',
-               'digits', 'guidance_scale', 'guidance_remove_parallel', 'guidance_rescaled_phi')
+               'compare_ddpm_samples', 'compare_student', 'compare_student_steps', 'num_samples', 'batch_size', 'seed',
+               'raw_dir', 'data_root', 'inception_weights', 'second_classifier', 'digits', 'guidance_scale',
+               'guidance_remove_parallel', 'guidance_rescaled_phi')
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from ddpm_mnist.datasets import dataset_entry
-from ddpm_mnist.hints import PathLike
 from ddpm_mnist.progress import progress
-from ddpm_mnist.utils import UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries, write_json
+from ddpm_mnist.utils import (PathLike, UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries,
+                              write_json)
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'tiff')  # what the library's Dataset globs for
 MIN_TRAIN_IMAGES = 100                       # the library's Trainer asserts this

@@ -10,8 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import BadValue, UserError
+from ddpm_mnist.utils import BadValue, PathLike, UserError
 
 Split = tuple[np.ndarray, np.ndarray]  # images uint8 (N, H, W) or (N, H, W, 3), labels uint8 (N,)
 IDX_NAMES = {

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import atomic_path, write_json
+from ddpm_mnist.utils import PathLike, atomic_path, write_json
 
 
 QUIET = False  # --quiet: no progress bars; every command line sets it when it parses its flags

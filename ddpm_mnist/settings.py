@@ -226,6 +226,12 @@ SETTINGS: dict[str, Setting] = {
                             each(fraction(closed_top=True))),
     'compare_solver_steps': Setting('comma-separated step counts for the samplers other than DDPM and DDIM '
                                     '(default: 5,10,20,50)', comma_ints, each(at_least(1))),
+    'compare_ddpm_samples': Setting("DDPM's N in the sweep: it draws every k-th of the sweep's x_T (k = "
+                                    '--num_samples / this, which it must divide), so its row still pairs with the '
+                                    'others; DDPM runs all T steps per image, the costliest row by far (default: '
+                                    '--num_samples)', int, at_least(2)),
+    'compare_student_steps': Setting("comma-separated step counts of --compare_student's consistency sampler "
+                                     '(default: 1,2,4)', comma_ints, each(at_least(1))),
     'compare_samplers': Setting(f'comma-separated samplers to sweep, from: {",".join(SAMPLERS)} (default: all)',
                                 comma_words, Rule(lambda names: all(n in SAMPLERS for n in names),
                                                   f'a comma-separated list from {",".join(SAMPLERS)}')),

@@ -1,5 +1,5 @@
-"""Small helpers every module uses: one-line user errors, atomic writes, strict JSON, digests. Imports no torch
-at the top: the command lines load it before parsing their flags."""
+"""Small helpers every module uses: the type aliases the signatures share, one-line user errors, atomic writes,
+strict JSON, digests. Imports no torch at the top: the command lines load it before parsing their flags."""
 from __future__ import annotations
 
 import errno
@@ -12,9 +12,18 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
-from ddpm_mnist.hints import PathLike
+PathLike = Union[str, os.PathLike]  # a file or folder the caller names
+Config = dict[str, Any]  # a run's settings: sections model, diffusion, training, data (config.json)
+StateDict = dict[str, Any]  # parameter name -> torch.Tensor
+Checkpoint = dict[str, Any]  # what model-N.pt holds (step, model, ema, opt, ...), or {'unet': StateDict}
+
+if TYPE_CHECKING:  # names for type checkers only: importing them would make the command-line modules load torch
+    from denoising_diffusion_pytorch import GaussianDiffusion as Diffusion  # the library's, or a sampling view of it
+    from denoising_diffusion_pytorch.denoising_diffusion_pytorch import ModelPrediction  # (pred_noise, pred_x_start)
+else:
+    Diffusion = ModelPrediction = Any
 
 
 class UserError(Exception):

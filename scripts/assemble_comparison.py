@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from ddpm_mnist.evaluation.reference import digits_evaluator
-from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, sweep_configs,
-                                         write_outputs)
+from ddpm_mnist.evaluation.sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, sweep_configs
+from ddpm_mnist.evaluation.sweep_tables import write_outputs
 from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS
 from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_raw_dir_arg
 from ddpm_mnist.utils import file_digest, run_cli
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows[row['config']] = row
     order = [c.label for c in sweep_configs(DIFFUSION_SAMPLERS, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
                                                     solver_steps=DEFAULT_SOLVER_STEPS, total_timesteps=1000)]
-    n = {r['n'] for r in rows.values()}.pop()
+    n = max(r['n'] for r in rows.values())  # the sweep's N (a DDPM row may hold fewer: --compare_ddpm_samples)
     evaluator = digits_evaluator(image_size=32, raw_dir=args.raw_dir, seed=args.seed)  # the sweep it was written for
     result = dict(checkpoint=args.checkpoint, checkpoint_sha256_16=file_digest(args.checkpoint), machine=args.machine,
                   device=args.device, precision=args.precision, num_samples=n, batch_size=args.batch_size,

@@ -8,7 +8,10 @@
 # The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (every sampler;
 # DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20 steps; N = 1000; DDPM-1000 is most of its
 # time; cached in runs/figures, so an interrupted run resumes) and copies it to assets/. Either sweep then writes
-# assets/targets.md (scripts/target_table.py: the shipped model against its quality targets). SWEEP=quick runs the
+# assets/targets.md (scripts/target_table.py: the shipped model against its quality targets). SWEEP=headline runs
+# the README's headline sweep: every configuration of at most 50 NFE (DDIM S in {10, 20, 50} x eta in {0, 0.5, 1},
+# every other solver at 5, 10, 20, 50) at N = 10,000, DDPM-1000 on every 10th of those x_T (N = 1000), and the
+# shipped student's rows at 1, 2, 4 steps when one is shipped (about two hours on a 2-core CPU). SWEEP=quick runs the
 # demo's 36-image one (left in runs/figures); SWEEP=none skips it. GRIDS=no keeps the sample grids in assets/;
 # EDITS=no skips the editing figure assets/editing.png (scripts/edit_figure.py: RePaint takes minutes on a CPU).
 # With ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors: assets/conditional.png (100 digits, one per row, guidance
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 # every setting checked before anything runs
 fail() { echo "error: $1" >&2; exit 2; }
 [ $# -eq 0 ] || fail "make_figures.sh takes no arguments; its settings are SWEEP, GRIDS, EDITS, CONDITIONAL, RUN, GUIDANCE_W (see its top)"
-case "${SWEEP:-full}" in full|cpu|quick|none) ;; *) fail "SWEEP=$SWEEP; use full, cpu, quick or none" ;; esac
+case "${SWEEP:-full}" in full|cpu|headline|quick|none) ;; *) fail "SWEEP=$SWEEP; use full, cpu, headline, quick or none" ;; esac
 for var in GRIDS EDITS CONDITIONAL; do
   case "${!var:-yes}" in yes|no) ;; *) fail "$var=${!var}; use yes or no" ;; esac
 done
@@ -51,12 +54,18 @@ case "${SWEEP:-full}" in
          --compare_etas 0,1 --compare_solver_steps 5,10,20 --results_folder $out
        cp $grids/comparison/comparison.{png,md,json,csv} assets/
        cp $grids/comparison/grids/{unipc_steps10,dpmpp_2m_steps10,dpmpp_2m_sde_steps20}.png assets/ ;;
+  headline) student=()
+       [ -f ddpm_mnist/pretrained/ddpm_mnist_small_student.safetensors ] && student=(--compare_student)
+       python inference_comparison.py --compare "${raw[@]}" --num_samples 10000 --compare_ddpm_samples 1000 \
+         --compare_steps 10,20,50 --compare_etas 0,0.5,1 --compare_solver_steps 5,10,20,50 "${student[@]}" \
+         --results_folder $out/headline
+       cp $out/headline/inference_pretrained/comparison/comparison.{png,md,json,csv} assets/ ;;
   quick) python inference_comparison.py --quick "${raw[@]}" --results_folder $out ;;
   none) ;;
-  *) echo "error: SWEEP=$SWEEP; use full, cpu, quick or none" >&2; exit 1 ;;
+  *) echo "error: SWEEP=$SWEEP; use full, cpu, headline, quick or none" >&2; exit 1 ;;
 esac
 case "${SWEEP:-full}" in
-  full|cpu) python scripts/target_table.py assets/comparison.json --output assets/targets.md ;;
+  full|cpu|headline) python scripts/target_table.py assets/comparison.json --output assets/targets.md ;;
 esac
 if [ "${CONDITIONAL:-yes}" != no ] && [ -f ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors ]; then
   w=${GUIDANCE_W:-1.25}  # the conditional model's grid: ten of each digit, one digit per row, guidance scale w
@@ -64,7 +73,7 @@ if [ "${CONDITIONAL:-yes}" != no ] && [ -f ddpm_mnist/pretrained/ddpm_mnist_cond
     --num_samples 100 --batch_size 100 --results_folder $out | sed -n 's/^saved //p')
   cp "$grid" assets/conditional.png
   case "${SWEEP:-full}" in  # accuracy, FID and IS against the guidance scale, N = 1000 per scale
-    full|cpu) python scripts/guidance_sweep.py "${raw[@]}" --output assets/guidance ;;
+    full|cpu|headline) python scripts/guidance_sweep.py "${raw[@]}" --output assets/guidance ;;
   esac
 fi
 if [ "${EDITS:-yes}" != no ]; then  # the editing figure: one row per operation of edit_digits.py

@@ -21,9 +21,8 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from ddpm_mnist.evaluation.sweep_tables import FLOOR
 from ddpm_mnist.utils import UserError, atomic_path, run_cli
-
-FLOOR = 'real training digits (floor)'
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,10 +46,11 @@ def find_row(rows: dict[str, dict[str, Any]], label: str) -> dict[str, Any]:
 def target_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(target, what was measured, whether it is met) for each target."""
     rows = {r['config']: r for r in result['rows']}
-    floor = result['calibration'][FLOOR]['fid']
     ddpm = next((r for r in result['rows'] if r['strategy'] == 'ddpm'), None)
     if ddpm is None:
         raise UserError('the sweep has no DDPM row; rerun it with the flags in this script\'s --help')
+    # DDPM drawn on fewer x_T (--compare_ddpm_samples) is read against the floor at its own N
+    floor = result['calibration'].get(f'{FLOOR}, N = {ddpm.get("n")}', result['calibration'][FLOOR])['fid']
     eta0, eta1 = (find_row(rows, label) for label in ('DDIM 50, eta 0.0', 'DDIM 50, eta 1.0'))
     fast = [r for r in result['rows'] if r['nfe'] <= 10]
     if not fast:

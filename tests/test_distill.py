@@ -211,3 +211,45 @@ def test_a_students_teacher_is_found_by_its_path_or_its_digest(student_run, trai
     shutil.copy(trained_run / 'model-2.pt', shipped)
     monkeypatch.setattr(ddpm_mnist.api, 'SHIPPED', shipped)
     assert teacher_path(student) == shipped
+
+
+def test_the_sweep_adds_a_students_rows_and_runs_ddpm_on_every_kth_x_t(student_run, trained_run, idx_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """--compare_student adds the student's consistency rows from the same x_T; --compare_ddpm_samples draws DDPM
+    on every k-th x_T, pairs it with the others there, and leaves it out of 'best'; a student of another teacher and
+    a DDPM N that does not divide N are one-line errors."""
+    from ddpm_mnist.sampling import loop
+    seen = []
+    real = loop.run_batch
+    monkeypatch.setattr(loop, 'run_batch', lambda d, sampler, x_T, *a: seen.append(
+        (type(sampler).__name__.lower(), x_T.clone())) or real(d, sampler, x_T, *a))
+
+    def argv(checkpoint, *extra):
+        return ['--checkpoint', str(checkpoint), '--compare', '--compare_samplers', 'ddpm,ddim', '--compare_steps', '2',
+                '--compare_etas', '0', '--num_samples', '8', '--batch_size', '8', '--raw_dir', str(idx_dir),
+                '--results_folder', str(tmp_path), '--device', 'cpu', '--second_classifier', 'none', *extra]
+
+    code, out, err = run_main(inference_comparison.main, argv(trained_run / 'model-2.pt', '--compare_ddpm_samples',
+                                                              '4', '--compare_student', str(student_run),
+                                                              '--compare_student_steps', '1,2'), capsys)
+    assert code == 0, err
+    result = json.loads(next(tmp_path.glob('inference_model-2_*/comparison/comparison.json')).read_text())
+    rows = {r['config']: r for r in result['rows']}
+    assert list(rows) == ['DDPM 20', 'DDIM 2, eta 0.0', 'Consistency 1', 'Consistency 2']
+    assert rows['DDPM 20']['n'] == 4 and all(rows[c]['n'] == 8 for c in list(rows)[1:])
+    assert not rows['DDPM 20']['is_best'] and rows['DDIM 2, eta 0.0']['fid_minus_ddpm'] is not None
+    starts = {}
+    for name, x_T in seen:
+        starts.setdefault(name, x_T)
+    assert torch.equal(starts['ddpm'], starts['ddim'][::2]) and torch.equal(starts['consistency'], starts['ddim'])
+    assert result['student_sha256_16'] and 'N = 4, one x_T in 2' in out
+    assert 'real training digits (floor), N = 4' in result['calibration']  # DDPM's FID is read at its own N
+    code, _, err = run_main(inference_comparison.main, argv(trained_run / 'model-1.pt', '--compare_student',
+                                                            str(student_run)), capsys)
+    assert_one_line_error(code, err, 'was distilled from another model')
+    code, _, err = run_main(inference_comparison.main, argv(trained_run / 'model-2.pt', '--compare_ddpm_samples',
+                                                            '3'), capsys)
+    assert_one_line_error(code, err, '--compare_ddpm_samples 3 must divide --num_samples 8')
+    code, _, err = run_main(inference_comparison.main, argv(trained_run / 'model-2.pt', '--compare_student',
+                                                            str(trained_run / 'model-2.pt')), capsys)
+    assert_one_line_error(code, err, 'is not a distilled student')

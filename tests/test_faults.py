@@ -242,6 +242,19 @@ def test_memory_warning_names_a_batch_that_fits(monkeypatch, capsys):
     assert capsys.readouterr().err == ''
 
 
+
+def test_cpu_duration_warning_only_for_the_original_size(capsys):
+    import copy
+    from ddpm_mnist.training import command as training
+    from ddpm_mnist.settings import PRESETS
+    training.cpu_warning(copy.deepcopy(PRESETS['seed']), 'cpu')
+    assert capsys.readouterr().err.startswith("WARNING: training the original's Unet on the CPU")
+    wide = copy.deepcopy(PRESETS['shipped'])
+    wide['model']['dim'] = 48           # wider than shipped, far smaller than the original: no 37-hour warning
+    training.cpu_warning(wide, 'cpu')
+    training.cpu_warning(copy.deepcopy(PRESETS['seed']), 'cuda')
+    assert capsys.readouterr().err == ''
+
 def test_named_raw_dir_that_does_not_exist_is_an_error(trained_run, tmp_path, capsys):
     argv = ['--checkpoint', str(trained_run / 'model-2.pt'), '--quick', '--num_samples', '4',
             '--results_folder', str(tmp_path / 'out'), '--raw_dir', str(tmp_path / 'no-such-folder')]

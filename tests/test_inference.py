@@ -251,7 +251,7 @@ def test_bf16_sampling_is_close_to_fp32_and_finite(strategy, steps, eta):
 @pytest.mark.parametrize('dim_mults', [(1, 2), (1, 2, 2)])
 def test_fast_attention_matches_the_library(dim_mults):
     import copy
-    from ddpm_mnist.model.attention import FastAttention, FastLinearAttention, use_fast_attention
+    from ddpm_mnist.model.network import FastAttention, FastLinearAttention, use_fast_attention
     torch.manual_seed(0)
     unet = Unet(dim=16, dim_mults=dim_mults, channels=1).eval()
     for p in unet.parameters():  # away from the init, so every parameter matters

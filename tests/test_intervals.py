@@ -78,6 +78,19 @@ def test_kid_is_unbiased_near_zero_for_the_same_distribution(gaussian_features):
     assert other.low > same.high
 
 
+
+def test_kid_resamples_by_counts_match_resamples_by_index(gaussian_features):
+    """The K @ C form of the KID bootstrap gives each resample's MMD as gathering its index block does."""
+    from ddpm_mnist.evaluation.intervals import resample_indices, shifted_interval
+    reference, draw = gaussian_features
+    kernel, features = KernelToReference(reference), draw(120, 0.3)
+    k_gg, cross_means = kernel.kernels(features)
+    by_index = shifted_interval(kernel.mmd(k_gg, cross_means),
+                                [kernel.mmd(k_gg, cross_means, i) for i in resample_indices(120, seed=3)])
+    by_counts = kid_interval(features, kernel, seed=3)
+    assert np.allclose(by_counts, by_index, rtol=1e-9, atol=1e-12)
+    assert by_counts.low < by_counts.value < by_counts.high
+
 def test_quick_comparison_reports_intervals_and_its_headline(trained_run, idx_dir, tmp_path, monkeypatch, capsys):
     from ddpm_mnist.evaluation import sweep
     monkeypatch.setitem(sweep.QUICK, 'headline', ('DDIM 2, eta 0.0', 'DDIM 4, eta 0.0'))

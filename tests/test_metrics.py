@@ -11,7 +11,7 @@ from ddpm_mnist.evaluation import metrics
 from ddpm_mnist.sampling import loop as sampling
 from ddpm_mnist.evaluation import sweep
 from ddpm_mnist.evaluation.classifier import as_training_resolution, classify, load_classifier
-from ddpm_mnist.evaluation.sweep import COLUMNS
+from ddpm_mnist.evaluation.sweep_tables import COLUMNS
 from ddpm_mnist.datasets import read_raw_split
 
 

@@ -396,6 +396,10 @@ def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
     table = (tmp_path / 'targets.md').read_text()
     assert 'UniPC 10 17.00 [16.00, 18.00] = 1.42x DDPM 1000' in table and 'not significant' in table
     assert 'class shares 7.0% to 10.3%' in table and table.count('**no**') == 2
+    # DDPM drawn on 100 of the sweep's x_T (--compare_ddpm_samples) is read against the floor at N = 100
+    result['rows'][0]['n'] = 100
+    result['calibration'][f'{script.FLOOR}, N = 100'] = dict(fid=8.0)
+    assert 'x the floor 8.00' in script.target_rows(result)[0][1] and not script.target_rows(result)[0][2]
     result['rows'] = result['rows'][:1]
     path.write_text(json.dumps(result))
     code, _, err = run_main(script.main, [str(path)], capsys)
@@ -438,6 +442,41 @@ def test_exporting_an_export_keeps_its_provenance(tmp_path, trained_run):
     assert a['provenance']['total_images_seen'] > 0
     assert b['provenance'] == a['provenance'] and b['exported_from'] == a['exported_from']
     assert b['provenance']['segments'] == a['provenance']['segments']
+
+
+def test_fp16_export_halves_the_file_and_samples_like_fp32(tmp_path, trained_run):
+    """--weights_dtype fp16 stores half the bytes, records it, and loads back into fp32 modules whose samples
+    match the fp32 export's to fp16 rounding; it can be continued with --init_from like any export."""
+    from safetensors.torch import load_file
+    from ddpm_mnist.cli.export import export_model
+    from ddpm_mnist.model.checkpoints import read_parent
+    full = export_model(trained_run / 'model-2.pt', tmp_path / 'fp32', compare=False)
+    half = export_model(trained_run / 'model-2.pt', tmp_path / 'fp16', compare=False, weights_dtype='fp16')
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    assert {v.dtype for v in load_file(half).values() if v.is_floating_point()} == {torch.float16}
+    assert json.loads(half.with_suffix('.json').read_text())['weights_dtype'] == 'float16'
+    assert 'weights_dtype' not in json.loads(full.with_suffix('.json').read_text())
+    a, b = (load_model(path).diffusion for path in (full, half))
+    assert all(p.dtype == torch.float32 for p in b.model.parameters())
+    x = torch.randn(2, 1, a.image_size, a.image_size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        out_a, out_b = a.model(x, t), b.model(x, t)
+    assert not torch.equal(out_a, out_b) and torch.allclose(out_a, out_b, atol=1e-2)
+    parent = read_parent(half, load_model(full).config)
+    assert all(v.dtype == torch.float16 for v in parent.ema.values() if v.is_floating_point())
+
+
+def test_fp16_export_refuses_weights_beyond_its_range(tmp_path, trained_run, capsys):
+    from ddpm_mnist.cli import export
+    from ddpm_mnist.utils import BadValue
+    ckpt = load_checkpoint(trained_run / 'model-2.pt')
+    key = next(k for k, v in ckpt['ema'].items() if v.is_floating_point() and v.numel() > 1 and 'ema_model' in k)
+    ckpt['ema'][key] = ckpt['ema'][key] * 0 + 1e5
+    torch.save(ckpt, tmp_path / 'model-9.pt')
+    with pytest.raises(BadValue, match='beyond the largest fp16 value'):
+        export.export_model(tmp_path / 'model-9.pt', tmp_path / 'out', compare=False, weights_dtype='fp16')
+    assert not list(tmp_path.glob('out*'))
 
 
 def test_init_from_weights_of_another_shape_than_their_record_is_one_line(tmp_path, trained_run, image_folder, capsys):

@@ -10,12 +10,11 @@ import torch
 from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling import editing
 from ddpm_mnist.sampling.images import load_inputs, load_mask, save_grid
-from ddpm_mnist.hints import Diffusion, PathLike
 from ddpm_mnist.cli.inference import open_model
 from ddpm_mnist.sampling.loop import initial_noise
 from ddpm_mnist.sampling.registry import SamplerSettings
-from ddpm_mnist.utils import (FolderLock, UserError, atomic_path, ensure_writable_dir, remove_stale_temporaries,
-                              shown_path, write_json)
+from ddpm_mnist.utils import (Diffusion, FolderLock, PathLike, UserError, atomic_path, ensure_writable_dir,
+                              remove_stale_temporaries, shown_path, write_json)
 
 
 def run_edit(*, operation: str, checkpoint: PathLike | None = None, milestone: int | None = None,

@@ -21,10 +21,9 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ddpm_mnist.hints import PathLike
 from ddpm_mnist.settings import at_least
 from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_data_root_arg, add_raw_dir_arg
-from ddpm_mnist.utils import BadValue, UserError, run_cli
+from ddpm_mnist.utils import BadValue, PathLike, UserError, run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,6 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--force', action='store_true',
                    help='export even when the candidate scores worse than the model it replaces (say so in the '
                         'notes that go with it)')
+    p.add_argument('--weights_dtype', choices=tuple(WEIGHT_DTYPES), default='fp32',
+                   help='the type the weights are stored in: fp16 halves the file (a width-48 Unet: 11.9 MB in fp32, '
+                        '6.0 MB in fp16, under the 10 MB the repository ships); they load into fp32 modules and '
+                        'are sampled in the precision asked for, as any export (default: %(default)s)')
     p.add_argument('--no-compare', dest='compare', action='store_false',
                    help='skip the comparison (an output that does not exist yet is never compared)')
     args = p.parse_args(argv)
@@ -50,6 +53,7 @@ GateScore = namedtuple('GateScore', 'fid floor image_size features reference_fit
 GATE_ETAS = (0.0, 1.0)  # DDIM's deterministic (ODE) and stochastic samplers: a model must serve both
 STUDENT_GATE_STEPS = (1, 2, 4)  # a distilled student's own sampler, at the step counts it is made for
 CLEARLY_WORSE_RATIO = 1.1  # models of different image sizes have no paired difference: 10 % further counts as worse
+WEIGHT_DTYPES = {'fp32': 'float32', 'fp16': 'float16'}  # bf16 is left out: 8 bits of mantissa round weights 8x coarser
 
 
 def ratio(score: GateScore) -> float:
@@ -145,10 +149,13 @@ def check_output(output: Path) -> None:
 
 def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | None = None,
                  data_root: PathLike = './data', num_samples: int = 1000, force: bool = False,
-                 compare: bool = True) -> Path:
-    """Export `checkpoint` to OUTPUT.{safetensors,json}, refusing a candidate that scores worse than the model
-    already there (unless force)."""
+                 compare: bool = True, weights_dtype: str = 'fp32') -> Path:
+    """Export `checkpoint` to OUTPUT.{safetensors,json} with its weights stored as `weights_dtype`, refusing a
+    candidate that scores worse than the model already there (unless force)."""
+    import torch
     from ddpm_mnist.model.checkpoints import export_ema
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise BadValue(f'weights_dtype {weights_dtype!r} is not one of {", ".join(WEIGHT_DTYPES)}')
     check_output(Path(output))
     current = Path(output).with_suffix('.safetensors')
     if compare and current.is_file():
@@ -164,7 +171,7 @@ def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | 
         if refused and not force:
             raise UserError(f'{checkpoint} scores worse than the current {current}: {refused} (same command); '
                             'train longer, or pass --force to replace it anyway')
-    path = export_ema(checkpoint, output)
+    path = export_ema(checkpoint, output, dtype=getattr(torch, WEIGHT_DTYPES[weights_dtype]))
     print(f'wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix(".json")}')
     return path
 
@@ -172,7 +179,8 @@ def export_model(checkpoint: PathLike, output: PathLike, *, raw_dir: PathLike | 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     export_model(args.checkpoint, args.output, raw_dir=args.raw_dir, data_root=args.data_root,
-                 num_samples=args.num_samples, force=args.force, compare=args.compare)
+                 num_samples=args.num_samples, force=args.force, compare=args.compare,
+                 weights_dtype=args.weights_dtype)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,8 @@ import torch
 from ddpm_mnist.api import checkpoint_path, load_model
 from ddpm_mnist.model.checkpoints import Loaded
 from ddpm_mnist.evaluation.classifier import SECOND_WEIGHTS, load_classifier
-from ddpm_mnist.model.conditional import NUM_DIGITS
+from ddpm_mnist.model.conditional import NUM_DIGITS, is_conditional
 from ddpm_mnist.model.config import trained_on
-from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.evaluation.metrics import Evaluator, inception_fid, inception_model
 from ddpm_mnist.evaluation.reference import reference_evaluator
 from ddpm_mnist.training.run_folder import find_milestone
@@ -22,10 +21,10 @@ from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, SamplerSe
 from ddpm_mnist.sampling.loop import check_batch, conditioning, default_batch_size, timed_sample
 from ddpm_mnist.settings import SHIPPED
 from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
-                                         sweep_configs)
+                                         subset_stride, sweep_configs)
 from ddpm_mnist.sampling.images import save_grid
-from ddpm_mnist.utils import (FolderLock, UserError, ensure_writable_dir, file_digest, remove_stale_temporaries, warn,
-                              write_json)
+from ddpm_mnist.utils import (Config, FolderLock, PathLike, UserError, ensure_writable_dir, file_digest,
+                              remove_stale_temporaries, warn, write_json)
 
 TRAINING_RESULTS, SHIPPED_RESULTS = './results_mnist_ddpm', './runs'  # default --results_folder of each
 # What a command needs of the model its flags name; loaded is checkpoints.Loaded(diffusion, config, info).
@@ -164,9 +163,32 @@ def sweep_settings(*, quick: bool = False, compare_samplers: Sequence[str] | Non
             compare_solver_steps or defaults.get('solver_steps', DEFAULT_SOLVER_STEPS), n)
 
 
+STUDENT_STEPS = (1, 2, 4)  # a student's sweep rows: the step counts distill_ddpm_mnist.py trains it for
+
+
+def open_student(checkpoint: PathLike, teacher: Opened) -> tuple[Path, Any]:
+    """(path, diffusion) of the distilled student the sweep adds rows for ('shipped': the swept model's shipped
+    student), on the teacher's device and precision; refused in one line when it is not a student or was distilled
+    from another model than the one swept."""
+    conditional = is_conditional(teacher.loaded.config['model'])
+    path = (checkpoint_path(conditional=conditional, student=True) if checkpoint == 'shipped'
+            else checkpoint_path(checkpoint))
+    model = load_model(path, device=str(teacher.device), precision=teacher.precision)
+    if not getattr(model.diffusion, 'student', None):
+        raise UserError(f'--compare_student {path} is not a distilled student (distill_ddpm_mnist.py makes one); '
+                        'give a student distilled from the swept model')
+    learned_from, swept = (model.config.get('init_from') or {}).get('sha256_16'), file_digest(teacher.path)
+    if learned_from != swept:
+        raise UserError(f'--compare_student {path} was distilled from another model (digest {learned_from}) than '
+                        f'the swept {teacher.path} ({swept}); sweep its teacher, or give a student of this model')
+    return path, model.diffusion
+
+
 def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | None = None, compare_ddpm: bool = True,
                    compare_steps: Sequence[int] | None = None, compare_etas: Sequence[float] | None = None,
                    compare_solver_steps: Sequence[int] | None = None, num_samples: int | None = None,
+                   compare_ddpm_samples: int | None = None, compare_student: PathLike | None = None,
+                   compare_student_steps: Sequence[int] | None = None,
                    batch_size: int | None = None, seed: int = 0, raw_dir: PathLike | None = None,
                    data_root: PathLike = './data', inception_weights: PathLike | None = None,
                    second_classifier: str = 'auto', digits: Sequence[int] | None = None, guidance_scale: float = 1.0,
@@ -182,12 +204,18 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
     samplers, steps, etas, solver_steps, n = sweep_settings(
         quick=quick, compare_samplers=compare_samplers, compare_ddpm=compare_ddpm, compare_steps=compare_steps,
         compare_etas=compare_etas, compare_solver_steps=compare_solver_steps, num_samples=num_samples)
+    subset_stride(n, compare_ddpm_samples)  # checked before any sampling
     labels, guidance = conditioning(diffusion, n, digits=digits, guidance_scale=guidance_scale,
                                     remove_parallel=guidance_remove_parallel, rescaled_phi=guidance_rescaled_phi)
     total = diffusion.num_timesteps  # default step counts above T are dropped; explicit ones are an error
     steps = steps if compare_steps else [s for s in steps if s <= total]
     solver_steps = solver_steps if compare_solver_steps else [s for s in solver_steps if s <= total]
     configs = sweep_configs(samplers, steps=steps, etas=etas, solver_steps=solver_steps, total_timesteps=total)
+    student = None
+    if compare_student is not None:
+        student = open_student(compare_student, opened)
+        configs += [SamplerSettings.resolve('consistency', s, total_timesteps=student[1].num_timesteps)
+                    for s in compare_student_steps or STUDENT_STEPS]
     evaluator, reference = reference_evaluator(image_size=config['diffusion']['image_size'], raw_dir=raw_dir,
                                                data_root=data_root, seed=seed, dataset=trained_on(config))
     out_dir = ensure_writable_dir(Path(opened.results_folder) / opened.run_name
@@ -209,8 +237,9 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
     pairs = [QUICK['headline']] if quick else eta_pairs(steps)
     with FolderLock(out_dir, 'sweep'):  # two sweeps into one folder would share its cache and tables
-        run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n, batch_size=batch_size, seed=seed,
-                  precision=opened.precision, extra_score=extra, pairs=pairs, labels=labels, guidance=guidance)
+        run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n,
+                  ddpm_num_samples=compare_ddpm_samples, batch_size=batch_size, seed=seed, precision=opened.precision,
+                  extra_score=extra, pairs=pairs, labels=labels, guidance=guidance, student=student)
     print((out_dir / 'comparison.md').read_text())
     print(f'wrote {out_dir}/comparison.json, .csv, .md, .png and grids/')
     return out_dir

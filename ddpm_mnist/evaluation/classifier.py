@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, write_json
+from ddpm_mnist.utils import PathLike, UserError, atomic_path, file_digest, read_json, write_json
 
 WEIGHTS = Path(__file__).resolve().parents[1] / 'pretrained' / 'mnist_classifier.safetensors'
 FEATURE_DIM = 128

@@ -14,13 +14,13 @@ import torch
 
 from ddpm_mnist.api import load_model
 from ddpm_mnist.model.checkpoints import segments_of
-from ddpm_mnist.hints import PathLike
 from ddpm_mnist.evaluation.intervals import error_bars, interval_cell
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.training.run_folder import milestone_path, milestones
 from ddpm_mnist.sampling.loop import sample
 from ddpm_mnist.sampling.registry import SamplerSettings, label
-from ddpm_mnist.utils import UserError, atomic_path, file_digest, read_json, remove_stale_temporaries, write_json
+from ddpm_mnist.utils import (PathLike, UserError, atomic_path, file_digest, read_json, remove_stale_temporaries,
+                              write_json)
 
 CACHE = 'milestone_scores.json'
 CurveSettings = namedtuple('CurveSettings', 'steps eta num_samples seed batch_size precision strategy',

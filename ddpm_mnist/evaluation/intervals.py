@@ -153,9 +153,17 @@ class KernelToReference:
 
 def kid_interval(features: np.ndarray, kernel_to_reference: KernelToReference, *, resamples: int = RESAMPLES,
                  seed: int = 0) -> Interval:
-    """Interval(kid, low, high): KID of the generated features and its bootstrap interval."""
+    """Interval(kid, low, high): KID of the generated features and its bootstrap interval. A resample drawing
+    sample i c_i times sums its kernel block as c^T K c and its diagonal as sum_i c_i K_ii, so all resamples take
+    one product K @ C (n x n by n x resamples) instead of gathering an n x n block each: the same numbers as
+    KernelToReference.mmd(k_gg, cross_means, index), at N = 10,000 in seconds instead of minutes."""
     k_gg, cross_means = kernel_to_reference.kernels(features)
     value = kernel_to_reference.mmd(k_gg, cross_means)
-    draws = [kernel_to_reference.mmd(k_gg, cross_means, i)
-             for i in resample_indices(len(features), resamples=resamples, seed=seed)]
+    n = len(features)
+    counts = np.stack([np.bincount(i, minlength=n) for i in resample_indices(n, resamples=resamples, seed=seed)],
+                      axis=1).astype(np.float64)                                    # C: (n, resamples)
+    blocks = np.einsum('ir,ir->r', counts, k_gg @ counts)                           # c^T K c per resample
+    diagonals = np.diagonal(k_gg) @ counts                                          # sum_i c_i K_ii
+    within = (blocks - diagonals) / (n * (n - 1))
+    draws = within + kernel_to_reference.reference_term - 2 * (cross_means @ counts) / n
     return shifted_interval(value, draws)

@@ -17,9 +17,8 @@ from scipy import linalg
 from ddpm_mnist.model.checkpoints import load_weights_file
 from ddpm_mnist.evaluation.classifier import (WEIGHTS, as_training_resolution, classify, load_classifier,
                                               to_classifier_input)
-from ddpm_mnist.hints import PathLike
 from ddpm_mnist.evaluation.intervals import KernelToReference, bootstrap_interval, fid_interval, kid_interval
-from ddpm_mnist.utils import BadValue, UserError, file_digest
+from ddpm_mnist.utils import BadValue, PathLike, UserError, file_digest
 
 # Bump when a score is added or changed: sweep caches keyed with an older version are recomputed.
 METRICS_VERSION = 4  # 3: FID with its bootstrap interval, KID; 4: IS with its interval

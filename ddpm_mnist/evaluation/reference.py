@@ -15,8 +15,7 @@ from safetensors.torch import load_file, save_file
 from ddpm_mnist.datasets import DOWNLOAD_HELP, load_split
 from ddpm_mnist.evaluation.classifier import WEIGHTS, classifier_path, classify, load_classifier
 from ddpm_mnist.evaluation.metrics import Evaluator, ReferenceStats, classifier_digest, frechet_distance
-from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import UserError, atomic_path, read_json, warn, write_json
+from ddpm_mnist.utils import PathLike, UserError, atomic_path, read_json, warn, write_json
 
 # Statistics of the MNIST test split in the classifier's feature space, shipped beside the classifier so FID,
 # IS, confidence and class balance work with no MNIST on disk (scripts/train_classifier.py writes them).

@@ -14,10 +14,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddpm_mnist.model.config import check_agrees, detected_from_buffers, resolve_config, strip_prefixes, unet_weights
-from ddpm_mnist.hints import Checkpoint, Config, PathLike
 from ddpm_mnist.model.network import GROWABLE, arch_differences, arch_of, build_diffusion, build_unet
 from ddpm_mnist.training.run_folder import milestone_path
-from ddpm_mnist.utils import BadValue, DiskFull, UserError, atomic_path, file_digest, strict, tensor_bytes, warn
+from ddpm_mnist.utils import (BadValue, Checkpoint, Config, DiskFull, PathLike, UserError, atomic_path, file_digest,
+                              strict, tensor_bytes, warn)
 
 Weights = namedtuple('Weights', 'checkpoint unet_state config')
 Loaded = namedtuple('Loaded', 'diffusion config info')
@@ -151,15 +151,20 @@ def read_parent(path: PathLike, config: Config) -> Parent:
     return Parent(online, ema, record)
 
 
-def export_ema(checkpoint: PathLike, output_stem: PathLike) -> Path:
-    """Write OUTPUT.safetensors (EMA Unet weights) and OUTPUT.json (config and provenance)."""
+def export_ema(checkpoint: PathLike, output_stem: PathLike, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Write OUTPUT.safetensors (EMA Unet weights, floating-point ones stored as `dtype`) and OUTPUT.json (config
+    and provenance). Loading casts them back into the fp32 modules (load_state_dict copies with a cast)."""
     ckpt, state, config = read_weights(checkpoint)
-    state = {k: v.contiguous() for k, v in state.items()}
+    if dtype == torch.float16:
+        check_fits_precision(checkpoint, state.values(), 'fp16')
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     config = without_absolute_paths(copy.deepcopy(config))
     if 'unet' not in ckpt:  # an export of an export keeps the record it carries: its steps are not in the file
         config['exported_from'] = dict(checkpoint=Path(checkpoint).name, step=ckpt.get('step'), weights='ema')
         if 'training' in config:
             config['provenance'] = provenance(ckpt, config)
+    if dtype != torch.float32:
+        config['weights_dtype'] = str(dtype).removeprefix('torch.')
     output_stem = Path(output_stem)
     weights, record = output_stem.with_suffix('.safetensors'), output_stem.with_suffix('.json')
     try:

@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 
-from ddpm_mnist.hints import Checkpoint, Config, PathLike, StateDict
 from ddpm_mnist.model.network import SCHEDULE_FUNCTIONS, arch_differences, list_if_seq
 from ddpm_mnist.training.run_folder import read_config
 from ddpm_mnist.settings import FLAG_OF, MODEL_KEYS, ORIGINAL
-from ddpm_mnist.utils import UserError, file_digest, read_json
+from ddpm_mnist.utils import Checkpoint, Config, PathLike, StateDict, UserError, file_digest, read_json
 
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DistributedDataParallel and torch.compile
 

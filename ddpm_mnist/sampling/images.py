@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ddpm_mnist.hints import PathLike
-from ddpm_mnist.utils import BadValue, MissingFile, UserError, atomic_path, strict
+from ddpm_mnist.utils import BadValue, MissingFile, PathLike, UserError, atomic_path, strict
 
 GRID_CELL = 56  # pixels: the least an image in a written grid is shown at (an MNIST digit twice its size)
 MODES = {1: 'L', 3: 'RGB'}  # a model's channels -> the PIL mode its images are read in

@@ -13,14 +13,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ddpm_mnist.model.attention import use_fast_attention
+from ddpm_mnist.model.network import use_fast_attention
 from ddpm_mnist.model.conditional import UNGUIDED, Guidance, GuidedUnet, balanced_labels
 from ddpm_mnist.device import cpu_has_bf16, synchronize
-from ddpm_mnist.hints import Diffusion
 from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.sampling.samplers import build_sampler
 from ddpm_mnist.progress import progress
-from ddpm_mnist.utils import UserError
+from ddpm_mnist.utils import Diffusion, UserError
 
 
 def default_batch_size(device: torch.device, num_samples: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddpm_mnist.hints import Diffusion, ModelPrediction
+from ddpm_mnist.utils import Diffusion, ModelPrediction
 from ddpm_mnist.sampling.registry import SamplerSettings
 
 

@@ -15,7 +15,7 @@ import torch
 from denoising_diffusion_pytorch import GaussianDiffusion
 from ema_pytorch import EMA
 
-from ddpm_mnist.hints import Diffusion
+from ddpm_mnist.utils import Diffusion
 from ddpm_mnist.model.conditional import Guidance, LabelledBatch, balanced_labels
 from ddpm_mnist.sampling.samplers import ddim_times
 

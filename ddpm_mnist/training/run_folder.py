@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ddpm_mnist.hints import Config, PathLike
 from ddpm_mnist.model.network import arch_differences
-from ddpm_mnist.utils import UserError, atomic_path, read_json, remove_stale_temporaries, write_json
+from ddpm_mnist.utils import Config, PathLike, UserError, atomic_path, read_json, remove_stale_temporaries, write_json
 
 CONFIG_NAME = 'config.json'
 LOSS_LOG = 'loss.csv'

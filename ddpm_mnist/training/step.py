@@ -12,11 +12,10 @@ from denoising_diffusion_pytorch import Unet
 from PIL import UnidentifiedImageError
 from torch.func import functional_call
 
-from ddpm_mnist.model.attention import use_fast_attention
+from ddpm_mnist.model.network import use_fast_attention
 from ddpm_mnist.model.conditional import LabelledBatch
-from ddpm_mnist.hints import Diffusion
 from ddpm_mnist.progress import progress
-from ddpm_mnist.utils import UserError
+from ddpm_mnist.utils import Diffusion, UserError
 
 # The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).
 BASELINE = dict(data='png', keep_freed_memory=False, precision='autocast', channels_last=False,
@@ -29,7 +28,7 @@ DEFAULT_LEVERS = dict(
     keep_freed_memory=True,      # glibc keeps freed memory instead of returning it to the OS at every step
     precision='autocast',        # accelerate's bf16 autocast ('bf16': the Unet computes in bf16 itself)
     channels_last=True,          # NHWC activations: the layout oneDNN's convolutions want
-    fast_linear_attention=True,  # the layout-aware twin of the library's linear attention (ddpm_mnist.model.attention)
+    fast_linear_attention=True,  # the layout-aware twin of the library's linear attention (ddpm_mnist.model.network)
     fast_full_attention=False,   # the library's own full attention: compiled, it trains faster than the fused twin
     adam='fused',                # PyTorch's fused Adam kernel
     ema_foreach=True,            # ema-pytorch's foreach update

@@ -22,11 +22,10 @@ from ddpm_mnist.data import labels_of
 from ddpm_mnist.device import keep_freed_memory, machine_name
 from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate,
                                       make_adam, training_step)
-from ddpm_mnist.hints import Config, Diffusion, PathLike
 from ddpm_mnist.training.run_folder import milestone_path, read_loss_log, write_loss_log
 from ddpm_mnist.sampling.images import save_grid
 from ddpm_mnist.progress import progress
-from ddpm_mnist.utils import DiskFull, UserError
+from ddpm_mnist.utils import Config, Diffusion, DiskFull, PathLike, UserError
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
 # between be synthesised after training (scripts/post_hoc_ema.py); the paper's sigma_rel values.
