@@ -22,8 +22,7 @@ def drawn_bar() -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     from ddpm_mnist.cli import app
-    from ddpm_mnist.device import machine_name
-    from ddpm_mnist.progress import set_quiet
+    from ddpm_mnist.runtime import machine_name, set_quiet
     import torch
     set_quiet(True)
     canvas = drawn_bar()

@@ -105,7 +105,7 @@ def markdown(rows: list[dict[str, Any]], fixed: float, per_unit: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from ddpm_mnist.device import machine_name
+    from ddpm_mnist.runtime import machine_name
     import torch
     rows = [dict(r, steps=args.steps) for r in measure(args)]
     fixed, per_unit = fit(rows)

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 from bench_common import gemm_peak
-from ddpm_mnist.device import keep_freed_memory, machine_name, synchronize
+from ddpm_mnist.runtime import keep_freed_memory, machine_name, synchronize
 from ddpm_mnist.model.network import build_diffusion
 from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings
 from ddpm_mnist.sampling.samplers import ddim_times

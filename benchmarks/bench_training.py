@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    from ddpm_mnist.device import machine_name
+    from ddpm_mnist.runtime import machine_name
 
     if args.one:
         return print(json.dumps(time_rows(json.loads(args.one), steps=args.steps, warmup=args.warmup,
@@ -232,7 +232,7 @@ class BenchStep:
         from ema_pytorch import EMA
         from torch.utils.data import DataLoader
 
-        from ddpm_mnist.device import keep_freed_memory
+        from ddpm_mnist.runtime import keep_freed_memory
         from ddpm_mnist.training.step import CachedImages, StepParts, apply_levers, decode_all, make_adam
         from ddpm_mnist.model.network import build_diffusion
 

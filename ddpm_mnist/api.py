@@ -23,7 +23,7 @@ from ddpm_mnist.model.checkpoints import check_fits_precision, load_model as loa
 from ddpm_mnist.sampling.loop import conditioning, default_batch_size, default_precision, prepare_for_inference
 from ddpm_mnist.sampling.loop import sample as sample_diffusion
 from ddpm_mnist.sampling.registry import SamplerSettings
-from ddpm_mnist.device import keep_freed_memory, pick_device
+from ddpm_mnist.runtime import keep_freed_memory, pick_device
 from ddpm_mnist.settings import SHIPPED, SHIPPED_CONDITIONAL, SHIPPED_STUDENTS, check_arguments
 from ddpm_mnist.sampling.images import save_grid as save_grid_png
 from ddpm_mnist.utils import BadValue, MissingFile, UserError, file_digest

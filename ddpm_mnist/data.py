@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ddpm_mnist.datasets import dataset_entry
-from ddpm_mnist.progress import progress
+from ddpm_mnist.runtime import progress
 from ddpm_mnist.utils import (PathLike, UserError, disk_full_message, is_disk_full, read_json, remove_stale_temporaries,
                               write_json)
 

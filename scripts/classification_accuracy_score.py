@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ddpm_mnist.settings import at_least
 from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
-from ddpm_mnist.progress import BatchCache, SavedMeasurements
+from ddpm_mnist.runtime import BatchCache, SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
 

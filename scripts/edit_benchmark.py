@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from ddpm_mnist.settings import at_least
 from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
-from ddpm_mnist.progress import BatchCache, SavedMeasurements
+from ddpm_mnist.runtime import BatchCache, SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
 METHODS = ('repaint', 'replacement', 'library_repaint', 'repaint_ddim')
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.classifier import as_training_resolution
     from ddpm_mnist.datasets import load_split
-    from ddpm_mnist.device import keep_freed_memory
+    from ddpm_mnist.runtime import keep_freed_memory
     from ddpm_mnist.evaluation.metrics import Evaluator
     from ddpm_mnist.sampling.registry import SamplerSettings
     from ddpm_mnist.evaluation.sweep import cache_key

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from ddpm_mnist.settings import at_least
 from ddpm_mnist.cli.arguments import ArgumentParser, add_setting, add_mnist_args
-from ddpm_mnist.progress import SavedMeasurements
+from ddpm_mnist.runtime import SavedMeasurements
 from ddpm_mnist.utils import atomic_path, file_digest, shown_path, write_json
 
 

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.model.checkpoints import images_seen, load_checkpoint
     from ddpm_mnist.evaluation.curve import CurveSettings, score_milestone
     from ddpm_mnist.evaluation.intervals import interval_cell
-    from ddpm_mnist.device import pick_device
+    from ddpm_mnist.runtime import pick_device
     from ddpm_mnist.evaluation.reference import digits_evaluator
     from ddpm_mnist.model.network import build_diffusion
     from ddpm_mnist.training.run_folder import milestone_path, milestones, read_config

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ddpm_mnist.utils import file_digest, read_json
     from ddpm_mnist.evaluation.curve import CurveSettings, score_run, with_earlier_segments, write_curve
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
-    from ddpm_mnist.device import keep_freed_memory, pick_device
+    from ddpm_mnist.runtime import keep_freed_memory, pick_device
     from ddpm_mnist.sampling.loop import default_precision
     from ddpm_mnist.training.run_folder import read_config
     device = pick_device('auto')

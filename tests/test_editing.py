@@ -269,7 +269,7 @@ def test_inpainting_resumes_batch_by_batch_from_its_cache(trained_run, tmp_path,
     Unet call for a cached batch, and only the missing batch is computed."""
     import ddpm_mnist.sampling.editing as editing
     from ddpm_mnist.api import load_model as load_api_model
-    from ddpm_mnist.progress import BatchCache
+    from ddpm_mnist.runtime import BatchCache
     model = load_api_model(trained_run / 'model-2.pt', device='cpu', precision='fp32')
     digits, mask = torch.rand(6, 1, 32, 32), named_mask('bottom', 32)
     settings = dict(steps=3, eta=0.0, resamples=2, jump_length=2, seed=0, batch_size=3)

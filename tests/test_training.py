@@ -8,7 +8,7 @@ import train_ddpm_mnist
 from conftest import assert_one_line_error, run_main, train_argv
 from ddpm_mnist.model.checkpoints import load_checkpoint
 from ddpm_mnist.training.run_folder import milestones
-from ddpm_mnist.device import cpu_has_bf16
+from ddpm_mnist.runtime import cpu_has_bf16
 from ddpm_mnist.training.trainer import MnistTrainer
 from ddpm_mnist.training.command import build_config, mixed_precision
 

@@ -20,7 +20,7 @@ class ArgumentParser(argparse.ArgumentParser):
                           help='no progress bars (results, warnings and errors still print)')
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        from ddpm_mnist.progress import set_quiet
+        from ddpm_mnist.runtime import set_quiet
         set_quiet(False)  # each command line decides afresh (a sub-command's parser runs inside its parent's)
         parsed, rest = super().parse_known_args(args, namespace)
         if parsed.__dict__.pop('quiet', False):

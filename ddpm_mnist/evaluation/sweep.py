@@ -12,14 +12,13 @@ import numpy as np
 import torch
 
 from ddpm_mnist.model.conditional import Guidance
-from ddpm_mnist.device import machine_name
+from ddpm_mnist.runtime import machine_name, progress
 from ddpm_mnist.evaluation.intervals import differs, paired_fid_difference
 from ddpm_mnist.evaluation.sweep_tables import FLOOR, write_outputs
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
 from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings, default, exists
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
 from ddpm_mnist.sampling.images import save_grid
-from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import Diffusion, PathLike, UserError, atomic_path, file_digest, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM

@@ -15,7 +15,7 @@ from ddpm_mnist.model.conditional import GuidedUnet
 from ddpm_mnist.sampling.registry import SamplerSettings, exists
 from ddpm_mnist.sampling.samplers import build_sampler, ddim_step, ddim_times, full_times, step_noise
 from ddpm_mnist.sampling.loop import batch_generator, check_batch, initial_noise
-from ddpm_mnist.progress import BatchCache, progress
+from ddpm_mnist.runtime import BatchCache, progress
 from ddpm_mnist.utils import Diffusion, UserError
 
 Inversion = namedtuple('Inversion', 'x_T reconstruction mse psnr')

@@ -15,10 +15,9 @@ import torch
 
 from ddpm_mnist.model.network import use_fast_attention
 from ddpm_mnist.model.conditional import UNGUIDED, Guidance, GuidedUnet, balanced_labels
-from ddpm_mnist.device import cpu_has_bf16, synchronize
+from ddpm_mnist.runtime import cpu_has_bf16, progress, synchronize
 from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.sampling.samplers import build_sampler
-from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import Diffusion, UserError
 
 

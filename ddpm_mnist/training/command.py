@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 
 from ddpm_mnist.model.checkpoints import check_resumable, read_parent
 from ddpm_mnist.data import check_training_folder, fit_to_dataset, folder_info
-from ddpm_mnist.device import cpu_has_bf16, pick_device
+from ddpm_mnist.runtime import cpu_has_bf16, pick_device
 from ddpm_mnist.model.network import build_diffusion, versions
 from ddpm_mnist.training.run_folder import check_against_folder, prepare_folder, read_config, resolve_resume
 from ddpm_mnist.settings import ORIGINAL, PRESETS, check_relations

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from ddpm_mnist.model.network import use_fast_attention
 from ddpm_mnist.model.conditional import LabelledBatch
-from ddpm_mnist.progress import progress
+from ddpm_mnist.runtime import progress
 from ddpm_mnist.utils import Diffusion, UserError
 
 # The step as the Trainer ran it before any lever (benchmarks/bench_training.py's 'baseline' row).

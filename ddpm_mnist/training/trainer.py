@@ -19,12 +19,11 @@ from ddpm_mnist.model.checkpoints import Parent, images_seen, load_checkpoint, s
 from ddpm_mnist.model.conditional import LabelledBatch, is_conditional
 from ddpm_mnist.model.network import grow_attention
 from ddpm_mnist.data import labels_of
-from ddpm_mnist.device import keep_freed_memory, machine_name
+from ddpm_mnist.runtime import keep_freed_memory, machine_name, progress
 from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate,
                                       make_adam, training_step)
 from ddpm_mnist.training.run_folder import milestone_path, read_loss_log, write_loss_log
 from ddpm_mnist.sampling.images import save_grid
-from ddpm_mnist.progress import progress
 from ddpm_mnist.utils import Config, Diffusion, DiskFull, PathLike, UserError
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
