@@ -25,7 +25,8 @@ OBJECTIVES = ('pred_v', 'pred_noise', 'pred_x0')
 SCHEDULES = ('cosine', 'linear', 'sigmoid')
 
 # Settings that fix what a checkpoint's weights mean; everything else may change between runs.
-MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention', 'num_classes')  # num_classes: None unconditional
+MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention', 'num_classes',  # num_classes: None unconditional
+              'self_condition')
 ATTENTION_LAYOUTS = ('library', 'lowest')
 DIFFUSION_KEYS = ('image_size', 'timesteps', 'beta_schedule', 'objective')
 
@@ -70,7 +71,7 @@ MODEL_FLAGS = {
     'unet_dim': ('model', 'dim'), 'dim_mults': ('model', 'dim_mults'), 'channels': ('model', 'channels'),
     'image_size': ('diffusion', 'image_size'), 'train_timesteps': ('diffusion', 'timesteps'),
     'beta_schedule': ('diffusion', 'beta_schedule'), 'objective': ('diffusion', 'objective'),
-    'attention': ('model', 'attention'),
+    'attention': ('model', 'attention'), 'self_condition': ('model', 'self_condition'),
 }
 FLAG_OF = {key: flag for flag, (_, key) in MODEL_FLAGS.items()}
 
@@ -142,6 +143,13 @@ def comma_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(',')]
 
 
+def on_off(text: str) -> bool:
+    """'on' -> True, 'off' -> False (an argparse type)."""
+    if text not in ('on', 'off'):
+        raise ValueError(text)
+    return text == 'on'
+
+
 def comma_floats(text: str) -> list[float]:
     """'0,0.5,1' -> [0.0, 0.5, 1.0] (an argparse type)."""
     return [float(x) for x in text.split(',')]
@@ -170,6 +178,10 @@ SETTINGS: dict[str, Setting] = {
     'attention': setting_in(ATTENTION_LAYOUTS, "where the Unet attends: library (linear attention at every level, "
                             "full attention at the lowest; the original) or lowest (only the lowest level's full "
                             "attention and the middle block's)"),
+    'self_condition': Setting('on: the Unet also takes its own previous x0 estimate (self-conditioning, Chen et al. '
+                              '2023, "Analog Bits", section 3.2; the library\'s self_condition); off: not (the '
+                              'original); --init_from an "off" model grows the input layer', on_off,
+                              Rule(lambda v: isinstance(v, bool), 'on or off')),
     'objective': setting_in(OBJECTIVES, 'what the Unet predicts (original: pred_v, the library default it trained '
                                         'with)'),
     # training (TRAINING_FLAGS: one-to-one onto config['training'])

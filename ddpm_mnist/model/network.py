@@ -14,7 +14,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (Attention, 
 from torch import nn
 
 from ddpm_mnist.model.conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
-from ddpm_mnist.utils import Config
+from ddpm_mnist.utils import Config, UserError
 from ddpm_mnist.settings import DIFFUSION_KEYS, MODEL_KEYS
 
 SCHEDULE_FUNCTIONS = {'cosine': cosine_beta_schedule, 'linear': linear_beta_schedule,
@@ -43,8 +43,8 @@ class LowestAttentionUnet(Unet):
 UNET_CLASSES = {'library': Unet, 'lowest': LowestAttentionUnet}
 
 
-# --init_from may add attention: a 'lowest' parent's weights load into a 'library' Unet (grow_attention)
-GROWABLE = {'attention': ('lowest', 'library')}  # setting: (the parent's, the run's)
+# --init_from may add attention (a 'lowest' parent's weights load into a 'library' Unet) or self-conditioning: grow()
+GROWABLE = {'attention': ('lowest', 'library'), 'self_condition': (False, True)}  # setting: (the parent's, the run's)
 # The output gain a grown attention layer starts with (the library's: 1). At 0 the grown Unet would be exactly its
 # parent, but the layer's other weights get no gradient while the gain is 0 and the layer stays unused (a
 # 5,600-step fine-tune moved such gains to 0.002 at most); at 0.1 it starts as a small perturbation of the parent.
@@ -66,6 +66,28 @@ def grow_attention(unet: nn.Module, state: dict[str, torch.Tensor]) -> list[str]
     return added
 
 
+def grow_self_condition(unet: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A parent's state dict for the same Unet with self-conditioning: the library concatenates (x0 estimate, x_t)
+    along the channels, so the input convolution gets the estimate's input weights in front, at zero: the grown Unet
+    is exactly its parent until training moves them (their gradient is not zero, unlike a zero attention gain's)."""
+    weight = state['init_conv.weight']
+    wanted = unet.init_conv.weight.shape[1]
+    if weight.shape[1] * 2 != wanted:
+        raise ValueError(f'init_conv takes {weight.shape[1]} channels, this Unet {wanted}')
+    return {**state, 'init_conv.weight': torch.cat([torch.zeros_like(weight), weight], dim=1)}
+
+
+def grow(unet: nn.Module, state: dict[str, torch.Tensor], grown: list[str]) -> None:
+    """Load a parent's weights into a Unet that adds what `grown` names (read_parent's record: 'attention: ...',
+    'self_condition: ...'), or strictly when it adds nothing."""
+    if any(item.startswith('self_condition') for item in grown):
+        state = grow_self_condition(unet, state)
+    if any(item.startswith('attention') for item in grown):
+        grow_attention(unet, state)
+    else:
+        unet.load_state_dict(state)
+
+
 def attention_of(model_cfg: dict[str, Any]) -> str:
     """The attention layout of a model section: 'library' (every level) or 'lowest'."""
     return model_cfg.get('attention', 'library')  # configs written before the lever existed: the library's layout
@@ -75,9 +97,13 @@ def build_unet(model_cfg: dict[str, Any]) -> nn.Module:
     """The Unet a config's model section describes: the library's, its lowest-attention subclass or a conditional
     one."""
     if is_conditional(model_cfg):
+        if model_cfg.get('self_condition'):
+            raise UserError('--self_condition on is for unconditional models: the library\'s class-conditional Unet '
+                            'has no self-conditioning input')
         return build_conditional_unet(model_cfg)
     unet_class = UNET_CLASSES[attention_of(model_cfg)]
-    return unet_class(dim=model_cfg['dim'], dim_mults=tuple(model_cfg['dim_mults']), channels=model_cfg['channels'])
+    return unet_class(dim=model_cfg['dim'], dim_mults=tuple(model_cfg['dim_mults']), channels=model_cfg['channels'],
+                      self_condition=bool(model_cfg.get('self_condition')))
 
 
 def diffusion_settings(config: Config, sampling_timesteps: int | None = None) -> dict[str, Any]:
@@ -170,7 +196,8 @@ def sampling_view(labelled: LabelledDiffusion) -> GaussianDiffusion:
 def arch_of(config: Config) -> dict[str, Any]:
     """The settings that must agree for weights to be reused, as one flat dict."""
     model = {**config['model'], 'attention': attention_of(config['model']),
-             'num_classes': config['model'].get('num_classes')}
+             'num_classes': config['model'].get('num_classes'),
+             'self_condition': bool(config['model'].get('self_condition'))}
     return {**{k: model[k] for k in MODEL_KEYS}, **{k: config['diffusion'][k] for k in DIFFUSION_KEYS}}
 
 

@@ -51,6 +51,8 @@ class Bf16Unet(torch.nn.Module):
         self.self_condition = getattr(unet, 'self_condition', False)  # the library's conditional Unet has none
 
     def forward(self, x: torch.Tensor, time: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # the third argument: a self-conditioned Unet's x0 estimate (to bf16, as x) or a conditional one's labels
+        args = tuple(a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
         return self.unet(x.to(torch.bfloat16), time, *args, **kwargs).float()
 
 
@@ -119,10 +121,13 @@ def denoise(diffusion: Diffusion, sampler: Any, x_T: torch.Tensor, generator: to
     """One sampler loop from x_T to x_0 in [-1, 1] units: the library's model prediction at each timestep
     (on_step() after each: the progress bar)."""
     img = x_T.to(diffusion.device).contiguous(memory_format=torch.channels_last) * sampler.init_noise_sigma
+    x0 = None  # a self-conditioned Unet sees its previous x0 estimate (zeros at the first step), as the library's loops
     for t in sampler.timesteps:
         times = torch.full((img.shape[0],), t, device=img.device, dtype=torch.long)
-        prediction = diffusion.model_predictions(sampler.scale_model_input(img, t), times, clip_x_start=clip_x0,
+        prediction = diffusion.model_predictions(sampler.scale_model_input(img, t), times,
+                                                 x0 if diffusion.self_condition else None, clip_x_start=clip_x0,
                                                  rederive_pred_noise=clip_x0)
+        x0 = prediction.pred_x_start
         img = sampler.step(prediction, t, img, generator)
         if on_step is not None:
             on_step()

@@ -50,6 +50,7 @@ class Bf16ComputeUnet(Unet):
         handle = self.time_mlp.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
         self.inside_bf16_call = True
         try:
+            x_self_cond = None if x_self_cond is None else x_self_cond.to(torch.bfloat16)
             out = functional_call(self, weights, (x.to(torch.bfloat16), time, x_self_cond))
         finally:
             self.inside_bf16_call = False

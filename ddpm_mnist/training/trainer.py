@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ddpm_mnist.model.checkpoints import Parent, images_seen, load_checkpoint, save_checkpoint, segments_of
 from ddpm_mnist.model.conditional import LabelledBatch, is_conditional
-from ddpm_mnist.model.network import grow_attention
+from ddpm_mnist.model.network import grow
 from ddpm_mnist.data import labels_of
 from ddpm_mnist.runtime import keep_freed_memory, machine_name, progress
 from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, apply_levers, decode_all, learning_rate,
@@ -118,11 +118,8 @@ class MnistTrainer(Trainer):
         counting from the parent's steps, so its decay does not warm up again from 0."""
         online, ema = self.accelerator.unwrap_model(self.model).model, self.ema.ema_model.model
         try:
-            if parent.record.get('grown'):  # attention added to the parent's layout: new layers start at zero
-                grow_attention(online, parent.online), grow_attention(ema, parent.ema)
-            else:
-                online.load_state_dict(parent.online)
-                ema.load_state_dict(parent.ema)
+            grown = parent.record.get('grown', [])  # attention or self-conditioning added to the parent's Unet
+            grow(online, parent.online, grown), grow(ema, parent.ema, grown)
         except (RuntimeError, ValueError) as err:  # tensors of other shapes than the config describes
             first = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise UserError(f'--init_from {parent.record["file"]}: its weights do not fit this run\'s model '
