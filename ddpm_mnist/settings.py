@@ -216,6 +216,10 @@ SETTINGS: dict[str, Setting] = {
     'input_perturbation': Setting('train on inputs noised with eps + gamma * xi while the target keeps eps '
                                   '(DDPM-IP, Ning et al. 2023: the network learns to correct the drift a sampler\'s '
                                   'own errors cause); the paper uses 0.1 (default: off)', float, POSITIVE_NUMBER),
+    'stable_targets': Setting('regress on the posterior mean of x0 over this many other training images and the '
+                              'true one instead of the true x0 alone (Stable Target Field, Xu et al. 2023; the paper '
+                              'uses up to 4096): lower-variance targets at high noise; unconditional pred_v models '
+                              '(default: off)', int, at_least(1)),
     'cond_drop_prob': Setting('share of training images whose label is replaced by the null label, so one model also '
                               'learns the unconditional score guidance needs (default: 0.1 with --conditional)',
                               float, fraction(closed_top=False)),

@@ -1,5 +1,6 @@
 """The recipe levers of the training study: attention layout, native 28 px, learning-rate schedule, min-SNR,
 the time limit, continuing from weights (--init_from) and the images-seen count."""
+import copy
 import json
 import math
 
@@ -12,9 +13,12 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import LinearAttent
 import inference_comparison
 import train_ddpm_mnist
 from conftest import assert_one_line_error, load_script, run_main, train_argv
-from ddpm_mnist.model.network import LowestAttentionUnet, build_unet
+from ddpm_mnist.model.network import LowestAttentionUnet, build_diffusion, build_unet
+from ddpm_mnist.settings import PRESETS
 from ddpm_mnist.model.checkpoints import export_ema, images_seen, load_checkpoint, load_model
 from ddpm_mnist.model.config import infer_unet_arch
+from ddpm_mnist.sampling.loop import sample
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.training.run_folder import milestones
 from ddpm_mnist.training.trainer import MnistTrainer
 from ddpm_mnist.utils import file_digest
@@ -205,6 +209,71 @@ def test_init_from_grows_attention_close_to_the_parent(tmp_path, image_folder, c
     extra = ['--attention', 'lowest', '--init_from', str(child_run / 'model-1.pt')]
     code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, tmp_path / 'shrunk', extra=extra), capsys)
     assert_one_line_error(code, err, 'another model than this run', 'attention: library vs lowest')
+
+
+def test_self_conditioning_grows_exactly_from_its_parent_and_samples_with_its_estimate(tmp_path, image_folder,
+                                                                                      capsys):
+    """--self_condition on continues an 'off' parent with the estimate's input weights at zero (exactly the parent's
+    function at the first step); the sampling loop hands every step the previous x0 estimate (None at the first);
+    the other way round, and self-conditioning on a conditional model, are refused in one line."""
+    parent_run, child_run = tmp_path / 'plain', tmp_path / 'selfcond'
+    assert run_main(train_ddpm_mnist.main, train_argv(image_folder, parent_run, steps=2), capsys)[0] == 0
+    extra = ['--self_condition', 'on', '--init_from', str(parent_run / 'model-1.pt'), '--train_lr', '1e-12']
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, child_run, steps=2, extra=extra), capsys)
+    assert code == 0, err
+    ckpt = load_checkpoint(child_run / 'model-1.pt')
+    assert ckpt['config']['init_from']['grown'] == ['self_condition: False vs True']
+    parent, _, _ = load_model(parent_run / 'model-1.pt', use_ema=False)
+    child, _, _ = load_model(child_run / 'model-1.pt', use_ema=False)
+    assert child.self_condition and not parent.self_condition
+    assert infer_unet_arch(child.model.state_dict())['self_condition'] is True
+    x, t = torch.randn(3, 1, 32, 32), torch.tensor([0, 500, 999])
+    with torch.inference_mode():
+        assert torch.allclose(child.model(x, t, torch.randn_like(x)), parent.model(x, t), atol=1e-5)
+    seen = []
+    forward = child.model.forward
+    child.model.forward = lambda x, t, x_self_cond=None: seen.append(x_self_cond) or forward(x, t, x_self_cond)
+    sample(child, SamplerSettings.resolve('ddim', 2, 0.0, total_timesteps=child.num_timesteps), num_samples=2,
+           batch_size=2)
+    assert seen[0] is None and seen[1] is not None and seen[1].shape == (2, 1, 32, 32)
+    extra = ['--self_condition', 'off', '--init_from', str(child_run / 'model-1.pt')]
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, tmp_path / 'shrunk', extra=extra), capsys)
+    assert_one_line_error(code, err, 'another model than this run', 'self_condition: True vs False')
+    extra = ['--self_condition', 'maybe']
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, tmp_path / 'x', extra=extra), capsys)
+    assert code == 2 and 'self_condition' in err
+
+
+def test_stable_targets_regress_on_the_posterior_mean_of_x0(tmp_path, image_folder, capsys):
+    """--stable_targets N: at low noise the target is the usual one (the true x0 dominates), at the highest noise the
+    mean of the reference batch; a run trains and records it; it is refused where its target is not the library's v."""
+    config = copy.deepcopy(PRESETS['shipped'])
+    config['diffusion']['stable_targets'] = 255
+    diffusion = build_diffusion(config, training=True)
+    images = torch.randint(0, 256, (1000, 1, 28, 28), dtype=torch.uint8)
+    diffusion.reference_images = images
+    x0 = diffusion.normalize(images[:4].float() / 255)
+    t = torch.tensor([0, 20, 999, 999])
+    noise = torch.randn_like(x0)
+    torch.manual_seed(0)
+    mean = diffusion.posterior_mean(diffusion.q_sample(x0, t, noise), t, x0)
+    assert torch.allclose(mean[:2], x0[:2], atol=1e-4)  # low noise: the true x0
+    torch.manual_seed(0)
+    drawn = diffusion.normalize(images[torch.randint(1000, (255,))].float() / 255)
+    reference_mean = torch.cat([x0, drawn]).mean(0)
+    assert torch.allclose(mean[2], reference_mean, atol=0.05) and torch.allclose(mean[3], reference_mean, atol=0.05)
+    with torch.no_grad():  # the loss's v target is the one of (x0_hat, the noise x_t implies), not the true x0's
+        loss = diffusion.p_losses(x0, t, noise=noise)
+    assert torch.isfinite(loss)
+    results = tmp_path / 'stf'
+    code, _, err = run_main(train_ddpm_mnist.main, train_argv(image_folder, results, steps=2,
+                                                              extra=['--stable_targets', '16']), capsys)
+    assert code == 0, err
+    assert load_checkpoint(results / 'model-1.pt')['config']['diffusion']['stable_targets'] == 16
+    for extra, named in ((['--objective', 'pred_noise'], 'pred_v'), (['--conditional'], 'unconditional'),
+                         (['--input_perturbation', '0.1'], 'input_perturbation')):
+        argv = train_argv(image_folder, tmp_path / 'refused', extra=['--stable_targets', '16', *extra])
+        assert_one_line_error(*run_main(train_ddpm_mnist.main, argv, capsys)[::2], '--stable_targets', named)
 
 
 def test_init_from_other_model_is_refused(tmp_path, trained_run, image_folder, capsys):

@@ -14,6 +14,7 @@ from denoising_diffusion_pytorch.denoising_diffusion_pytorch import (Attention, 
 from torch import nn
 
 from ddpm_mnist.model.conditional import GuidedUnet, LabelledDiffusion, build_conditional_unet, is_conditional
+from ddpm_mnist.model.losses import set_loss_weight, training_diffusion
 from ddpm_mnist.utils import Config, UserError
 from ddpm_mnist.settings import DIFFUSION_KEYS, MODEL_KEYS
 
@@ -115,75 +116,25 @@ def diffusion_settings(config: Config, sampling_timesteps: int | None = None) ->
                 min_snr_gamma=gamma if gamma is not None else 5)
 
 
-def set_loss_weight(diffusion: nn.Module, diffusion_cfg: dict[str, Any]) -> None:
-    """The per-timestep loss weight, written as the weight w on the x0 error that the library's buffer implies for
-    each objective (|v - v'|^2 = (snr + 1) |x0 - x0'|^2, |eps - eps'|^2 = snr |x0 - x0'|^2). The library's w is
-    min(snr, gamma) (min-SNR, Hang et al. 2023) or snr: it vanishes as snr -> 0, so the high-noise predictions that
-    steer the deterministic sampler are barely trained. snr_floor f raises it to max(w, f): Salimans & Ho (2022,
-    section 4) "truncated SNR" weighting is f = 1."""
-    floor = diffusion_cfg.get('snr_floor')
-    if floor is None or not hasattr(diffusion, 'loss_weight'):
-        return
-    alphas_cumprod = diffusion.alphas_cumprod.double()
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    gamma = diffusion_cfg.get('min_snr_gamma')
-    x0_weight = (snr if gamma is None else snr.clamp(max=gamma)).clamp(min=floor)
-    per_objective = {'pred_noise': x0_weight / snr, 'pred_x0': x0_weight, 'pred_v': x0_weight / (snr + 1)}
-    diffusion.loss_weight.copy_(per_objective[diffusion.objective].float())
-
-
-class InputPerturbation:
-    """DDPM-IP (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models", Eq. 8): the
-    network is trained on y_t = sqrt(a_t) x0 + sqrt(1 - a_t) (eps + gamma xi), xi ~ N(0, I), against the target of
-    the unperturbed eps, so it learns to correct inputs that drifted off q(x_t) -- what a sampler's own earlier
-    errors produce, and what the deterministic sampler, unlike the stochastic one, never washes out. Only the
-    training loss changes (the perturbation lives inside p_losses); sampling and q_sample elsewhere are as before."""
-
-    input_perturbation = 0.0
-    perturbing = False
-
-    def p_losses(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self.perturbing = True
-        try:
-            return super().p_losses(*args, **kwargs)
-        finally:
-            self.perturbing = False
-
-    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        if self.perturbing:  # the library's p_losses always passes the noise its target is computed from
-            noise = noise + self.input_perturbation * torch.randn_like(noise)
-        return super().q_sample(x_start, t, noise)
-
-
-class PerturbedDiffusion(InputPerturbation, GaussianDiffusion):
-    """GaussianDiffusion trained with input perturbation (same state dict)."""
-
-
-class PerturbedLabelledDiffusion(InputPerturbation, LabelledDiffusion):
-    """LabelledDiffusion trained with input perturbation (same state dict)."""
-
-
 def build_diffusion(config: Config, unet: nn.Module | None = None, sampling_timesteps: int | None = None, *,
                     training: bool = False) -> GaussianDiffusion:
     """The library's GaussianDiffusion. A conditional model trains as the library's conditional diffusion
-    (LabelledDiffusion) and samples through GuidedUnet inside the unconditional one, so every sampler works on it."""
+    (LabelledDiffusion) and samples through GuidedUnet inside the unconditional one, so every sampler works on it.
+    Training adds the loss levers its config names (model.losses)."""
     unet = unet or build_unet(config['model'])
-    gamma = config['diffusion'].get('input_perturbation') if training else None
     if is_conditional(config['model']):
         if training:
-            labelled = (PerturbedLabelledDiffusion if gamma else LabelledDiffusion)(
-                unet, **diffusion_settings(config, sampling_timesteps))
-            if gamma:
-                labelled.input_perturbation = gamma
+            labelled = training_diffusion(LabelledDiffusion, config['diffusion'], unet,
+                                          **diffusion_settings(config, sampling_timesteps))
             labelled.settings = diffusion_settings(config)
-            set_loss_weight(labelled, config['diffusion'])
             return labelled
         unet = GuidedUnet(unet)
-    library_class = PerturbedDiffusion if gamma else GaussianDiffusion
-    diffusion = library_class(unet, **diffusion_settings(config, sampling_timesteps))
-    if gamma:
-        diffusion.input_perturbation = gamma
-    set_loss_weight(diffusion, config['diffusion'])
+    if training:
+        diffusion = training_diffusion(GaussianDiffusion, config['diffusion'], unet,
+                                       **diffusion_settings(config, sampling_timesteps))
+    else:
+        diffusion = GaussianDiffusion(unet, **diffusion_settings(config, sampling_timesteps))
+        set_loss_weight(diffusion, config['diffusion'])
     diffusion.student = config.get('student')  # a distilled student: how the consistency sampler reads it
     return diffusion
 

@@ -56,7 +56,7 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
                  training: dict[str, Any] | None = None, amp: bool | None = None, calculate_fid: bool = False,
                  seed: int | None = None, fast_path: bool = True) -> Config:
     """The run's config: the preset, with the model, diffusion and training settings given explicitly on top (the
-    diffusion section includes min_snr_gamma, snr_floor and input_perturbation: they change training, not what the
+    diffusion section includes min_snr_gamma, snr_floor, input_perturbation and stable_targets: they change training, not what the
     weights mean)."""
     config = copy.deepcopy(PRESETS[preset])
     config['model'].update(model or {})
@@ -67,6 +67,11 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
         t['amp'] = amp
     t.update(preset=preset, calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
     check_training_settings(t)
+    d = config['diffusion']
+    if d.get('stable_targets') and (d['objective'] != 'pred_v' or config['model'].get('num_classes')
+                                    or d.get('input_perturbation')):
+        raise UserError('--stable_targets works with an unconditional pred_v model without --input_perturbation '
+                        '(the target it stabilises is the library\'s v); drop it or the other setting')
     check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
                     timesteps=config['diffusion']['timesteps'], sampling_timesteps=t['sampling_timesteps'])
     config['versions'] = versions()

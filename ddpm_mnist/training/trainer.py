@@ -97,6 +97,8 @@ class MnistTrainer(Trainer):
                                        update_every=10, checkpoint_every_num_steps=post_hoc_ema_every,
                                        checkpoint_folder=str(post_hoc_folder(self.results_folder)))
         images = decode_all(self.ds)  # every image read once: an unreadable file stops us here, named
+        if getattr(self.accelerator.unwrap_model(self.model), 'reference_size', 0):  # --stable_targets draws from them
+            self.accelerator.unwrap_model(self.model).reference_images = images
         self.labels = None
         if is_conditional(config['model']):
             self.labels = torch.from_numpy(labels_of(folder, self.ds.paths)).long()
