@@ -25,8 +25,7 @@ OBJECTIVES = ('pred_v', 'pred_noise', 'pred_x0')
 SCHEDULES = ('cosine', 'linear', 'sigmoid')
 
 # Settings that fix what a checkpoint's weights mean; everything else may change between runs.
-MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention', 'num_classes',  # num_classes: None unconditional
-              'self_condition')
+MODEL_KEYS = ('dim', 'dim_mults', 'channels', 'attention', 'num_classes', 'self_condition')  # num_classes None: uncond.
 ATTENTION_LAYOUTS = ('library', 'lowest')
 DIFFUSION_KEYS = ('image_size', 'timesteps', 'beta_schedule', 'objective')
 
@@ -144,10 +143,8 @@ def comma_ints(text: str) -> list[int]:
 
 
 def on_off(text: str) -> bool:
-    """'on' -> True, 'off' -> False (an argparse type)."""
-    if text not in ('on', 'off'):
-        raise ValueError(text)
-    return text == 'on'
+    """'on' -> True, 'off' -> False (an argparse type: anything else is its ValueError)."""
+    return ('off', 'on').index(text) == 1
 
 
 def comma_floats(text: str) -> list[float]:
@@ -178,9 +175,8 @@ SETTINGS: dict[str, Setting] = {
     'attention': setting_in(ATTENTION_LAYOUTS, "where the Unet attends: library (linear attention at every level, "
                             "full attention at the lowest; the original) or lowest (only the lowest level's full "
                             "attention and the middle block's)"),
-    'self_condition': Setting('on: the Unet also takes its own previous x0 estimate (self-conditioning, Chen et al. '
-                              '2023, "Analog Bits", section 3.2; the library\'s self_condition); off: not (the '
-                              'original); --init_from an "off" model grows the input layer', on_off,
+    'self_condition': Setting('on: the Unet also sees its previous x0 estimate (self-conditioning, Chen et al. 2023, '
+                              '"Analog Bits"); --init_from an "off" model grows its input layer (default: off)', on_off,
                               Rule(lambda v: isinstance(v, bool), 'on or off')),
     'objective': setting_in(OBJECTIVES, 'what the Unet predicts (original: pred_v, the library default it trained '
                                         'with)'),
@@ -216,10 +212,9 @@ SETTINGS: dict[str, Setting] = {
     'input_perturbation': Setting('train on inputs noised with eps + gamma * xi while the target keeps eps '
                                   '(DDPM-IP, Ning et al. 2023: the network learns to correct the drift a sampler\'s '
                                   'own errors cause); the paper uses 0.1 (default: off)', float, POSITIVE_NUMBER),
-    'stable_targets': Setting('regress on the posterior mean of x0 over this many other training images and the '
-                              'true one instead of the true x0 alone (Stable Target Field, Xu et al. 2023; the paper '
-                              'uses up to 4096): lower-variance targets at high noise; unconditional pred_v models '
-                              '(default: off)', int, at_least(1)),
+    'stable_targets': Setting('regress on the posterior mean of x0 over this many training images and the true one '
+                              '(Stable Target Field, Xu et al. 2023; unconditional pred_v models) (default: off)', int,
+                              at_least(1)),
     'cond_drop_prob': Setting('share of training images whose label is replaced by the null label, so one model also '
                               'learns the unconditional score guidance needs (default: 0.1 with --conditional)',
                               float, fraction(closed_top=False)),

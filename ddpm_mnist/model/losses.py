@@ -8,6 +8,8 @@ import torch
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import extract
 from torch import nn
 
+from ddpm_mnist.utils import UserError
+
 
 def set_loss_weight(diffusion: nn.Module, diffusion_cfg: dict[str, Any]) -> None:
     """The per-timestep loss weight, written as the weight w on the x0 error that the library's buffer implies for
@@ -102,6 +104,15 @@ class StableTargets:
             logits = (2 * a * (x_t.float().flatten(1) @ ref.T) - a ** 2 * (ref * ref).sum(1)) / (2 * variance)
             x0 = logits.softmax(dim=1) @ ref
         return x0.view(x_start.shape).to(x_start.dtype)
+
+
+def check_loss_levers(config: dict[str, Any]) -> None:
+    """The loss levers a config combines must fit together (a one-line error otherwise)."""
+    d = config['diffusion']
+    if d.get('stable_targets') and (d['objective'] != 'pred_v' or config['model'].get('num_classes')
+                                    or d.get('input_perturbation')):
+        raise UserError('--stable_targets works with an unconditional pred_v model without --input_perturbation '
+                        '(the target it stabilises is the library\'s v); drop it or the other setting')
 
 
 def training_diffusion(base: type, diffusion_cfg: dict[str, Any], unet: nn.Module, **settings: Any) -> nn.Module:

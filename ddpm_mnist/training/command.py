@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from ddpm_mnist.model.checkpoints import check_resumable, read_parent
 from ddpm_mnist.data import check_training_folder, fit_to_dataset, folder_info
 from ddpm_mnist.runtime import cpu_has_bf16, pick_device
+from ddpm_mnist.model.losses import check_loss_levers
 from ddpm_mnist.model.network import build_diffusion, versions
 from ddpm_mnist.training.run_folder import check_against_folder, prepare_folder, read_config, resolve_resume
 from ddpm_mnist.settings import ORIGINAL, PRESETS, check_relations
@@ -56,8 +57,7 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
                  training: dict[str, Any] | None = None, amp: bool | None = None, calculate_fid: bool = False,
                  seed: int | None = None, fast_path: bool = True) -> Config:
     """The run's config: the preset, with the model, diffusion and training settings given explicitly on top (the
-    diffusion section includes min_snr_gamma, snr_floor, input_perturbation and stable_targets: they change training, not what the
-    weights mean)."""
+    diffusion section includes the loss levers, model.losses: they change training, not what the weights mean)."""
     config = copy.deepcopy(PRESETS[preset])
     config['model'].update(model or {})
     config['diffusion'].update(diffusion or {})
@@ -67,11 +67,7 @@ def build_config(*, preset: str = 'seed', model: dict[str, Any] | None = None, d
         t['amp'] = amp
     t.update(preset=preset, calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
     check_training_settings(t)
-    d = config['diffusion']
-    if d.get('stable_targets') and (d['objective'] != 'pred_v' or config['model'].get('num_classes')
-                                    or d.get('input_perturbation')):
-        raise UserError('--stable_targets works with an unconditional pred_v model without --input_perturbation '
-                        '(the target it stabilises is the library\'s v); drop it or the other setting')
+    check_loss_levers(config)
     check_relations(image_size=config['diffusion']['image_size'], dim_mults=config['model']['dim_mults'],
                     timesteps=config['diffusion']['timesteps'], sampling_timesteps=t['sampling_timesteps'])
     config['versions'] = versions()
