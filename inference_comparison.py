@@ -14,8 +14,9 @@ Without --milestone or --checkpoint the shipped pretrained model is used.
 import argparse
 from typing import Sequence
 
-from ddpm_mnist.cli.arguments import ArgumentParser, add_data_root_arg, add_model_args, add_raw_dir_arg, add_setting
-from ddpm_mnist.settings import SETTINGS, parse_digits
+from ddpm_mnist.cli.arguments import (ArgumentParser, add_data_root_arg, add_model_args, add_raw_dir_arg, add_setting,
+                                      parse_digits)
+from ddpm_mnist.settings import SETTINGS
 from ddpm_mnist.utils import run_cli
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

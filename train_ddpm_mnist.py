@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from ddpm_mnist.cli.arguments import ArgumentParser, add_model_args, add_setting
-from ddpm_mnist.settings import PRESETS, SQUARE, TRAINING_FLAGS, model_overrides
+from ddpm_mnist.settings import LOSS_LEVERS, PRESETS, SQUARE, TRAINING_FLAGS, model_overrides
 from ddpm_mnist.utils import UserError, run_cli
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,10 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="compute the library's Inception FID at each milestone (downloads Inception weights; "
                         'slow; off by default)')
     add_setting(g, 'max_minutes')
-    add_setting(g, 'min_snr_gamma')
-    add_setting(g, 'snr_floor')
-    add_setting(g, 'input_perturbation')
-    add_setting(g, 'stable_targets')
+    for loss_lever in LOSS_LEVERS:
+        add_setting(g, loss_lever)
     g.add_argument('--conditional', action='store_true',
                    help='train a class-conditional model (the library\'s conditional Unet, trained on labels.csv) for '
                         'classifier-free guidance: inference_comparison.py --digits, --guidance_scale')
@@ -78,7 +76,7 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                                   else args.cond_drop_prob)
     elif args.cond_drop_prob is not None:
         raise UserError('--cond_drop_prob applies to --conditional training only; add --conditional or drop it')
-    for training_only in ('min_snr_gamma', 'snr_floor', 'input_perturbation', 'stable_targets'):  # diffusion settings of the loss
+    for training_only in LOSS_LEVERS:  # diffusion settings of the loss
         if values[training_only] is not None:
             overrides['diffusion'][training_only] = values[training_only]
     return dict(preset=args.preset, model=overrides['model'], diffusion=overrides['diffusion'],

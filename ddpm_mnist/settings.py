@@ -142,9 +142,9 @@ def comma_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(',')]
 
 
-def on_off(text: str) -> bool:
-    """'on' -> True, 'off' -> False (an argparse type: anything else is its ValueError)."""
-    return ('off', 'on').index(text) == 1
+def on_off(text: str) -> bool | str:
+    """'on' -> True, 'off' -> False (an argparse type); anything else stays text, for the rule's one-line error."""
+    return {'on': True, 'off': False}.get(text, text)
 
 
 def comma_floats(text: str) -> list[float]:
@@ -215,6 +215,11 @@ SETTINGS: dict[str, Setting] = {
     'stable_targets': Setting('regress on the posterior mean of x0 over this many training images and the true one '
                               '(Stable Target Field, Xu et al. 2023; unconditional pred_v models) (default: off)', int,
                               at_least(1)),
+    'noise_levels': Setting('P_MEAN,P_STD: train at noise levels with ln sigma ~ N(P_MEAN, P_STD^2) instead of '
+                            'uniform timesteps (EDM, Karras et al. 2022: --noise_levels=-1.2,1.2, with the "=" as the '
+                            'value starts with "-") (default: off)', comma_floats,
+                            Rule(lambda v: len(v) == 2 and all(map(is_number, v)) and v[1] > 0,
+                                 'two numbers, the second > 0 (e.g. -1.2,1.2)')),
     'cond_drop_prob': Setting('share of training images whose label is replaced by the null label, so one model also '
                               'learns the unconditional score guidance needs (default: 0.1 with --conditional)',
                               float, fraction(closed_top=False)),
@@ -257,6 +262,7 @@ SETTINGS: dict[str, Setting] = {
 TRAINING_FLAGS = ('train_batch_size', 'train_lr', 'train_num_steps', 'gradient_accumulate_every', 'ema_decay',
                   'ema_update_every', 'save_and_sample_every', 'num_samples', 'sampling_timesteps', 'results_folder',
                   'lr_warmup_steps', 'post_hoc_ema_every', 'lr_schedule')
+LOSS_LEVERS = ('min_snr_gamma', 'snr_floor', 'input_perturbation', 'stable_targets', 'noise_levels')  # model.losses
 RULES = {name: setting.rule for name, setting in SETTINGS.items() if setting.rule is not None}
 
 
@@ -267,21 +273,10 @@ def check_value(flag: str, value: Any, rule: Rule | None) -> None:
         raise BadValue(f'{flag} {shown} is not allowed: use {rule.allowed}')
 
 
-def parse_digits(text: str) -> list[int]:
-    """--digits '7' or '0,3,9' -> [7] or [0, 3, 9] (distinct digits 0-9); a one-line error for anything else."""
-    try:
-        digits = [int(part) for part in text.split(',')]
-    except ValueError:
-        digits = None
-    if not DIGITS.ok(digits):
-        raise BadValue(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
-    return digits
-
-
 def check_arguments(values: dict[str, Any], rule_of: dict[str, str]) -> None:
     """The API's front end to the same rules: `values` are a function's arguments, `rule_of` names the flag whose
     rule each obeys; the first that breaks it is a BadValue (also a ValueError) naming the argument."""
-    rules = {**RULES, 'digits': DIGITS}  # the CLI parses --digits itself (parse_digits), by the same DIGITS rule
+    rules = {**RULES, 'digits': DIGITS}  # the CLI parses --digits itself (cli.arguments.parse_digits)
     for name, value in values.items():
         rule = rules[rule_of.get(name, name)]
         if value is not None and not rule.ok(value):

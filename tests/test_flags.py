@@ -15,7 +15,8 @@ TRAIN_BAD = [
     ('--seed', str(2 ** 32)), ('--unet_dim', '0'), ('--dim_mults', '1,0'), ('--train_timesteps', '0'),
     ('--channels', '2'), ('--image_size', '7'), ('--max_minutes', '0'), ('--max_minutes', 'nan'),
     ('--lr_warmup_steps', '-1'), ('--lr_schedule', 'linear'), ('--min_snr_gamma', '-5'), ('--snr_floor', '0'),
-    ('--input_perturbation', '-0.1'), ('--cond_drop_prob', '1'),
+    ('--input_perturbation', '-0.1'), ('--cond_drop_prob', '1'), ('--stable_targets', '0'),
+    ('--noise_levels', '1'), ('--noise_levels', '0,-1'), ('--self_condition', 'yes'),
 ]
 INFERENCE_BAD = [
     ('--compare_samplers', 'ddim,heun'), ('--compare_solver_steps', '0'), ('--milestone', '0'),

@@ -276,6 +276,27 @@ def test_stable_targets_regress_on_the_posterior_mean_of_x0(tmp_path, image_fold
         assert_one_line_error(*run_main(train_ddpm_mnist.main, argv, capsys)[::2], '--stable_targets', named)
 
 
+def test_log_normal_noise_levels_draw_the_timesteps_of_edm_sigmas(tmp_path, image_folder, capsys):
+    """--noise_levels P_MEAN,P_STD: training timesteps whose sigma_t = sqrt((1 - a_t) / a_t) is log-normal (EDM), the
+    uniform library draw otherwise; a run records it."""
+    config = copy.deepcopy(PRESETS['shipped'])
+    config['diffusion']['noise_levels'] = [-1.2, 1.2]
+    diffusion = build_diffusion(config, training=True)
+    torch.manual_seed(0)
+    t = diffusion.random_times(20_000)
+    assert t.dtype == torch.long and 0 <= t.min() and t.max() <= 999
+    a = diffusion.alphas_cumprod[t]
+    log_sigma = 0.5 * torch.log((1 - a) / a)
+    assert abs(log_sigma.median().item() + 1.2) < 0.05 and abs(log_sigma.std().item() - 1.2) < 0.1
+    plain = build_diffusion(copy.deepcopy(PRESETS['shipped']), training=True)
+    assert abs(plain.random_times(20_000).float().mean().item() - 499.5) < 10  # the library's uniform draw
+    results = tmp_path / 'lognormal'
+    argv = train_argv(image_folder, results, steps=2, extra=['--noise_levels=-1.2,1.2'])
+    code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
+    assert code == 0, err
+    assert load_checkpoint(results / 'model-1.pt')['config']['diffusion']['noise_levels'] == [-1.2, 1.2]
+
+
 def test_init_from_other_model_is_refused(tmp_path, trained_run, image_folder, capsys):
     results = tmp_path / 'wrong'
     extra = ['--init_from', str(trained_run / 'model-2.pt'), '--unet_dim', '16']

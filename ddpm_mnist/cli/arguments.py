@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ddpm_mnist.settings import MODEL_FLAGS, RULES, SETTINGS, Rule, check_value
+from ddpm_mnist.settings import DIGITS, MODEL_FLAGS, RULES, SETTINGS, Rule, check_value
+from ddpm_mnist.utils import BadValue
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -85,3 +86,14 @@ def add_mnist_args(parser: argparse.ArgumentParser, raw_dir_help: str = RAW_DIR_
     """--raw_dir and --data_root: where a script finds MNIST (offline IDX files, or torchvision's cache)."""
     add_raw_dir_arg(parser, raw_dir_help)
     add_data_root_arg(parser)
+
+
+def parse_digits(text: str) -> list[int]:
+    """--digits '7' or '0,3,9' -> [7] or [0, 3, 9] (distinct digits 0-9); a one-line error for anything else."""
+    try:
+        digits = [int(part) for part in text.split(',')]
+    except ValueError:
+        digits = None
+    if not DIGITS.ok(digits):
+        raise BadValue(f'--digits {text} is not allowed: use distinct digits 0-9, comma-separated (e.g. 7 or 0,3,9)')
+    return digits

@@ -10,7 +10,7 @@ from urllib.error import URLError
 
 import torch
 from accelerate.utils import broadcast_object_list
-from denoising_diffusion_pytorch import Trainer
+from denoising_diffusion_pytorch import GaussianDiffusion, Trainer
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cycle, num_to_groups
 from ema_pytorch import PostHocEMA
 from torch.utils.data import DataLoader
@@ -24,6 +24,8 @@ from ddpm_mnist.training.step import (DEFAULT_LEVERS, CachedImages, StepParts, a
                                       make_adam, training_step)
 from ddpm_mnist.training.run_folder import milestone_path, read_loss_log, write_loss_log
 from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.sampling.loop import sample
+from ddpm_mnist.sampling.registry import SamplerSettings
 from ddpm_mnist.utils import Config, Diffusion, DiskFull, PathLike, UserError
 
 # ema-pytorch's PostHocEMA (Karras et al. 2024): two power-function EMAs whose snapshots let any EMA length in
@@ -259,7 +261,12 @@ class MnistTrainer(Trainer):
 
     @torch.inference_mode()
     def ema_grid(self) -> torch.Tensor:
-        """num_samples images of the EMA weights, drawn with the model's own sampler: a milestone's grid."""
-        self.ema.ema_model.eval()
-        return torch.cat([self.ema.ema_model.sample(batch_size=n)
-                          for n in num_to_groups(self.num_samples, self.batch_size)])
+        """num_samples images of the EMA weights, a milestone's grid: the library's choice of sampler (DDIM at
+        eta 0 with sampling_timesteps < T, else DDPM) through the project's loop, from the same x_T (seed 0) at every
+        milestone and with its quiet-aware progress bar; a conditional model or a student draws its own way."""
+        model = self.ema.ema_model.eval()
+        if type(model).sample is not GaussianDiffusion.sample:
+            return torch.cat([model.sample(batch_size=n) for n in num_to_groups(self.num_samples, self.batch_size)])
+        settings = SamplerSettings.resolve('ddim' if model.is_ddim_sampling else 'ddpm', model.sampling_timesteps,
+                                           model.ddim_sampling_eta, total_timesteps=model.num_timesteps)
+        return sample(model, settings, num_samples=self.num_samples, batch_size=self.batch_size)
