@@ -60,7 +60,8 @@ def infer_unet_arch(unet_state: StateDict) -> dict[str, Any]:
     """Unet dim, dim_mults and channels from the shapes of a Unet state dict."""
     try:
         dim, inputs = unet_state['init_conv.weight'].shape[:2]
-        channels = unet_state['final_conv.weight'].shape[0]  # a self-conditioned Unet takes 2 x channels in
+        self_condition = inputs == 2 * unet_state['final_conv.weight'].shape[0]  # x0 estimate and x_t, stacked
+        channels = inputs // 2 if self_condition else inputs
         levels = sorted({int(k.split('.')[1]) for k in unet_state if k.startswith('downs.')})
         mults = []
         for level in levels:
@@ -72,7 +73,7 @@ def infer_unet_arch(unet_state: StateDict) -> dict[str, Any]:
     classes = unet_state.get('classes_emb.weight')  # the library's conditional Unet: a label embedding
     return dict(dim=int(dim), dim_mults=mults, channels=int(channels), attention=attention,
                 num_classes=int(classes.shape[0]) if classes is not None else None,
-                self_condition=bool(inputs == 2 * channels))
+                self_condition=bool(self_condition))
 
 
 def detect_schedule(betas: torch.Tensor) -> str | None:
