@@ -123,7 +123,8 @@ class MnistTrainer(Trainer):
         online, ema = self.accelerator.unwrap_model(self.model).model, self.ema.ema_model.model
         try:
             grown = parent.record.get('grown', [])  # attention or self-conditioning added to the parent's Unet
-            grow(online, parent.online, grown), grow(ema, parent.ema, grown)
+            grow(online, parent.online, grown)
+            grow(ema, parent.ema, grown)
         except (RuntimeError, ValueError) as err:  # tensors of other shapes than the config describes
             first = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise UserError(f'--init_from {parent.record["file"]}: its weights do not fit this run\'s model '
