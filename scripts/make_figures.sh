@@ -8,7 +8,8 @@
 # The full sweep takes minutes on a GPU and many hours on a CPU: SWEEP=cpu runs a CPU-sized one (every sampler;
 # DDIM S in {10, 20, 50} x eta in {0, 1}, the other solvers at 5, 10, 20 steps; N = 1000; DDPM-1000 is most of its
 # time; cached in runs/figures, so an interrupted run resumes) and copies it to assets/. Either sweep then writes
-# assets/targets.md (scripts/target_table.py: the shipped model against its quality targets). SWEEP=headline runs
+# assets/targets.md (scripts/target_table.py: the shipped model against its quality targets) and assets/headline.md
+# (the README's selection of the sweep's rows). SWEEP=headline runs
 # the README's headline sweep: every configuration of at most 50 NFE (DDIM S in {10, 20, 50} x eta in {0, 0.5, 1},
 # every other solver at 5, 10, 20, 50) at N = 10,000, DDPM-1000 on every 10th of those x_T (N = 1000), and the
 # shipped student's rows at 1, 2, 4 steps when one is shipped (about two hours on a 2-core CPU). SWEEP=quick runs the
@@ -65,7 +66,8 @@ case "${SWEEP:-full}" in
   *) echo "error: SWEEP=$SWEEP; use full, cpu, headline, quick or none" >&2; exit 1 ;;
 esac
 case "${SWEEP:-full}" in
-  full|cpu|headline) python scripts/target_table.py assets/comparison.json --output assets/targets.md ;;
+  full|cpu|headline) python scripts/target_table.py assets/comparison.json --output assets/targets.md \
+                       --headline assets/headline.md ;;
 esac
 if [ "${CONDITIONAL:-yes}" != no ] && [ -f ddpm_mnist/pretrained/ddpm_mnist_conditional.safetensors ]; then
   w=${GUIDANCE_W:-1.25}  # the conditional model's grid: ten of each digit, one digit per row, guidance scale w

@@ -291,7 +291,8 @@ def test_log_normal_noise_levels_draw_the_timesteps_of_edm_sigmas(tmp_path, imag
     plain = build_diffusion(copy.deepcopy(PRESETS['shipped']), training=True)
     assert abs(plain.random_times(20_000).float().mean().item() - 499.5) < 10  # the library's uniform draw
     results = tmp_path / 'lognormal'
-    argv = train_argv(image_folder, results, steps=2, extra=['--noise_levels=-1.2,1.2'])
+    # a value that starts with '-' is a value, no '=' needed
+    argv = train_argv(image_folder, results, steps=2, extra=['--noise_levels', '-1.2,1.2'])
     code, _, err = run_main(train_ddpm_mnist.main, argv, capsys)
     assert code == 0, err
     assert load_checkpoint(results / 'model-1.pt')['config']['diffusion']['noise_levels'] == [-1.2, 1.2]
@@ -491,10 +492,41 @@ def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
     result['rows'][0]['n'] = 100
     result['calibration'][f'{script.FLOOR}, N = 100'] = dict(fid=8.0)
     assert 'x the floor 8.00' in script.target_rows(result)[0][1] and not script.target_rows(result)[0][2]
+    # ... and the fast row is read on the x_T DDPM drew, not at its own larger N: 12 + 7 = 19 > 18, missed
+    for row in result['rows']:
+        row.setdefault('n', 1000)
+        row.update(fid_minus_ddpm=row['fid'] - 12.0 + 2.0, fid_minus_ddpm_low=0.0, fid_minus_ddpm_high=9.0)
+    fast = script.target_rows(result)[2]
+    assert 'UniPC 10 19.00 on the 100 x_T DDPM 1000 drew' in fast[1] and '1.58x DDPM 1000' in fast[1] and not fast[2]
     result['rows'] = result['rows'][:1]
     path.write_text(json.dumps(result))
     code, _, err = run_main(script.main, [str(path)], capsys)
     assert_one_line_error(code, err, 'DDIM 50, eta 0.0', '--help')
+
+
+def test_headline_table_selects_the_readme_rows_and_reads_each_against_its_own_floor():
+    """DDPM, the best row, DDIM at eta 0 and 1 and the best other sampler at 50, 20, 10 NFE; a row of fewer samples
+    (DDPM) is divided by the floor at its own N."""
+    from conftest import load_script
+    script = load_script('target_table')
+
+    def row(config, strategy, nfe, fid, eta=None, n=1000, best=False):
+        return dict(sweep_row(config, strategy, nfe, fid), eta=eta, n=n, seconds_per_image=nfe / 1000,
+                    inception_score=9.0, is_best=best)
+    rows = [row('DDPM 1000', 'ddpm', 1000, 12.0, n=100),
+            row('DDIM 50, eta 0.0', 'ddim', 50, 16.0, eta=0.0), row('DDIM 50, eta 0.5', 'ddim', 50, 14.0, eta=0.5),
+            row('DDIM 50, eta 1.0', 'ddim', 50, 15.0, eta=1.0), row('UniPC(2) 50', 'unipc', 50, 9.0, best=True),
+            row('DPM-Solver++(2M) 50', 'dpmpp_2m', 50, 11.0), row('UniPC(2) 10', 'unipc', 10, 20.0),
+            row('Euler ancestral 10', 'euler_a', 10, 30.0), row('DDIM 10, eta 0.0', 'ddim', 10, 25.0, eta=0.0)]
+    result = dict(num_samples=1000, rows=rows, calibration={script.FLOOR: dict(fid=2.0, inception_score=9.8),
+                                                            f'{script.FLOOR}, N = 100': dict(fid=8.0)})
+    picked = [r['config'] for r in script.headline_rows(result)]
+    assert picked == ['DDPM 1000', 'UniPC(2) 50', 'DDIM 50, eta 1.0', 'DDIM 50, eta 0.0', 'UniPC(2) 10',
+                      'DDIM 10, eta 0.0']
+    table = script.headline_table(result)
+    assert '| DDPM | 1000 | 100 | 1.000 | 12.00 [11.00, 13.00] | 1.50x |' in table  # 12 / 8, its own floor
+    assert '| UniPC(2) (best) | 50 | 1,000 |' in table and '| DDIM, eta 1 | 50 | 1,000 | 0.050 | 15.00' in table
+    assert '7.50x' in table and table.rstrip().endswith('| 1x | 9.80 |')
 
 
 def test_curve_scores_every_kth_milestone_and_the_last():

@@ -4,6 +4,7 @@ several commands share (model and diffusion, data location). Imports no torch.""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from ddpm_mnist.settings import DIGITS, MODEL_FLAGS, RULES, SETTINGS, Rule, check_value
@@ -17,6 +18,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # a value that starts with a negative number is a value, lists included (--noise_levels -1.2,1.2): argparse
+        # takes only a lone number for one, and anything else that starts with "-" for an unknown flag
+        self._negative_number_matcher = re.compile(r'^-\.?\d[\d.eE+-]*(,[-+]?\.?\d[\d.eE+-]*)*$')
         self.add_argument('--quiet', action='store_true', default=argparse.SUPPRESS,
                           help='no progress bars (results, warnings and errors still print)')
 
