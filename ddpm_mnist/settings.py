@@ -216,7 +216,8 @@ SETTINGS: dict[str, Setting] = {
                               '(Stable Target Field, Xu et al. 2023; unconditional pred_v models) (default: off)', int,
                               at_least(1)),
     'noise_levels': Setting('P_MEAN,P_STD: train at noise levels with ln sigma ~ N(P_MEAN, P_STD^2) instead of '
-                            'uniform timesteps (EDM, Karras et al. 2022: --noise_levels -1.2,1.2) (default: off)', comma_floats,
+                            'uniform timesteps (EDM, Karras et al. 2022: --noise_levels -1.2,1.2) (default: off)',
+                            comma_floats,
                             Rule(lambda v: len(v) == 2 and all(map(is_number, v)) and v[1] > 0,
                                  'two numbers, the second > 0 (e.g. -1.2,1.2)')),
     'cond_drop_prob': Setting('share of training images whose label is replaced by the null label, so one model also '
