@@ -1,5 +1,5 @@
 """The training segments behind an exported model, from its JSON's provenance: one row per segment (machine,
-minutes, steps, images seen, command) and the totals — the history of docs/training.md.
+minutes, images/s, steps, images seen, command) and the totals — the history of docs/training.md.
 
   python3 scripts/segments_table.py                                    # ddpm_mnist/pretrained/ddpm_mnist_small.json
   python3 scripts/segments_table.py ddpm_mnist/pretrained/ddpm_mnist_conditional.json
@@ -32,11 +32,13 @@ def segments_table(record: dict[str, Any]) -> str:
     if not provenance:
         raise UserError('the record has no provenance; it was not exported by python -m ddpm_mnist.cli.export')
     segments = provenance.get('segments') or [provenance]
-    lines = ['| segment | machine | minutes | steps | images seen | epochs | command |', '|---|---|---|---|---|---|---|']
+    lines = ['| segment | machine | minutes | images/s | steps | images seen | epochs | command |',
+             '|---|---|---|---|---|---|---|---|']
     for k, seg in enumerate(segments, 1):
         images, seconds = seg.get('images_seen') or 0, seg.get('wall_seconds') or 0
         machines = ', '.join(seg.get('machines') or ['?'])
-        lines.append(f'| {k} | {machines} | {seconds / 60:.0f} | {seg.get("steps"):,} | {images:,} | '
+        rate = f'{images / seconds:.0f}' if seconds else '?'  # compiling and milestone grids included
+        lines.append(f'| {k} | {machines} | {seconds / 60:.0f} | {rate} | {seg.get("steps"):,} | {images:,} | '
                      f'{images / EPOCH:.1f} | `{seg.get("command")}` |')
     total_images = sum(seg.get('images_seen') or 0 for seg in segments)
     total_minutes = sum(seg.get('wall_seconds') or 0 for seg in segments) / 60

@@ -547,7 +547,7 @@ def test_segments_table_lists_every_segment_with_totals(capsys, tmp_path):
                    command='python3 train_ddpm_mnist.py a')
     record = dict(provenance=dict(segments=[segment, dict(segment, machines=['cpu B'], images_seen=6400, command='b')]))
     table = script.segments_table(record)
-    assert '| 1 | cpu A | 10 | 100 | 3,200 | 0.1 |' in table and '| 2 | cpu B |' in table
+    assert '| 1 | cpu A | 10 | 5 | 100 | 3,200 | 0.1 |' in table and '| 2 | cpu B | 10 | 11 |' in table  # images/s
     assert 'In all: 9,600 images' in table and '20 minutes' in table
     legacy = dict(provenance=dict(segment))  # exported before segments were recorded: one run
     assert '| 1 | cpu A |' in script.segments_table(legacy)
