@@ -12,7 +12,7 @@ of the registry at S steps against S x one Unet forward).
     python3 benchmarks/bench_sampling.py --student runs/distill   # a student at 1, 2, 4 steps vs its teacher's
                                                                   # DDIM-50 and DDPM-1000, seconds per image
 Writes benchmarks/results/bench_<device>.json and .md (sampler_overhead_<device>.* with --overhead_only,
-students_<device>.* with --student).
+students[_conditional]_<device>.* with --student).
 """
 import argparse
 import statistics
@@ -250,6 +250,7 @@ def student_timings(device, out, student_path, batch):
     """Seconds per image, one batch end to end (after a warm-up batch), of a student at 1, 2 and 4 steps and its
     teacher with DDIM-50 and DDPM-1000, in the default precision, same batch, one process."""
     from ddpm_mnist.api import load_model, teacher_path
+    from ddpm_mnist.model.conditional import is_conditional
     from ddpm_mnist.utils import UserError
     precision = default_precision(device)
     student = load_model(None if student_path == 'SHIPPED' else student_path, student=student_path == 'SHIPPED',
@@ -272,7 +273,8 @@ def student_timings(device, out, student_path, batch):
     lines += [f'| {r["model"]} | {r["sampler"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | '
               f'{base["DDIM 50, eta 0.0"] / r["seconds_per_image"]:.1f}x | '
               f'{base["DDPM 1000"] / r["seconds_per_image"]:.0f}x |' for r in rows]
-    stem = out / f'students_{device.type}'
+    kind = '_conditional' if is_conditional(student.config['model']) else ''  # one file per shipped student
+    stem = out / f'students{kind}_{device.type}'
     write_json(stem.with_suffix('.json'), dict(machine=machine_name(device), precision=precision, batch=batch,
                                                student=str(student.path), teacher=str(teacher.path), rows=rows))
     stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')

@@ -121,7 +121,8 @@ def teacher_path(model: Model) -> Path:
     recorded = Path(model.diffusion.student['teacher'])
     if recorded.is_file():
         return recorded
-    digest = (model.config.get('init_from') or {}).get('sha256_16')
+    from ddpm_mnist.training.distill import teacher_digest
+    digest = teacher_digest(model.config)
     found = [path for path in (SHIPPED, SHIPPED_CONDITIONAL) if path.is_file() and file_digest(path) == digest]
     if not found:
         raise MissingFile(f'the teacher of {model.path} ({recorded}, digest {digest}) is not here; give its file')

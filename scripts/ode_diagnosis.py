@@ -8,12 +8,16 @@ several timesteps: a calibrated denoiser has none, and a bias at high noise is w
 --eps_scales divides the noise prediction of every DDIM step by each factor lambda (epsilon scaling, Ning et al.
 2024, constant in t): how sensitive each sampler is to the scale of the noise it predicts. --guide GUIDE samples
 the first model autoguided by a weaker model of the same task, D_guide + w (D - D_guide) (Karras et al. 2024).
+--discretization tells the ODE from DDIM's first-order steps through it: DDIM eta 0 at 100 and 200 steps (the
+converged ODE), and DDIM-50 at eta 0 and 1 on the DDIM paper's quadratic time spacing (Song et al. 2021, App. D.2:
+tau_i = c i^2, here from T-1, where x_T is pure noise, instead of the paper's 0.8 T on a linear schedule).
 
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.safetensors
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.safetensors --switch
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.pt --denoiser_bias
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.pt --eps_scales 1.005,1.01
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL --guide WEAKER
+  python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL --discretization
 """
 import argparse
 from typing import Sequence
@@ -47,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                    '(same architecture and task), at each --guide_weights')
     add_setting(p, 'guide_weights', rule=each(POSITIVE_NUMBER), type=comma_floats, default=[1.5, 2.0],
                 help='autoguidance weights w (1: the model alone) (default: 1.5,2)')
+    p.add_argument('--discretization', action='store_true',
+                   help='only DDIM eta 0 at 100 and 200 steps and DDIM-50 at eta 0 and 1 on quadratic time spacing, '
+                        'on the first model: how much of the gap is the 50-step discretization')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
                    help="the Unet's precision when sampling (auto: bf16 on CPUs that have it, else fp32); fp32 checks "
                         'whether bf16 rounding, which the ODE carries to the end, is part of the gap')
@@ -61,14 +68,23 @@ SWITCHES = (('eta 1 for steps 1-10, then 0', [1.0] * 10 + [0.0] * 40),
             ('eta 0 for steps 1-40, then 1', [0.0] * 40 + [1.0] * 10))
 
 
-def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100, eps_scale=1.0):
-    """DDIM-50 from `noise` with the chosen x0 clipping, per-step noise seeded as sampling.loop.sample does; `eta`
-    is one number, or one per step; the noise prediction is divided by `eps_scale` in every step's update."""
+def quadratic_times(total_timesteps: int, steps: int) -> list[tuple[int, int]]:
+    """DDIM time pairs on the DDIM paper's quadratic spacing (App. D.2), tau = floor(T (i / S)^2) - 1 for
+    i = S, ..., 0: the first step at T-1, most steps at low noise; the last pair ends at -1 (x0)."""
+    import numpy as np
+    times = sorted({int(np.floor(total_timesteps * (i / steps) ** 2)) - 1 for i in range(steps + 1)}, reverse=True)
+    return list(zip(times[:-1], times[1:]))
+
+
+def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100, eps_scale=1.0, pairs=None):
+    """DDIM-50 (or the time `pairs` given) from `noise` with the chosen x0 clipping, per-step noise seeded as
+    sampling.loop.sample does; `eta` is one number, or one per step; the noise prediction is divided by `eps_scale`
+    in every step's update."""
     import torch
 
     from ddpm_mnist.sampling.loop import batch_generator
     from ddpm_mnist.sampling.samplers import ddim_step, ddim_times, full_times
-    pairs, out = ddim_times(diffusion.num_timesteps, 50), []
+    pairs, out = pairs or ddim_times(diffusion.num_timesteps, 50), []
     etas = list(eta) if isinstance(eta, (list, tuple)) else [eta] * len(pairs)
     for start in range(0, len(noise), batch_size):
         generator = batch_generator(0, start, diffusion.device)
@@ -140,7 +156,12 @@ def autoguided(net, guide, weight):
 
 
 def variant_rows(args):
-    """(label, eta, model wrapper weight or eps scale) rows of --eps_scales or --guide, eta 0 and 1 each."""
+    """(label, eta, option) rows of --discretization (time pairs), --eps_scales (eps scale) or --guide (weight)."""
+    if args.discretization:
+        return [('linear spacing, 100 steps', 0, dict(steps=('linear', 100))),
+                ('linear spacing, 200 steps', 0, dict(steps=('linear', 200))),
+                ('quadratic spacing, 50 steps', 0, dict(steps=('quadratic', 50))),
+                ('quadratic spacing, 50 steps', 1, dict(steps=('quadratic', 50)))]
     if args.eps_scales:
         return [(f'noise prediction / {lam:g}', eta, dict(eps_scale=lam)) for lam in args.eps_scales for eta in (0, 1)]
     return [(f'autoguided, w = {w:g}', eta, dict(guide_weight=w)) for w in args.guide_weights for eta in (0, 1)]
@@ -151,6 +172,7 @@ def print_variants(args) -> None:
     from ddpm_mnist.evaluation.intervals import interval_cell
     from ddpm_mnist.evaluation.reference import digits_evaluator, floor_fid
     from ddpm_mnist.sampling.loop import initial_noise
+    from ddpm_mnist.sampling.samplers import ddim_times
     name = args.checkpoints[0]
     model = load_model(None if name == 'SHIPPED' else name, precision=args.precision)
     net = model.diffusion.model
@@ -159,11 +181,14 @@ def print_variants(args) -> None:
     floor = floor_fid(evaluator, args.num_samples)
     noise = initial_noise(args.num_samples, model.diffusion.channels, model.image_size, seed=0)
     print(f'precision: {args.precision}; {name}' + (f' guided by {args.guide}' if guide else ''))
-    print('| variant | DDIM-50 eta | FID [95 %] | FID / floor | mean ink |')
+    print(f'| variant | {"DDIM" if args.discretization else "DDIM-50"} eta | FID [95 %] | FID / floor | mean ink |')
     print('|---|---|---|---|---|')
+    spacings = dict(linear=ddim_times, quadratic=quadratic_times)
     for label, eta, option in variant_rows(args):
         model.diffusion.model = autoguided(net, guide, option['guide_weight']) if guide else net
-        images = ddim50(model.diffusion, noise, eta=eta, eps_scale=option.get('eps_scale', 1.0))
+        spacing, steps = option.get('steps', ('linear', 50))
+        images = ddim50(model.diffusion, noise, eta=eta, eps_scale=option.get('eps_scale', 1.0),
+                        pairs=spacings[spacing](model.diffusion.num_timesteps, steps))
         scores = evaluator.score(images)
         print(f'| {label} | {eta} | {interval_cell(scores, "fid")} | {scores["fid"] / floor:.2f}x '
               f'| {float(images.mean()):.4f} |', flush=True)
@@ -173,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.denoiser_bias:
         return print_denoiser_bias(args)
-    if args.eps_scales or args.guide:
+    if args.eps_scales or args.guide or args.discretization:
         return print_variants(args)
     from ddpm_mnist.api import load_model
     from ddpm_mnist.evaluation.intervals import interval_cell

@@ -8,7 +8,9 @@
 Targets: DDPM-1000 within 1.3x the real-data floor; DDIM-50 with eta 0 at least as good as with eta 1 (the DDIM
 paper's ordering; the paired difference says whether the two can be told apart); the best sampler at <= 10 NFE
 within 1.5x DDPM-1000 (at DDPM's N: on the x_T it drew); every class 8-12 % of the samples and near-copies of
-training digits <= 0.5 % in each of those rows. All rows come from the same x_T (the sweep's seed).
+training digits <= 0.5 % in each of those rows. With a distilled student's rows (--compare_student), its targets
+against its teacher: 2 steps no worse than the teacher's DDIM-50 eta 0, 1 step within 1.5x of it, 4 steps no worse
+than DDIM-50 eta 1, each with the paired difference. All rows come from the same x_T (the sweep's seed).
 
 --headline writes the README's selection of the sweep: DDPM, the best row, and at 50, 20 and 10 NFE DDIM with
 eta 1 and eta 0 and the best other sampler, a distilled student's rows, and the floor, each FID also in units of the
@@ -76,9 +78,7 @@ def target_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         raise UserError('the sweep has no row at <= 10 NFE; add --compare_solver_steps 10')
     best_fast = min(fast, key=lambda r: r['fid'])
     fast_fid, fast_text = at_ddpm_n(best_fast, ddpm)
-    pair = next((p for p in result.get('pairs', []) if (p['a'], p['b']) == (eta0['config'], eta1['config'])), None)
-    pair_text = ('' if pair is None else f'; paired difference {pair["value"]:+.2f} [{pair["low"]:+.2f}, '
-                 f'{pair["high"]:+.2f}], {"significant" if pair["differs"] else "not significant"}')
+    pair_text = paired_text(result, eta0, eta1)
     headline = [ddpm, eta0, eta1, best_fast]
     shares = [s for r in headline for s in r['class_shares']]
     copies = max(r['near_copy_share'] for r in headline)
@@ -93,7 +93,35 @@ def target_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         ('every class 8-12 % (the four rows above)',
          f'class shares {min(shares):.1%} to {max(shares):.1%}', min(shares) >= 0.08 and max(shares) <= 0.12),
         ('near-copies of training digits <= 0.5 % (the four rows above)', f'at most {copies:.1%}', copies <= 0.005),
-    ]
+    ] + student_target_rows(result, rows, eta0, eta1)
+
+
+def paired_text(result: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> str:
+    """'; paired difference +x [lo, hi], significant' for rows a and b when the sweep paired them, else ''."""
+    pair = next((p for p in result.get('pairs', []) if (p['a'], p['b']) == (a['config'], b['config'])), None)
+    return ('' if pair is None else f'; paired difference {pair["value"]:+.2f} [{pair["low"]:+.2f}, '
+            f'{pair["high"]:+.2f}], {"significant" if pair["differs"] else "not significant"}')
+
+
+# (student steps, the teacher row it is held to, the factor on that row's FID): the few-step issue's targets
+STUDENT_TARGETS = ((2, 'eta 0', 1.0), (1, 'eta 0', 1.5), (4, 'eta 1', 1.0))
+
+
+def student_target_rows(result: dict[str, Any], rows: dict[str, dict[str, Any]], eta0: dict[str, Any],
+                        eta1: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The distilled student's targets against its teacher, for the student rows the sweep holds."""
+    teacher = {'eta 0': eta0, 'eta 1': eta1}
+    out = []
+    for steps, eta, factor in STUDENT_TARGETS:
+        student = rows.get(f'Consistency {steps}')
+        if student is None:
+            continue
+        bound = teacher[eta]
+        scale = '' if factor == 1 else f'{factor:g}x '
+        out.append((f'student at {steps} NFE: FID <= {scale}the teacher\'s DDIM-50 {eta}',
+                    f'{fid_text(student)} against {scale}{fid_text(bound)} = {student["fid"] / bound["fid"]:.2f}x'
+                    f'{paired_text(result, student, bound)}', student['fid'] <= factor * bound['fid']))
+    return out
 
 
 HEADLINE_NFE = (50, 20, 10)  # the step counts the README compares samplers at

@@ -504,6 +504,27 @@ def test_target_table_marks_each_target_from_the_sweep(tmp_path, capsys):
     assert_one_line_error(code, err, 'DDIM 50, eta 0.0', '--help')
 
 
+def test_target_table_holds_a_student_to_its_teachers_rows():
+    """With a student's rows, three more targets: 2 steps <= DDIM-50 eta 0, 1 step <= 1.5x it, 4 steps <= eta 1."""
+    from conftest import load_script
+    script = load_script('target_table')
+    result = dict(num_samples=1000, seed=0, precision='bf16', machine='cpu', checkpoint='m', checkpoint_sha256_16='x',
+                  calibration={script.FLOOR: dict(fid=10.0)},
+                  rows=[sweep_row('DDPM 1000', 'ddpm', 1000, 12.0), sweep_row('DDIM 50, eta 0.0', 'ddim', 50, 16.0),
+                        sweep_row('DDIM 50, eta 1.0', 'ddim', 50, 15.0),
+                        sweep_row('Consistency 1', 'consistency', 1, 25.0),   # 1.56x eta 0: missed
+                        sweep_row('Consistency 2', 'consistency', 2, 15.5),   # below eta 0: met
+                        sweep_row('Consistency 4', 'consistency', 4, 15.0)],  # equal to eta 1: met
+                  pairs=[dict(a='Consistency 2', b='DDIM 50, eta 0.0', value=-0.5, low=-1.5, high=0.4, differs=False)])
+    student = script.target_rows(result)[5:]
+    assert [ok for _, _, ok in student] == [True, False, True]
+    assert student[0][0] == "student at 2 NFE: FID <= the teacher's DDIM-50 eta 0"
+    assert 'paired difference -0.50 [-1.50, +0.40], not significant' in student[0][1]
+    assert student[1][1].startswith('25.00 [24.00, 26.00] against 1.5x 16.00') and '1.56x' in student[1][1]
+    del result['rows'][3]  # a sweep without the 1-step row has no such target
+    assert len(script.target_rows(result)) == 7
+
+
 def test_headline_table_selects_the_readme_rows_and_reads_each_against_its_own_floor():
     """DDPM, the best row, DDIM at eta 0 and 1 and the best other sampler at 50, 20, 10 NFE; a row of fewer samples
     (DDPM) is divided by the floor at its own N."""

@@ -20,8 +20,8 @@ from ddpm_mnist.training.run_folder import find_milestone
 from ddpm_mnist.sampling.registry import DIFFUSION_SAMPLERS, SAMPLERS, SamplerSettings
 from ddpm_mnist.sampling.loop import check_batch, conditioning, default_batch_size, timed_sample
 from ddpm_mnist.settings import SHIPPED
-from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, eta_pairs, run_sweep,
-                                         subset_stride, sweep_configs)
+from ddpm_mnist.evaluation.sweep import (DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, QUICK, STUDENT_PAIRS,
+                                         eta_pairs, run_sweep, subset_stride, sweep_configs)
 from ddpm_mnist.sampling.images import save_grid
 from ddpm_mnist.utils import (Config, FolderLock, PathLike, UserError, ensure_writable_dir, file_digest,
                               remove_stale_temporaries, warn, write_json)
@@ -177,7 +177,8 @@ def open_student(checkpoint: PathLike, teacher: Opened) -> tuple[Path, Any]:
     if not getattr(model.diffusion, 'student', None):
         raise UserError(f'--compare_student {path} is not a distilled student (distill_ddpm_mnist.py makes one); '
                         'give a student distilled from the swept model')
-    learned_from, swept = (model.config.get('init_from') or {}).get('sha256_16'), file_digest(teacher.path)
+    from ddpm_mnist.training.distill import teacher_digest
+    learned_from, swept = teacher_digest(model.config), file_digest(teacher.path)
     if learned_from != swept:
         raise UserError(f'--compare_student {path} was distilled from another model (digest {learned_from}) than '
                         f'the swept {teacher.path} ({swept}); sweep its teacher, or give a student of this model')
@@ -235,7 +236,7 @@ def run_comparison(*, quick: bool = False, compare_samplers: Sequence[str] | Non
                                        if k in ('fid', 'fid_low', 'fid_high')})
     extra = (lambda images: {k: v for scorer in scorers for k, v in scorer(images).items()}) if scorers else None
     batch_size = default_batch_size(device, n) if batch_size is None else batch_size
-    pairs = [QUICK['headline']] if quick else eta_pairs(steps)
+    pairs = [QUICK['headline']] if quick else eta_pairs(steps) + list(STUDENT_PAIRS if student else ())
     with FolderLock(out_dir, 'sweep'):  # two sweeps into one folder would share its cache and tables
         run_sweep(diffusion, evaluator, out_dir, opened.path, configs, num_samples=n,
                   ddpm_num_samples=compare_ddpm_samples, batch_size=batch_size, seed=seed, precision=opened.precision,

@@ -16,7 +16,7 @@ from ddpm_mnist.runtime import machine_name, progress
 from ddpm_mnist.evaluation.intervals import differs, paired_fid_difference
 from ddpm_mnist.evaluation.sweep_tables import FLOOR, write_outputs
 from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_from_json
-from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings, default, exists
+from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings, default, exists, label
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
 from ddpm_mnist.sampling.images import save_grid
 from ddpm_mnist.utils import Diffusion, PathLike, UserError, atomic_path, file_digest, shown_path, write_json
@@ -52,9 +52,17 @@ def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequen
 
 
 def eta_pairs(steps: Sequence[int]) -> list[tuple[str, str]]:
-    """DDIM eta 0 against eta 1 at each S: the DDIM paper's ordering (eta 0 wins at every S < T), paired. The sweep
-    keeps the pairs whose rows it holds."""
-    return [(f'DDIM {s}, eta 0.0', f'DDIM {s}, eta 1.0') for s in steps]
+    """At each S, paired: DDIM eta 0 against eta 1 (the DDIM paper's ordering: eta 0 wins at every S < T), and the
+    same ODE as DDIM eta 0 solved to second order (UniPC) against DDIM eta 1, which tells the model's deterministic
+    sampling from DDIM's first-order steps through it. The sweep keeps the pairs whose rows it holds."""
+    return [pair for s in steps for pair in ((label('ddim', s, 0.0), label('ddim', s, 1.0)),
+                                             (label('unipc', s), label('ddim', s, 1.0)))]
+
+
+# a distilled student's rows against the teacher's rows its targets name (docs/distillation.md): 1 and 2 steps
+# against the ODE it learned (DDIM-50, eta 0), 4 steps against the stochastic sampler (DDIM-50, eta 1)
+STUDENT_PAIRS = (('Consistency 1', 'DDIM 50, eta 0.0'), ('Consistency 2', 'DDIM 50, eta 0.0'),
+                 ('Consistency 4', 'DDIM 50, eta 1.0'))
 
 
 def cache_key(**settings: Any) -> str:

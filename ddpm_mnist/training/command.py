@@ -154,13 +154,13 @@ def train_model(*, data_folder: PathLike, preset: str = 'seed', model: dict[str,
                 command: str | None = None, student: dict[str, Any] | None = None) -> None:
     """The whole training command: check, build, lock the folder, write config.json, train. `model`, `diffusion`
     and `training` are the settings given explicitly (the rest comes from the preset). `student`: distil the
-    model `init_from` (the teacher) instead (training.distill)."""
+    model `init_from` (the teacher) instead (training.distill), or its `teacher` into the student `init_from`."""
     model, diffusion = fit_to_dataset(folder_info(data_folder), model=model, diffusion=diffusion)
     config = build_config(preset=preset, model=model, diffusion=diffusion, training=training, amp=amp,
                           calculate_fid=calculate_fid, seed=seed, fast_path=fast_path)
     config['command'] = command or shlex.join(['python3', 'train_ddpm_mnist.py', *sys.argv[1:]])
     if student is not None:
-        config['student'] = dict(student, teacher=str(init_from))
+        config['student'] = {'teacher': str(init_from), **student}  # a continued student names its teacher
     folder = config['training']['results_folder']
     warmup_given = 'lr_warmup_steps' in (training or {})
     num_images = check_training_folder(data_folder)

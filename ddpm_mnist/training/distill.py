@@ -38,6 +38,12 @@ def boundaries(total_timesteps: int, count: int) -> list[int]:
     return times + [0] if times[-1] != 0 else times
 
 
+def teacher_digest(config: dict[str, Any]) -> str | None:
+    """The digest of the teacher a student learned from: its record (a student continued from its export names its
+    teacher there), else the file its first segment started from (students made before that record)."""
+    return config['student'].get('teacher_sha256_16') or (config.get('init_from') or {}).get('sha256_16')
+
+
 def consistency(diffusion: Diffusion, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
                 clip: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
     """f(x, t) = c_skip(t) x + c_out(t) x0(x, t), x0 read from the Unet's output by the model's objective; a
@@ -53,6 +59,12 @@ def consistency(diffusion: Diffusion, unet: torch.nn.Module, x: torch.Tensor, t:
         x0 = x0.clamp(-1, 1)
     c_skip, c_out = (c.to(x.device)[:, None, None, None] for c in scalings(t))
     return c_skip * x + c_out * x0
+
+
+def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """log(abar / (1 - abar)) = 2 lambda (Kingma et al. 2021), in float64: abar spans 1e-9 to 1 at T = 1000."""
+    abar = alphas_cumprod.double()
+    return (abar.log() - (-abar).log1p()).to(alphas_cumprod.dtype)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -82,8 +94,8 @@ class ConsistencyDistillation(GaussianDiffusion):
                                               update_every=1))
 
     def forward(self, img: torch.Tensor | LabelledBatch, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One distillation loss: x_t on the forward process at a random boundary t, one teacher DDIM step (eta 0)
-        to the next boundary s, and the distance between the student at (x_t, t) and the target at (x_s, s); a
+        """One distillation loss: x_t on the forward process at a random boundary t, one teacher step along its ODE
+        (teacher_step) to the next boundary s, and the distance between the student at (x_t, t) and the target at (x_s, s); a
         conditional student, both at the batch's labels."""
         if not self.target.initted:  # the target starts as the student's weights (after --init_from or resume)
             self.target.copy_params_from_model_to_ema()
@@ -103,13 +115,24 @@ class ConsistencyDistillation(GaussianDiffusion):
 
     def teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                      labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The teacher's DDIM step with eta 0 from t to s (Song et al. 2021, Eq. 12), its x0 clipped as in sampling;
-        a conditional teacher guided at the student's scale W (Ho & Salimans 2022)."""
+        """The teacher's step along its ODE from t to s: DDIM with eta 0 (Song et al. 2021, Eq. 12; LCM's solver),
+        its x0 clipped as in sampling; with `teacher_order` 2, corrected by the teacher's x0 at the step's end (one
+        more call). A conditional teacher is guided at the student's scale W (Ho & Salimans 2022)."""
         if labels is not None:
             self.teacher.model.condition(labels, Guidance(self.student['guidance_scale'], False, 0.0))
         prediction = self.teacher.model_predictions(x_t, t, clip_x_start=True, rederive_pred_noise=True)
         alpha_s = self.alphas_cumprod[s][:, None, None, None]
-        return alpha_s.sqrt() * prediction.pred_x_start + (1 - alpha_s).sqrt() * prediction.pred_noise
+        x_s = alpha_s.sqrt() * prediction.pred_x_start + (1 - alpha_s).sqrt() * prediction.pred_noise
+        if self.student.get('teacher_order', 1) == 1:
+            return x_s
+        # DDIM is the first-order exponential integrator in lambda = log(sqrt(abar) / sqrt(1 - abar)) (Lu et al.
+        # 2022, DPM-Solver++ Eq. 9): x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^-h) x0_t, h = lambda_s - lambda_t.
+        # Second order: x0 linear in lambda from x0_t to the teacher's x0 at that x_s (the trapezoid, Heun's method
+        # in log-SNR; Song et al. 2023 distil with Heun); the weight of x0_s - x0_t is the integral of
+        # e^-(lambda_s - lambda) (lambda - lambda_t) / h over [lambda_t, lambda_s] = (h - 1 + e^-h) / h
+        h = (log_snr(alpha_s) - log_snr(self.alphas_cumprod[t][:, None, None, None])) / 2
+        x0_s = self.teacher.model_predictions(x_s, s, clip_x_start=True, rederive_pred_noise=True).pred_x_start
+        return x_s + alpha_s.sqrt() * (h + torch.expm1(-h)) / h * (x0_s - prediction.pred_x_start)
 
     @torch.inference_mode()
     def sample(self, batch_size: int = 16, **kwargs: Any) -> torch.Tensor:
