@@ -61,8 +61,8 @@ def eta_pairs(steps: Sequence[int]) -> list[tuple[str, str]]:
 
 # a distilled student's rows against the teacher's rows its targets name (docs/distillation.md): 1 and 2 steps
 # against the ODE it learned (DDIM-50, eta 0), 4 steps against the stochastic sampler (DDIM-50, eta 1)
-STUDENT_PAIRS = (('Consistency 1', 'DDIM 50, eta 0.0'), ('Consistency 2', 'DDIM 50, eta 0.0'),
-                 ('Consistency 4', 'DDIM 50, eta 1.0'))
+STUDENT_PAIRS = ((label('consistency', 1), label('ddim', 50, 0.0)), (label('consistency', 2), label('ddim', 50, 0.0)),
+                 (label('consistency', 4), label('ddim', 50, 1.0)))
 
 
 def cache_key(**settings: Any) -> str:
