@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_setting(g, 'train_num_steps', default=20000, help='optimiser steps (default: %(default)s)')
     add_setting(g, 'train_batch_size', default=32, help='images per step (default: %(default)s)')
     add_setting(g, 'train_lr', default=2e-5, help='Adam learning rate (default: %(default)s)')
+    add_setting(g, 'lr_schedule', default='constant',
+                help='constant, or cosine: decay to 0 at --train_num_steps (a segment meant to end the run; set '
+                     '--train_num_steps to what --max_minutes reaches) (default: %(default)s)')
     add_setting(g, 'ema_decay', default=0.999,
                 help='EMA decay of the weights that are sampled and exported (default: %(default)s)')
     add_setting(g, 'save_and_sample_every', default=500,
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_continued_student(init_from, student)
     training = dict(train_num_steps=args.train_num_steps, train_batch_size=args.train_batch_size,
                     train_lr=args.train_lr, ema_decay=args.ema_decay, save_and_sample_every=args.save_and_sample_every,
-                    num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule='constant',
+                    num_samples=args.num_samples, results_folder=args.results_folder, lr_schedule=args.lr_schedule,
                     sampling_timesteps=min(50, config['diffusion']['timesteps']))  # (the student's grids: 2 steps)
     model = {**config['model'], 'attention': attention_of(config['model'])}  # older configs leave the layout implied
     train_model(preset='shipped', model=model,

@@ -31,7 +31,7 @@ from ddpm_mnist.sampling.samplers import ddim_times
 from ddpm_mnist.sampling.loop import default_precision, denoise, initial_noise, prepare_for_inference, sample
 from ddpm_mnist.cli.arguments import ArgumentParser
 from ddpm_mnist.settings import PRESETS
-from ddpm_mnist.utils import write_json
+from ddpm_mnist.utils import shown_path, write_json
 
 # 'lean': the small Unet at MNIST's native 28 px with attention only at the lowest level (docs/training.md)
 LEAN = {**PRESETS['small'], 'model': {**PRESETS['small']['model'], 'attention': 'lowest'},
@@ -267,7 +267,7 @@ def student_timings(device, out, student_path, batch):
         print(f'{role} {label}: {seconds / batch:.4f} s per image', flush=True)
     base = {row['sampler']: row['seconds_per_image'] for row in rows}
     lines = [f'{machine_name(device)}, {precision}, batch {batch}, one batch end to end after a warm-up; student '
-             f'{student.path}, teacher {teacher.path}.', '',
+             f'{shown_path(student.path)}, teacher {shown_path(teacher.path)}.', '',
              '| model | sampler | NFE | s/image | faster than DDIM-50 | faster than DDPM-1000 |',
              '|---|---|---|---|---|---|']
     lines += [f'| {r["model"]} | {r["sampler"]} | {r["nfe"]} | {r["seconds_per_image"]:.4f} | '
@@ -276,7 +276,8 @@ def student_timings(device, out, student_path, batch):
     kind = '_conditional' if is_conditional(student.config['model']) else ''  # one file per shipped student
     stem = out / f'students{kind}_{device.type}'
     write_json(stem.with_suffix('.json'), dict(machine=machine_name(device), precision=precision, batch=batch,
-                                               student=str(student.path), teacher=str(teacher.path), rows=rows))
+                                               student=shown_path(student.path), teacher=shown_path(teacher.path),
+                                               rows=rows))
     stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

@@ -3,17 +3,19 @@
 here; they do not depend on the device. For a GPU sweep whose cache came back in comparison_gpu.tgz:
 
     mkdir -p runs/assemble && tar xzf comparison_gpu.tgz -C runs/assemble --strip-components 1
-    python3 scripts/assemble_comparison.py runs/assemble --raw-dir ../shared/data/mnist \
+    python3 scripts/assemble_comparison.py runs/assemble --raw_dir ../shared/data/mnist-full \
         --machine "NVIDIA H100 80GB HBM3" --device cuda --precision bf16 --batch_size 1000
     cp runs/assemble/comparison.{json,csv,md,png} assets/
 
-Configs missing from the cache are listed and left out of the table.
+Configs missing from the cache are listed and left out of the table. To join a finished sweep with one run
+later on the same x_T (a student's rows, say), use scripts/merge_sweeps.py instead.
 """
 import argparse
 from typing import Sequence
 import json
 from pathlib import Path
 
+from ddpm_mnist.api import load_model
 from ddpm_mnist.evaluation.reference import digits_evaluator
 from ddpm_mnist.evaluation.sweep import DEFAULT_ETAS, DEFAULT_SOLVER_STEPS, DEFAULT_STEPS, sweep_configs
 from ddpm_mnist.evaluation.sweep_tables import write_outputs
@@ -43,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     order = [c.label for c in sweep_configs(DIFFUSION_SAMPLERS, steps=DEFAULT_STEPS, etas=DEFAULT_ETAS,
                                                     solver_steps=DEFAULT_SOLVER_STEPS, total_timesteps=1000)]
     n = max(r['n'] for r in rows.values())  # the sweep's N (a DDPM row may hold fewer: --compare_ddpm_samples)
-    evaluator = digits_evaluator(image_size=32, raw_dir=args.raw_dir, seed=args.seed)  # the sweep it was written for
+    size = load_model(args.checkpoint, device='cpu', precision='fp32').diffusion.image_size[0]  # scored at its size
+    evaluator = digits_evaluator(image_size=size, raw_dir=args.raw_dir, seed=args.seed)
     result = dict(checkpoint=args.checkpoint, checkpoint_sha256_16=file_digest(args.checkpoint), machine=args.machine,
                   device=args.device, precision=args.precision, num_samples=n, batch_size=args.batch_size,
                   seed=args.seed, reference_images=evaluator.reference_count, train_images=evaluator.train_count,

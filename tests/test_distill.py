@@ -320,3 +320,35 @@ def test_the_sweep_adds_a_students_rows_and_runs_ddpm_on_every_kth_x_t(student_r
     code, _, err = run_main(inference_comparison.main, argv(trained_run / 'model-2.pt', '--compare_student',
                                                             str(trained_run / 'model-2.pt')), capsys)
     assert_one_line_error(code, err, 'is not a distilled student')
+
+
+def test_a_students_two_step_time_is_chosen_and_followed(student_run, idx_dir, tmp_path, capsys):
+    """scripts/student_times.py scores every other boundary as the 2-step time against training digits and writes
+    the best into the export's record; the sampler then follows it (other step counts keep their even spacing);
+    a hand-edited record that is not descending boundaries, or --write on a milestone, is one line."""
+    from conftest import load_script
+    from ddpm_mnist.model.checkpoints import export_ema
+    from ddpm_mnist.sampling.samplers import Consistency
+    script = load_script('student_times')
+    export = export_ema(student_run / 'model-2.pt', tmp_path / 'student')
+    code, out, err = run_main(script.main, ['--student', str(export), '--raw_dir', str(idx_dir), '--num_samples',
+                                            '12', '--write'], capsys)
+    assert code == 0, err
+    record = json.loads(export.with_suffix('.json').read_text())
+    student = load_model(export, precision='fp32')
+    sampler = Consistency(student.diffusion)
+    first, chosen = record['student']['sample_times']['2']
+    scored = record['student']['sample_times_search']['fid_by_time']
+    assert first == sampler.boundaries[0] and list(map(int, scored)) == sampler.boundaries[1::2]
+    assert scored[str(chosen)] == min(scored.values()) and f'best: 2 steps at {first}, {chosen}' in out
+    sampler.set_timesteps(2)
+    assert sampler.timesteps == [first, chosen]
+    sampler.set_timesteps(3)  # no tuned times for 3 steps: evenly spread, as before
+    assert len(sampler.timesteps) == 3 and sampler.timesteps[0] == first
+    record['student']['sample_times']['2'] = [chosen, first]  # ascending: refused
+    export.with_suffix('.json').write_text(json.dumps(record))
+    with pytest.raises(UserError, match='sample_times'):
+        sample(load_model(export, precision='fp32'), strategy='consistency', steps=2, n=2)
+    code, _, err = run_main(script.main, ['--student', str(student_run / 'model-2.pt'), '--raw_dir', str(idx_dir),
+                                          '--write'], capsys)
+    assert_one_line_error(code, err, 'export')

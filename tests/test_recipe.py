@@ -514,8 +514,10 @@ def test_target_table_holds_a_student_to_its_teachers_rows():
                         sweep_row('DDIM 50, eta 1.0', 'ddim', 50, 15.0),
                         sweep_row('Consistency 1', 'consistency', 1, 25.0),   # 1.56x eta 0: missed
                         sweep_row('Consistency 2', 'consistency', 2, 15.5),   # below eta 0: met
-                        sweep_row('Consistency 4', 'consistency', 4, 15.0)],  # equal to eta 1: met
+                        sweep_row('Consistency 4', 'consistency', 4, 15.0),   # equal to eta 1: met
+                        sweep_row('UniPC 10', 'unipc', 10, 17.0)],
                   pairs=[dict(a='Consistency 2', b='DDIM 50, eta 0.0', value=-0.5, low=-1.5, high=0.4, differs=False)])
+    assert script.target_rows(result)[2][1].startswith('UniPC 10')  # the model's best fast sampler, not its student
     student = script.target_rows(result)[5:]
     assert [ok for _, _, ok in student] == [True, False, True]
     assert student[0][0] == "student at 2 NFE: FID <= the teacher's DDIM-50 eta 0"
@@ -545,8 +547,8 @@ def test_headline_table_selects_the_readme_rows_and_reads_each_against_its_own_f
     assert picked == ['DDPM 1000', 'UniPC(2) 50', 'DDIM 50, eta 1.0', 'DDIM 50, eta 0.0', 'UniPC(2) 10',
                       'DDIM 10, eta 0.0']
     table = script.headline_table(result)
-    assert '| DDPM | 1000 | 100 | 1.000 | 12.00 [11.00, 13.00] | 1.50x |' in table  # 12 / 8, its own floor
-    assert '| UniPC(2) (best) | 50 | 1,000 |' in table and '| DDIM, eta 1 | 50 | 1,000 | 0.050 | 15.00' in table
+    assert '| DDPM | 1000 | 100 | 1.0000 | 12.00 [11.00, 13.00] | 1.50x |' in table  # 12 / 8, its own floor
+    assert '| UniPC(2) (best) | 50 | 1,000 |' in table and '| DDIM, eta 1 | 50 | 1,000 | 0.0500 | 15.00' in table
     assert '7.50x' in table and table.rstrip().endswith('| 1x | 9.80 |')
 
 
@@ -664,3 +666,60 @@ def test_export_to_a_folder_or_under_a_file_is_one_line(trained_run, tmp_path, m
     code, _, err = run_main(export.main, [str(trained_run / 'model-2.pt'), output, '--no-compare'], capsys)
     assert_one_line_error(code, err, 'output')
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_sweeps_of_the_same_x_t_merge_into_one_and_others_are_refused(tmp_path, capsys):
+    """Two parts of one sweep merge into one comparison: rows of both, the best row re-chosen (a part's difference
+    from its own best is dropped), pairs kept; parts that disagree on a shared row, or on the sweep's settings, are
+    one-line errors that write nothing."""
+    from conftest import load_script
+    script = load_script('merge_sweeps')
+
+    def row(config, strategy, steps, fid, eta=None, best=False, seconds=0.01):
+        return dict(sweep_row(config, strategy, steps, fid), steps=steps, eta=eta, n=100, seconds_per_image=seconds,
+                    is_best=best, fid_minus_best=0.0 if best else 1.0, fid_minus_best_low=0.0,
+                    fid_minus_best_high=2.0, differs_from_best=False)
+    settings = dict(checkpoint='m', checkpoint_sha256_16='x', seed=0, num_samples=100, precision='bf16',
+                    batch_size=100, reference_images=10000, train_images=60000, machine='cpu', device='cpu',
+                    calibration={script_floor(): dict(fid=2.0, fid_low=1.0, fid_high=3.0)})
+    full = dict(settings, rows=[row('DDIM 50, eta 0.0', 'ddim', 50, 8.0, eta=0.0),
+                                row('UniPC(2) 50', 'unipc', 50, 4.0, best=True)])
+    part = dict(settings, student='s.safetensors', student_sha256_16='y',
+                rows=[row('DDIM 50, eta 0.0', 'ddim', 50, 8.0, eta=0.0, best=True, seconds=0.012),
+                      row('Consistency 2', 'consistency', 2, 15.0)],
+                pairs=[dict(a='Consistency 2', b='DDIM 50, eta 0.0', value=7.0, low=6.0, high=8.0, differs=True)])
+    paths = [tmp_path / 'full.json', tmp_path / 'part.json']
+    for path, result in zip(paths, (full, part)):
+        path.write_text(json.dumps(result))
+    out = tmp_path / 'merged'
+    code, _, err = run_main(script.main, [*map(str, paths), '--output_dir', str(out)], capsys)
+    assert code == 0, err
+    merged = json.loads((out / 'comparison.json').read_text())
+    assert [r['config'] for r in merged['rows']] == ['DDIM 50, eta 0.0', 'UniPC(2) 50', 'Consistency 2']
+    assert [r['is_best'] for r in merged['rows']] == [False, True, False]
+    student = merged['rows'][2]
+    assert 'fid_minus_best' not in student  # its part's best was DDIM 50, not the merged best
+    assert merged['student_sha256_16'] == 'y' and merged['pairs'][0]['a'] == 'Consistency 2'
+    table = (out / 'comparison.md').read_text()
+    assert 'Merged from 2 sweeps' in table and '1.2-1.2x' in table and (out / 'comparison.png').is_file()
+    # a shared row scored differently: not the same samples
+    part['rows'][0]['fid'] = 8.5
+    paths[1].write_text(json.dumps(part))
+    refused = tmp_path / 'refused'
+    code, _, err = run_main(script.main, [*map(str, paths), '--output_dir', str(refused)], capsys)
+    assert_one_line_error(code, err, 'DDIM 50, eta 0.0', 'same samples')
+    assert not refused.exists()
+    # another seed: not parts of one sweep
+    part['rows'][0]['fid'], part['seed'] = 8.0, 1
+    paths[1].write_text(json.dumps(part))
+    code, _, err = run_main(script.main, [*map(str, paths), '--output_dir', str(refused)], capsys)
+    assert_one_line_error(code, err, 'seed')
+    paths[1].write_text('{"not": "a sweep"}')
+    code, _, err = run_main(script.main, [*map(str, paths), '--output_dir', str(refused)], capsys)
+    assert_one_line_error(code, err, 'comparison.json')
+    assert not refused.exists()
+
+
+def script_floor():
+    from ddpm_mnist.evaluation.sweep_tables import FLOOR
+    return FLOOR

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,16 +54,19 @@ def sweep_configs(samplers: Sequence[str], *, steps: Sequence[int], etas: Sequen
 
 def eta_pairs(steps: Sequence[int]) -> list[tuple[str, str]]:
     """At each S, paired: DDIM eta 0 against eta 1 (the DDIM paper's ordering: eta 0 wins at every S < T), and the
-    same ODE as DDIM eta 0 solved to second order (UniPC) against DDIM eta 1, which tells the model's deterministic
-    sampling from DDIM's first-order steps through it. The sweep keeps the pairs whose rows it holds."""
+    same ODE as DDIM eta 0 solved to second order (UniPC) against DDIM eta 0 and against eta 1: the first tells
+    DDIM's first-order steps through the model's ODE from the ODE itself, the second that ODE from the model's SDE.
+    The sweep keeps the pairs whose rows it holds."""
     return [pair for s in steps for pair in ((label('ddim', s, 0.0), label('ddim', s, 1.0)),
+                                             (label('unipc', s), label('ddim', s, 0.0)),
                                              (label('unipc', s), label('ddim', s, 1.0)))]
 
 
-# a distilled student's rows against the teacher's rows its targets name (docs/distillation.md): 1 and 2 steps
-# against the ODE it learned (DDIM-50, eta 0), 4 steps against the stochastic sampler (DDIM-50, eta 1)
-STUDENT_PAIRS = ((label('consistency', 1), label('ddim', 50, 0.0)), (label('consistency', 2), label('ddim', 50, 0.0)),
-                 (label('consistency', 4), label('ddim', 50, 1.0)))
+# a distilled student's targets (docs/distillation.md), declared once for the sweep's pairs and target_table.py:
+# (student steps, eta of the teacher's DDIM-50 row it is held to, the factor on that row's FID) -- 1 and 2 steps
+# against the ODE it learned (eta 0), 4 steps against the stochastic sampler (eta 1)
+STUDENT_TARGETS = ((2, 0.0, 1.0), (1, 0.0, 1.5), (4, 1.0, 1.0))
+STUDENT_PAIRS = tuple((label('consistency', steps), label('ddim', 50, eta)) for steps, eta, _ in STUDENT_TARGETS)
 
 
 def cache_key(**settings: Any) -> str:
@@ -113,7 +117,10 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
         n = len(noise[picked])
         conditioning = {} if labels is None else dict(labels=labels[picked],
                                                       guidance=None if c.spec.student else guidance)
-        key = cache_key(checkpoint=digest, n=n, seed=seed,
+        # a student's tuned times for this step count (scripts/student_times.py) are part of what its rows sampled
+        times = ((getattr(model, 'student', None) or {}).get('sample_times') or {}).get(str(c.steps)) if (
+            c.spec.student) else None
+        key = cache_key(checkpoint=digest, n=n, seed=seed, **({} if times is None else dict(sample_times=times)),
                         precision=precision, batch_size=batch_size, device=str(diffusion.device),
                         extra=bool(extra_score), scorer=evaluator.identity, **asdict(c),
                         **({} if stride == 1 or not c.spec.all_steps else dict(stride=stride)),
@@ -192,3 +199,56 @@ def add_paired_differences(rows: list[dict[str, Any]], features: dict[str, np.nd
                         f'fid_minus_{name}_high': diff.high, f'differs_from_{name}': differs(diff)})
     for row in rows:
         row['is_best'] = row is best
+
+
+# what makes two sweeps parts of one: the same model, x_T (seed, N), precision, batch, reference and machine
+SAME_SWEEP = ('checkpoint_sha256_16', 'seed', 'num_samples', 'precision', 'batch_size', 'reference_images',
+              'train_images', 'machine')
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One sweep from sweeps of the same x_T run in parts (comparison.json each): their rows, pairs and calibration
+    together, the first part's row where two hold a config. A config two parts both ran must score the same FID in
+    each (the proof that they drew the same samples), else the parts are refused. A row keeps its paired difference
+    from the best row only where its part's best is the merged best (else –); its difference from DDPM is kept."""
+    first = results[0]
+    for key in SAME_SWEEP:
+        values = {str(r.get(key)) for r in results}
+        if len(values) > 1:
+            raise UserError(f'the sweeps differ in {key} ({", ".join(sorted(values))}): only parts of one sweep '
+                            '(same model, seed, N, precision, batch, machine) can be merged')
+    students = {r['student_sha256_16'] for r in results if 'student' in r}
+    if len(students) > 1:
+        raise UserError(f'the sweeps hold different students ({", ".join(sorted(students))}); merge one at a time')
+    rows, seconds = {}, []
+    for result in results:
+        part_best = next((r['config'] for r in result['rows'] if r.get('is_best')), None)
+        for row in result['rows']:
+            seen = rows.get(row['config'])
+            if seen is None:
+                rows[row['config']] = dict(row, part_best=part_best)
+            elif not math.isclose(seen['fid'], row['fid'], rel_tol=1e-9):
+                raise UserError(f'{row["config"]} scores FID {seen["fid"]:.4f} in one sweep and {row["fid"]:.4f} in '
+                                'another: they did not draw the same samples; run them into one results folder')
+            else:
+                seconds.append(row['seconds_per_image'] / seen['seconds_per_image'])
+    full = [r for r in rows.values() if r['n'] == first['num_samples']]
+    best = min(full, key=lambda r: r['fid'])['config']
+    order = list(SAMPLERS)
+    merged = sorted(rows.values(), key=lambda r: (order.index(r['strategy']), r['steps'], r['eta'] or 0))
+    for row in merged:
+        if row.pop('part_best') != best:  # its difference was taken from another best row
+            for key in ('fid_minus_best', 'fid_minus_best_low', 'fid_minus_best_high', 'differs_from_best'):
+                row.pop(key, None)
+        row['is_best'] = row['config'] == best
+    pairs, calibration = {}, {}
+    for result in results:  # the first part's where two hold one
+        for pair in result.get('pairs', []):
+            pairs.setdefault((pair['a'], pair['b']), pair)
+        for name, scores in result['calibration'].items():
+            calibration.setdefault(name, scores)
+    student = next((dict(student=r['student'], student_sha256_16=r['student_sha256_16']) for r in results
+                    if 'student' in r), {})
+    return dict(first, **student, rows=merged, pairs=list(pairs.values()), calibration=calibration,
+                parts=dict(count=len(results), shared_rows=len(seconds),
+                           seconds_ratio=[round(min(seconds), 3), round(max(seconds), 3)] if seconds else None))

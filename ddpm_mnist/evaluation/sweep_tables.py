@@ -45,7 +45,8 @@ def markdown_table(result: dict[str, Any]) -> str:
              f'{result["precision"]}, batch {result["batch_size"]}, on {result["machine"]}; reference: '
              f'{result["reference_images"]} MNIST test digits. Intervals: bootstrap over the samples (reference '
              'fixed); "vs": paired FID difference with its interval, * where it excludes 0 (the same x_T in every row'
-             '; against a row of fewer samples, on the x_T it drew); –: not measured.' + student_sentence(result), '',
+             '; against a row of fewer samples, on the x_T it drew); –: not measured.' + student_sentence(result)
+             + parts_sentence(result), '',
              '| ' + ' | '.join(head[i] for i in kept) + ' |', '|' + '---|' * len(kept)]
     lines += ['| ' + ' | '.join(row[i] for i in kept) + ' |' for row in rows]
     lines += ['', *map(pair_sentence, result.get('pairs', [])), *feature_space_agreement(result['rows']),
@@ -66,6 +67,20 @@ def student_sentence(result: dict[str, Any]) -> str:
         return ''
     return (f' Consistency rows: the distilled student {result["student"]} (sha256 {result["student_sha256_16"]}), '
             'distilled from the swept model and sampled unguided (a conditional student learned its guidance).')
+
+
+def parts_sentence(result: dict[str, Any]) -> str:
+    """How a sweep merged from parts (scripts/merge_sweeps.py) was put together, and how far its timings agree."""
+    parts = result.get('parts')
+    if not parts:
+        return ''
+    text = (f' Merged from {parts["count"]} sweeps of the same x_T (scripts/merge_sweeps.py): the {parts["shared_rows"]}'
+            ' configs more than one ran score the same FID in each')
+    if parts['seconds_ratio']:
+        low, high = parts['seconds_ratio']
+        text += (f'; their s/image in a later part was {low:g}-{high:g}x the first\'s (the same machine type, '
+                 'another day), so compare timings within a part')
+    return text + '.'
 
 
 def feature_space_agreement(rows: list[dict[str, Any]]) -> list[str]:

@@ -110,10 +110,16 @@ class Consistency(LibraryChain):
         self.boundaries = boundaries(diffusion.num_timesteps, diffusion.student['boundaries'])[:-1]  # 0: identity
 
     def set_timesteps(self, steps: int) -> None:
-        """S of the student's boundaries, evenly spread from T-1 down (S = 2: T-1 and the middle one)."""
-        count = len(self.boundaries)
-        picks = sorted({round(i * count / steps) for i in range(min(steps, count))})
-        self.timesteps = [self.boundaries[i] for i in picks]
+        """S of the student's boundaries: the times its record holds for S (scripts/student_times.py chose them,
+        as Song et al. 2023 chose their 2-step time by search), else spread evenly from T-1 down (S = 2: T-1 and
+        the middle one)."""
+        tuned = (self.diffusion.student.get('sample_times') or {}).get(str(steps))
+        if tuned is not None:
+            self.timesteps = check_times(tuned, steps, self.boundaries)
+        else:
+            count = len(self.boundaries)
+            picks = sorted({round(i * count / steps) for i in range(min(steps, count))})
+            self.timesteps = [self.boundaries[i] for i in picks]
         self.next_time = dict(zip(self.timesteps, self.timesteps[1:]))
 
     def step(self, prediction: ModelPrediction, t: int, x: torch.Tensor,
@@ -124,6 +130,17 @@ class Consistency(LibraryChain):
         if t not in self.next_time:
             return x0
         return self.diffusion.q_sample(x0, full_times(self.next_time[t], x), step_noise(x, generator))
+
+
+def check_times(times: Any, steps: int, boundaries: list[int]) -> list[int]:
+    """A student record's sample times for S steps: S of its boundaries, descending from T-1."""
+    from ddpm_mnist.utils import UserError
+    if (not isinstance(times, list) or len(times) != steps or times != sorted(set(times), reverse=True)
+            or not set(times) <= set(boundaries) or times[0] != boundaries[0]):
+        raise UserError(f'the student\'s record holds sample_times {times} for {steps} steps, not {steps} of its '
+                        f'boundaries descending from {boundaries[0]}; remove them from its .json or rerun '
+                        'scripts/student_times.py')
+    return list(times)
 
 
 class DiffusersSolver:
