@@ -345,10 +345,11 @@ def test_a_students_two_step_time_is_chosen_and_followed(student_run, idx_dir, t
     assert sampler.timesteps == [first, chosen]
     sampler.set_timesteps(3)  # no tuned times for 3 steps: evenly spread, as before
     assert len(sampler.timesteps) == 3 and sampler.timesteps[0] == first
-    record['student']['sample_times']['2'] = [chosen, first]  # ascending: refused
-    export.with_suffix('.json').write_text(json.dumps(record))
-    with pytest.raises(UserError, match='sample_times'):
-        sample(load_model(export, precision='fp32'), strategy='consistency', steps=2, n=2)
+    for bad in ({'2': [chosen, first]}, {'2': [first, str(chosen)]}, [first, chosen]):  # ascending, text, no steps
+        record['student']['sample_times'] = bad
+        export.with_suffix('.json').write_text(json.dumps(record))
+        with pytest.raises(UserError, match='sample_times'):
+            sample(load_model(export, precision='fp32'), strategy='consistency', steps=2, n=2)
     code, _, err = run_main(script.main, ['--student', str(student_run / 'model-2.pt'), '--raw_dir', str(idx_dir),
                                           '--write'], capsys)
     assert_one_line_error(code, err, 'export')

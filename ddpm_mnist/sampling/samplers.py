@@ -113,7 +113,8 @@ class Consistency(LibraryChain):
         """S of the student's boundaries: the times its record holds for S (scripts/student_times.py chose them,
         as Song et al. 2023 chose their 2-step time by search), else spread evenly from T-1 down (S = 2: T-1 and
         the middle one)."""
-        tuned = (self.diffusion.student.get('sample_times') or {}).get(str(steps))
+        recorded = self.diffusion.student.get('sample_times') or {}
+        tuned = recorded.get(str(steps)) if isinstance(recorded, dict) else []  # not {steps: times}: refused
         if tuned is not None:
             self.timesteps = check_times(tuned, steps, self.boundaries)
         else:
@@ -135,7 +136,8 @@ class Consistency(LibraryChain):
 def check_times(times: Any, steps: int, boundaries: list[int]) -> list[int]:
     """A student record's sample times for S steps: S of its boundaries, descending from T-1."""
     from ddpm_mnist.utils import UserError
-    if (not isinstance(times, list) or len(times) != steps or times != sorted(set(times), reverse=True)
+    if (not isinstance(times, list) or len(times) != steps or not all(type(t) is int for t in times)
+            or times != sorted(set(times), reverse=True)
             or not set(times) <= set(boundaries) or times[0] != boundaries[0]):
         raise UserError(f'the student\'s record holds sample_times {times} for {steps} steps, not {steps} of its '
                         f'boundaries descending from {boundaries[0]}; remove them from its .json or rerun '
