@@ -20,6 +20,7 @@ from ddpm_mnist.evaluation.metrics import METRICS_VERSION, Evaluator, scores_fro
 from ddpm_mnist.sampling.registry import SAMPLERS, SamplerSettings, default, exists, label
 from ddpm_mnist.sampling.loop import initial_noise, timed_sample
 from ddpm_mnist.sampling.images import save_grid
+from ddpm_mnist.sampling.samplers import recorded_times
 from ddpm_mnist.utils import Diffusion, PathLike, UserError, atomic_path, file_digest, shown_path, write_json
 
 DEFAULT_STEPS = (10, 20, 50, 100, 200, 1000)  # DDIM
@@ -118,8 +119,7 @@ def run_sweep(diffusion: Diffusion, evaluator: Evaluator, out_dir: PathLike, che
         conditioning = {} if labels is None else dict(labels=labels[picked],
                                                       guidance=None if c.spec.student else guidance)
         # a student's tuned times for this step count (scripts/student_times.py) are part of what its rows sampled
-        times = ((getattr(model, 'student', None) or {}).get('sample_times') or {}).get(str(c.steps)) if (
-            c.spec.student) else None
+        times = recorded_times(model.student, c.steps) if c.spec.student else None
         key = cache_key(checkpoint=digest, n=n, seed=seed, **({} if times is None else dict(sample_times=times)),
                         precision=precision, batch_size=batch_size, device=str(diffusion.device),
                         extra=bool(extra_score), scorer=evaluator.identity, **asdict(c),

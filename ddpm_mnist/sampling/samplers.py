@@ -113,8 +113,7 @@ class Consistency(LibraryChain):
         """S of the student's boundaries: the times its record holds for S (scripts/student_times.py chose them,
         as Song et al. 2023 chose their 2-step time by search), else spread evenly from T-1 down (S = 2: T-1 and
         the middle one)."""
-        recorded = self.diffusion.student.get('sample_times') or {}
-        tuned = recorded.get(str(steps)) if isinstance(recorded, dict) else []  # not {steps: times}: refused
+        tuned = recorded_times(self.diffusion.student, steps)
         if tuned is not None:
             self.timesteps = check_times(tuned, steps, self.boundaries)
         else:
@@ -131,6 +130,13 @@ class Consistency(LibraryChain):
         if t not in self.next_time:
             return x0
         return self.diffusion.q_sample(x0, full_times(self.next_time[t], x), step_noise(x, generator))
+
+
+def recorded_times(student: dict[str, Any], steps: int) -> Any:
+    """The times a student's record holds for S steps (scripts/student_times.py), None where it holds none; a
+    record whose sample_times is not {steps: times} gives [], which check_times refuses."""
+    recorded = student.get('sample_times') or {}
+    return recorded.get(str(steps)) if isinstance(recorded, dict) else []
 
 
 def check_times(times: Any, steps: int, boundaries: list[int]) -> list[int]:
