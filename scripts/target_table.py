@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from ddpm_mnist.evaluation.sweep import STUDENT_TARGETS
 from ddpm_mnist.evaluation.sweep_tables import FLOOR
-from ddpm_mnist.sampling.registry import SAMPLERS
+from ddpm_mnist.sampling.registry import SAMPLERS, label
 from ddpm_mnist.utils import UserError, atomic_path, run_cli
 
 
@@ -47,10 +47,10 @@ def fid_text(row: dict[str, Any]) -> str:
     return f'{row["fid"]:.2f}' if low is None else f'{row["fid"]:.2f} [{low:.2f}, {high:.2f}]'
 
 
-def find_row(rows: dict[str, dict[str, Any]], label: str) -> dict[str, Any]:
-    if label not in rows:
-        raise UserError(f'the sweep has no "{label}" row; rerun it with the flags in this script\'s --help')
-    return rows[label]
+def find_row(rows: dict[str, dict[str, Any]], config: str) -> dict[str, Any]:
+    if config not in rows:
+        raise UserError(f'the sweep has no "{config}" row; rerun it with the flags in this script\'s --help')
+    return rows[config]
 
 
 def at_ddpm_n(row: dict[str, Any], ddpm: dict[str, Any]) -> tuple[float, str]:
@@ -73,7 +73,7 @@ def target_rows(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         raise UserError('the sweep has no DDPM row; rerun it with the flags in this script\'s --help')
     # DDPM drawn on fewer x_T (--compare_ddpm_samples) is read against the floor at its own N
     floor = floor_at(result, ddpm.get('n'))
-    eta0, eta1 = (find_row(rows, label) for label in ('DDIM 50, eta 0.0', 'DDIM 50, eta 1.0'))
+    eta0, eta1 = (find_row(rows, label('ddim', 50, eta)) for eta in (0.0, 1.0))
     # the model's own samplers: a distilled student is another model, held to its own targets below
     fast = [r for r in result['rows'] if r['nfe'] <= 10 and not SAMPLERS[r['strategy']].student]
     if not fast:
@@ -111,7 +111,7 @@ def student_target_rows(result: dict[str, Any], rows: dict[str, dict[str, Any]],
     teacher = {0.0: eta0, 1.0: eta1}
     out = []
     for steps, eta, factor in STUDENT_TARGETS:
-        student = rows.get(f'Consistency {steps}')
+        student = rows.get(label('consistency', steps))
         if student is None:
             continue
         bound = teacher[eta]
