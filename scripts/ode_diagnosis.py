@@ -10,7 +10,8 @@ several timesteps: a calibrated denoiser has none, and a bias at high noise is w
 the first model autoguided by a weaker model of the same task, D_guide + w (D - D_guide) (Karras et al. 2024).
 --discretization tells the ODE from DDIM's first-order steps through it: DDIM eta 0 at 100 and 200 steps (the
 converged ODE), and DDIM-50 at eta 0 and 1 on the DDIM paper's quadratic time spacing (Song et al. 2021, App. D.2:
-tau_i = c i^2, here from T-1, where x_T is pure noise, instead of the paper's 0.8 T on a linear schedule).
+tau_i = c i^2, here from T-1, where x_T is pure noise, instead of the paper's 0.8 T on a linear schedule) and on
+log-SNR spacing (DPM-Solver's choice for low-resolution images, Lu et al. 2022, of which DDIM is the first order).
 
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints SHIPPED OTHER.safetensors
   python3 scripts/ode_diagnosis.py --raw_dir ../shared/data/mnist-full --checkpoints MODEL.safetensors --switch
@@ -52,8 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_setting(p, 'guide_weights', rule=each(POSITIVE_NUMBER), type=comma_floats, default=[1.5, 2.0],
                 help='autoguidance weights w (1: the model alone) (default: 1.5,2)')
     p.add_argument('--discretization', action='store_true',
-                   help='only DDIM eta 0 at 100 and 200 steps and DDIM-50 at eta 0 and 1 on quadratic time spacing, '
-                        'on the first model: how much of the gap is the 50-step discretization')
+                   help='only DDIM eta 0 at 100 and 200 steps and DDIM-50 at eta 0 and 1 on quadratic and on log-SNR '
+                        'time spacing, on the first model: how much of the gap is the 50-step discretization')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
                    help="the Unet's precision when sampling (auto: bf16 on CPUs that have it, else fp32); fp32 checks "
                         'whether bf16 rounding, which the ODE carries to the end, is part of the gap')
@@ -74,6 +75,21 @@ def quadratic_times(total_timesteps: int, steps: int) -> list[tuple[int, int]]:
     import numpy as np
     times = sorted({int(np.floor(total_timesteps * (i / steps) ** 2)) - 1 for i in range(steps + 1)}, reverse=True)
     return list(zip(times[:-1], times[1:]))
+
+
+def logsnr_times(alphas_cumprod, steps: int) -> list[tuple[int, int]]:
+    """DDIM time pairs uniform in log-SNR, lambda = log(abar / (1 - abar)) (Lu et al. 2022, DPM-Solver's "logSNR"
+    skip type): S times from T-1 down to 0, each the integer timestep nearest its lambda, made distinct by moving a
+    repeat one timestep lower, but never so low that the times still to come would run out of timesteps (both ends
+    of the schedule hold fewer timesteps than uniform lambda asks for); the last pair ends at -1 (x0), as the
+    library's do."""
+    import numpy as np
+    lam = np.log(alphas_cumprod / (1 - alphas_cumprod))
+    times = [len(lam) - 1]
+    for i, target in enumerate(np.linspace(lam[-1], lam[0], steps)[1:], start=1):
+        nearest = int(np.abs(lam - target).argmin())
+        times.append(max(steps - 1 - i, min(nearest, times[-1] - 1)))  # steps - 1 - i times still to come
+    return list(zip(times, times[1:] + [-1]))
 
 
 def ddim50(diffusion, noise, *, eta, clip=True, rederive=True, batch_size=100, eps_scale=1.0, pairs=None):
@@ -161,7 +177,9 @@ def variant_rows(args):
         return [('linear spacing, 100 steps', 0, dict(steps=('linear', 100))),
                 ('linear spacing, 200 steps', 0, dict(steps=('linear', 200))),
                 ('quadratic spacing, 50 steps', 0, dict(steps=('quadratic', 50))),
-                ('quadratic spacing, 50 steps', 1, dict(steps=('quadratic', 50)))]
+                ('quadratic spacing, 50 steps', 1, dict(steps=('quadratic', 50))),
+                ('log-SNR spacing, 50 steps', 0, dict(steps=('logsnr', 50))),
+                ('log-SNR spacing, 50 steps', 1, dict(steps=('logsnr', 50)))]
     if args.eps_scales:
         return [(f'noise prediction / {lam:g}', eta, dict(eps_scale=lam)) for lam in args.eps_scales for eta in (0, 1)]
     return [(f'autoguided, w = {w:g}', eta, dict(guide_weight=w)) for w in args.guide_weights for eta in (0, 1)]
@@ -183,7 +201,9 @@ def print_variants(args) -> None:
     print(f'precision: {args.precision}; {name}' + (f' guided by {args.guide}' if guide else ''))
     print(f'| variant | {"DDIM" if args.discretization else "DDIM-50"} eta | FID [95 %] | FID / floor | mean ink |')
     print('|---|---|---|---|---|')
-    spacings = dict(linear=ddim_times, quadratic=quadratic_times)
+    alphas_cumprod = model.diffusion.alphas_cumprod.double().cpu().numpy()
+    spacings = dict(linear=ddim_times, quadratic=quadratic_times,
+                    logsnr=lambda _, steps: logsnr_times(alphas_cumprod, steps))
     for label, eta, option in variant_rows(args):
         model.diffusion.model = autoguided(net, guide, option['guide_weight']) if guide else net
         spacing, steps = option.get('steps', ('linear', 50))

@@ -1,13 +1,18 @@
-"""Choose the intermediate time of a distilled student's 2-step sampling and write it into the student's record.
+"""Choose the intermediate times of a distilled student's few-step sampling and write them into its record.
 
-A consistency student sampled in 2 steps jumps from x_T to x0 at T-1, noises that estimate again to one more
-boundary t and jumps once more. Which t is best is a property of the student, not of the method: Song et al. 2023
-chose theirs by a search on FID. This script scores every other boundary as t (N samples from seed --seed, the same
-x_T and noise for each t), against 10,000 training digits -- not the test digits the reported numbers use -- and,
-with --write, stores the best as "sample_times" in the export's .json, which `--strategy consistency --sample_steps 2`
-then follows. Other step counts keep their even spacing.
+A consistency student sampled in S steps jumps from x_T to x0 at T-1, noises that estimate again to a lower
+boundary, jumps again, and so on. Which times are best is a property of the student, not of the method: Song et al.
+2023 chose theirs by a search on FID, greedily, one time after another. So does this script: the 2-step time is
+the best of every other boundary; for more steps (--steps 2,4) the times found so far are kept and the next one is
+searched among every other boundary below the last (N samples from seed --seed, the same x_T and noise for every
+candidate), each scored against 10,000 training digits -- not the test digits the reported numbers use -- and
+against the even spacing on the same samples. With --write, the times of each S that are no worse than its even
+spacing are stored as "sample_times" in the export's .json, which `--strategy consistency --sample_steps S` then
+follows; an S whose even spacing scores better keeps it (its old times, if any, are removed). Other step counts
+are untouched.
 
     python3 scripts/student_times.py --raw_dir ../shared/data/mnist-full --write                  # the shipped student
+    python3 scripts/student_times.py --raw_dir ../shared/data/mnist-full --steps 2,4 --write      # 2 and 4 steps
     python3 scripts/student_times.py --raw_dir ../shared/data/mnist-full --conditional --write    # the conditional one
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ddpm_mnist.cli.arguments import ArgumentParser, add_raw_dir_arg, add_settin
 from ddpm_mnist.datasets import load_split
 from ddpm_mnist.evaluation.metrics import Evaluator, frechet_distance
 from ddpm_mnist.sampling.samplers import Consistency
+from ddpm_mnist.settings import comma_ints, each, at_least
 from ddpm_mnist.utils import UserError, read_json, run_cli, write_json
 
 
@@ -37,7 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_setting(p, 'num_samples', default=2000, help='samples per candidate time (default: %(default)s)')
     add_setting(p, 'seed', default=1, help='seed of the x_T and the noise (default: %(default)s; the reported '
                                            'numbers use seed 0)')
-    p.add_argument('--write', action='store_true', help="store the best time in the student's .json")
+    add_setting(p, 'steps', type=comma_ints, rule=each(at_least(2)), default=[2],
+                help='step counts to search, comma-separated, each at least 2; more than 2 steps are searched '
+                     'greedily after the shorter ones (default: 2)')
+    p.add_argument('--write', action='store_true', help="store the best times in the student's .json")
     return p.parse_args(argv)
 
 
@@ -45,6 +54,22 @@ def training_reference(raw_dir: str | None, seed: int) -> np.ndarray:
     """10,000 training digits: what the candidates are scored against, so the test split stays unseen."""
     train, _ = load_split('train', raw_dir)
     return train[np.random.default_rng(seed).permutation(len(train))[:10000]]
+
+
+def greedy_times(score, boundaries: list[int], steps: int) -> tuple[list[int], dict[int, dict[int, float]]]:
+    """Song et al.'s greedy search: from [T-1], each next time is the best of every other boundary below the last
+    (leaving room for the times still to come), scored by score(times) with the earlier times kept. Returns the
+    S times and, per stage k = 2..S, {candidate: FID}."""
+    times, stages = [boundaries[0]], {}
+    for k in range(2, steps + 1):
+        room = steps - k  # boundaries that must stay below this one
+        below = [t for t in boundaries[1::2] if t < times[-1] and boundaries.index(t) < len(boundaries) - room]
+        if not below:
+            raise UserError(f'{steps} steps leave no boundary of the student to search below {times[-1]} for time '
+                            f'{k} ({len(boundaries)} boundaries); search fewer steps')
+        stages[k] = {t: score(times + [t]) for t in below}
+        times.append(min(stages[k], key=stages[k].get))
+    return times, stages
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -59,22 +84,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     evaluator = Evaluator(training_reference(args.raw_dir, args.seed), image_size=model.diffusion.image_size[0],
                           seed=args.seed)
     boundaries = Consistency(model.diffusion).boundaries
-    scores = {}
-    for t in boundaries[1::2]:
-        model.diffusion.student['sample_times'] = {'2': [boundaries[0], t]}
-        images = sample(model, strategy='consistency', steps=2, n=args.num_samples, seed=args.seed, batch_size=250)
-        scores[t] = frechet_distance(evaluator.features(images), evaluator.reference_fit)  # FID alone: no bootstrap
-        print(f't = {t}: FID {scores[t]:.2f} against training digits', flush=True)
-    best = min(scores, key=scores.get)
-    print(f'best: 2 steps at {boundaries[0]}, {best} (FID {scores[best]:.2f}; even spacing, '
-          f'{boundaries[len(boundaries) // 2]}: {scores.get(boundaries[len(boundaries) // 2], float("nan")):.2f})')
+    kept = model.diffusion.student.get('sample_times')
+
+    def score(times: list[int] | None, steps: int) -> float:
+        """FID against the training digits of S-step samples at these times (None: the even spacing)."""
+        model.diffusion.student['sample_times'] = {} if times is None else {str(len(times)): times}
+        images = sample(model, strategy='consistency', steps=steps, n=args.num_samples, seed=args.seed,
+                        batch_size=250)
+        fid = frechet_distance(evaluator.features(images), evaluator.reference_fit)  # FID alone: no bootstrap
+        print(f'{steps} steps at {times or "even spacing"}: FID {fid:.2f} against training digits', flush=True)
+        return fid
+
+    top = max(args.steps)
+    times, stages = greedy_times(lambda t: score(t, len(t)), boundaries, top)
+    found, even = {}, {}
+    for steps in sorted(set(args.steps)):
+        even[steps] = score(None, steps)
+        best = stages[steps][times[steps - 1]]
+        print(f'best: {steps} steps at {", ".join(map(str, times[:steps]))} (FID {best:.2f}; even spacing: '
+              f'{even[steps]:.2f})' + ('' if best <= even[steps] else ': the even spacing is kept'))
+        if best <= even[steps]:
+            found[str(steps)] = times[:steps]
+    model.diffusion.student['sample_times'] = kept
     if args.write:
         data = read_json(record)
-        data['student']['sample_times'] = {'2': [boundaries[0], best]}
+        recorded = data['student'].get('sample_times')
+        tuned = {k: v for k, v in recorded.items() if k not in {str(s) for s in args.steps}} if isinstance(
+            recorded, dict) else {}  # a malformed record (which sampling refuses) is replaced
+        data['student']['sample_times'] = dict(sorted({**tuned, **found}.items()))
         data['student']['sample_times_search'] = dict(
             command=shlex.join(['python3', 'scripts/student_times.py', *(sys.argv[1:] if argv is None else argv)]),
             num_samples=args.num_samples, seed=args.seed, reference='10,000 training digits',
-            fid_by_time={str(t): round(f, 3) for t, f in scores.items()})
+            fid_by_time={str(k): {str(t): round(f, 3) for t, f in stage.items()} for k, stage in stages.items()},
+            fid_even_spacing={str(k): round(f, 3) for k, f in even.items()})
         write_json(record, data)
         print(f'wrote sample_times into {record}')
 

@@ -337,10 +337,18 @@ def test_a_students_two_step_time_is_chosen_and_followed(student_run, idx_dir, t
     record = json.loads(export.with_suffix('.json').read_text())
     student = load_model(export, precision='fp32')
     sampler = Consistency(student.diffusion)
+    search = record['student']['sample_times_search']
+    scored = search['fid_by_time']['2']
+    assert list(map(int, scored)) == sampler.boundaries[1::2] and set(search['fid_even_spacing']) == {'2'}
+    if min(scored.values()) > search['fid_even_spacing']['2']:  # the even spacing won: nothing stored for 2 steps
+        assert 'the even spacing is kept' in out and '2' not in record['student']['sample_times']
+        record['student']['sample_times'] = {'2': [sampler.boundaries[0], int(min(scored, key=scored.get))]}
+        export.with_suffix('.json').write_text(json.dumps(record))
+        student = load_model(export, precision='fp32')
+        sampler = Consistency(student.diffusion)
     first, chosen = record['student']['sample_times']['2']
-    scored = record['student']['sample_times_search']['fid_by_time']
-    assert first == sampler.boundaries[0] and list(map(int, scored)) == sampler.boundaries[1::2]
-    assert scored[str(chosen)] == min(scored.values()) and f'best: 2 steps at {first}, {chosen}' in out
+    assert first == sampler.boundaries[0] and scored[str(chosen)] == min(scored.values())
+    assert f'best: 2 steps at {first}, {chosen}' in out
     sampler.set_timesteps(2)
     assert sampler.timesteps == [first, chosen]
     sampler.set_timesteps(3)  # no tuned times for 3 steps: evenly spread, as before
@@ -353,3 +361,24 @@ def test_a_students_two_step_time_is_chosen_and_followed(student_run, idx_dir, t
     code, _, err = run_main(script.main, ['--student', str(student_run / 'model-2.pt'), '--raw_dir', str(idx_dir),
                                           '--write'], capsys)
     assert_one_line_error(code, err, 'export')
+
+
+def test_more_sampling_steps_are_searched_greedily_after_the_shorter_ones():
+    """scripts/student_times.py's greedy search (Song et al. 2023): each next time is the best of every other
+    boundary below the last, with the earlier times kept and room left for the times still to come."""
+    from conftest import load_script
+    greedy_times = load_script('student_times').greedy_times
+    boundaries = list(range(999, 0, -20))  # 999, 979, ..., 19: 50 boundaries, as the shipped student's
+    wanted = [999, 700, 400, 100]
+    calls = []
+
+    def score(times):  # closest to `wanted` wins; the prefix must be the times chosen so far
+        calls.append(list(times))
+        return sum(abs(a - b) for a, b in zip(times, wanted))
+
+    times, stages = greedy_times(score, boundaries, 4)
+    assert times == [999, 699, 419, 99] and sorted(stages) == [2, 3, 4]
+    assert list(stages[2]) == [t for t in boundaries[1::2] if t > 19]  # the last boundary stays free for later times
+    assert all(t < 699 for t in stages[3]) and all(t < 419 for t in stages[4]) and 19 in stages[4]
+    assert all(c[:len(c) - 1] == times[:len(c) - 1] for c in calls)
+    assert greedy_times(score, boundaries, 2)[0] == [999, 699]

@@ -84,6 +84,24 @@ def test_ddim_times_are_the_library_pairs_across_step_counts():
         assert len({t for t, _ in pairs}) == steps and pairs[0][0] == 999 and pairs[-1][1] == -1, steps
 
 
+@pytest.mark.parametrize('steps', [1, 2, 10, 50, 200, 1000])
+def test_log_snr_spacing_of_the_discretization_rows(steps):
+    """scripts/ode_diagnosis.py's log-SNR spacing: S distinct descending timesteps from T-1 to 0, then x0 (-1); at
+    10 and 50 steps the low-noise third is even in lambda (at 200 and more both ends run out of timesteps)."""
+    import numpy as np
+    from denoising_diffusion_pytorch.denoising_diffusion_pytorch import cosine_beta_schedule
+    from conftest import load_script
+    alphas_cumprod = np.cumprod(1 - cosine_beta_schedule(1000).double().numpy())
+    pairs = load_script('ode_diagnosis').logsnr_times(alphas_cumprod, steps)
+    times = [t for t, _ in pairs]
+    assert len(pairs) == steps and times[0] == 999 and pairs[-1] == (times[-1], -1) and min(times) >= 0
+    assert all(a > b for a, b in zip(times, times[1:])) and [s for _, s in pairs[:-1]] == times[1:]
+    if steps in (10, 50):
+        lam = np.log(alphas_cumprod / (1 - alphas_cumprod))
+        even = (lam[0] - lam[-1]) / (steps - 1)
+        assert times[-1] == 0 and np.allclose(np.diff(lam[times[-steps // 3:]]), even, rtol=0.3)
+
+
 # ---------------------------------------------------------------- DDPM and DDIM against diffusers
 
 @pytest.mark.parametrize('objective', ['pred_v', 'pred_noise', 'pred_x0'])
