@@ -86,23 +86,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     boundaries = Consistency(model.diffusion).boundaries
     kept = model.diffusion.student.get('sample_times')
 
-    def score(times: list[int] | None, steps: int) -> float:
-        """FID against the training digits of S-step samples at these times (None: the even spacing)."""
-        model.diffusion.student['sample_times'] = {} if times is None else {str(len(times)): times}
-        images = sample(model, strategy='consistency', steps=steps, n=args.num_samples, seed=args.seed,
+    def score(times: list[int]) -> float:
+        """FID against the training digits of samples at these times (as many steps as times)."""
+        model.diffusion.student['sample_times'] = {str(len(times)): times}
+        images = sample(model, strategy='consistency', steps=len(times), n=args.num_samples, seed=args.seed,
                         batch_size=250)
         fid = frechet_distance(evaluator.features(images), evaluator.reference_fit)  # FID alone: no bootstrap
-        print(f'{steps} steps at {times or "even spacing"}: FID {fid:.2f} against training digits', flush=True)
+        print(f'{len(times)} steps at {", ".join(map(str, times))}: FID {fid:.2f} against training digits', flush=True)
         return fid
 
-    top = max(args.steps)
-    times, stages = greedy_times(lambda t: score(t, len(t)), boundaries, top)
+    def even_spacing(steps: int) -> list[int]:
+        """The times the sampler takes for S steps when the record holds none."""
+        model.diffusion.student['sample_times'] = {}
+        sampler = Consistency(model.diffusion)
+        sampler.set_timesteps(steps)
+        return sampler.timesteps
+
+    times, stages = greedy_times(score, boundaries, max(args.steps))
     found, even = {}, {}
     for steps in sorted(set(args.steps)):
-        even[steps] = score(None, steps)
+        spread = even_spacing(steps)
+        searched = spread[:-1] == times[:steps - 1] and spread[-1] in stages[steps]  # scored in the search already
+        even[steps] = stages[steps][spread[-1]] if searched else score(spread)
         best = stages[steps][times[steps - 1]]
-        print(f'best: {steps} steps at {", ".join(map(str, times[:steps]))} (FID {best:.2f}; even spacing: '
-              f'{even[steps]:.2f})' + ('' if best <= even[steps] else ': the even spacing is kept'))
+        print(f'best: {steps} steps at {", ".join(map(str, times[:steps]))} (FID {best:.2f}; even spacing '
+              f'{", ".join(map(str, spread))}: {even[steps]:.2f})'
+              + ('' if best <= even[steps] else ': the even spacing is kept'))
         if best <= even[steps]:
             found[str(steps)] = times[:steps]
     model.diffusion.student['sample_times'] = kept
