@@ -63,7 +63,7 @@ def greedy_times(score, boundaries: list[int], steps: int) -> tuple[list[int], d
     times, stages = [boundaries[0]], {}
     for k in range(2, steps + 1):
         room = steps - k  # boundaries that must stay below this one
-        below = [t for t in boundaries[1::2] if t < times[-1] and boundaries.index(t) < len(boundaries) - room]
+        below = [t for i, t in enumerate(boundaries) if i % 2 and t < times[-1] and i < len(boundaries) - room]
         if not below:
             raise UserError(f'{steps} steps leave no boundary of the student to search below {times[-1]} for time '
                             f'{k} ({len(boundaries)} boundaries); search fewer steps')
@@ -84,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     evaluator = Evaluator(training_reference(args.raw_dir, args.seed), image_size=model.diffusion.image_size[0],
                           seed=args.seed)
     boundaries = Consistency(model.diffusion).boundaries
-    kept = model.diffusion.student.get('sample_times')
-
     def score(times: list[int]) -> float:
         """FID against the training digits of samples at these times (as many steps as times)."""
         model.diffusion.student['sample_times'] = {str(len(times)): times}
@@ -114,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> None:
               + ('' if best <= even[steps] else ': the even spacing is kept'))
         if best <= even[steps]:
             found[str(steps)] = times[:steps]
-    model.diffusion.student['sample_times'] = kept
     if args.write:
         data = read_json(record)
         recorded = data['student'].get('sample_times')
